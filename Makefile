@@ -1,0 +1,37 @@
+# Front for the README's commands. Every target sets itself up: it uses the active virtual environment, or creates
+# .venv when none is active, installs requirements.txt once (again when it changes), and (re)builds the extension.
+PYTHON ?= python3
+ifdef VIRTUAL_ENV
+ENV_DIR := $(VIRTUAL_ENV)
+else
+ENV_DIR := $(CURDIR)/.venv
+endif
+PY := $(ENV_DIR)/bin/python
+DEPS_STAMP := $(ENV_DIR)/.zskt_fast-deps
+
+.PHONY: setup build test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(ENV_DIR)
+
+$(DEPS_STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+setup: $(DEPS_STAMP)
+
+# Incremental: CMake and ninja rebuild only what changed (ccache, when installed, keeps objects across clean clones).
+build: setup
+	$(PY) -m pip install --no-build-isolation --no-deps -e .
+
+test: build
+	$(PY) -m pytest -q -ra tests
+
+bench: build
+	$(PY) -m pytest -q benchmarks/bench_losses.py --benchmark-json=benchmarks/out/losses.json \
+	    --benchmark-columns=min,median,mean,stddev,rounds
+	$(PY) benchmarks/report.py benchmarks/out/losses.json
+
+clean:
+	rm -rf build zskt_fast/_C*.so *.egg-info

@@ -1,0 +1,235 @@
+// Attention transfer (Zagoruyko & Komodakis), CPU kernel.
+//
+// Forward: one pass over the channels of each feature map builds the [H*W] map of channel means of squares in a
+// per-sample buffer (the output row itself), then normalises it. Backward: one pass over the features writes the
+// gradient. Parallel over samples, so every reduction has a fixed order and results do not depend on the thread count.
+// NCHW-contiguous and channels_last inputs are read in place; any other layout is copied to NCHW first.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+namespace zskt {
+namespace {
+
+constexpr double kNormEps = 1e-12;  // F.normalize's default
+
+struct Features {
+  at::Tensor tensor;  // NCHW-contiguous or channels_last-contiguous
+  bool channels_last;
+  int64_t C, HW;
+};
+
+Features as_readable(const at::Tensor& x) {
+  const int64_t C = x.size(1), HW = x.size(2) * x.size(3);
+  if (x.is_contiguous()) return {x, false, C, HW};
+  if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return {x, true, C, HW};
+  return {x.contiguous(), false, C, HW};
+}
+
+// a[hw] = (1/C) sum_c x[c, hw]^2 for one sample.
+template <typename scalar_t, typename acc_t>
+void channel_mean_of_squares(const scalar_t* __restrict__ x, bool channels_last, int64_t C, int64_t HW,
+                             acc_t* __restrict__ a) {
+  const acc_t inv_c = acc_t(1) / static_cast<acc_t>(C);
+  if (channels_last) {
+    for (int64_t hw = 0; hw < HW; ++hw) {
+      const scalar_t* px = x + hw * C;
+      acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t v = static_cast<acc_t>(px[c]);
+        sum += v * v;
+      }
+      a[hw] = sum * inv_c;
+    }
+  } else {
+    for (int64_t hw = 0; hw < HW; ++hw) a[hw] = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const scalar_t* row = x + c * HW;
+#pragma omp simd
+      for (int64_t hw = 0; hw < HW; ++hw) {
+        const acc_t v = static_cast<acc_t>(row[hw]);
+        a[hw] += v * v;
+      }
+    }
+#pragma omp simd
+    for (int64_t hw = 0; hw < HW; ++hw) a[hw] *= inv_c;
+  }
+}
+
+// Normalises a in place by max(||a||, eps); returns ||a||.
+template <typename acc_t>
+acc_t normalise(acc_t* __restrict__ a, int64_t HW) {
+  acc_t sq = 0;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t hw = 0; hw < HW; ++hw) sq += a[hw] * a[hw];
+  const acc_t norm = std::sqrt(sq);
+  const acc_t inv = acc_t(1) / std::max(norm, static_cast<acc_t>(kNormEps));
+#pragma omp simd
+  for (int64_t hw = 0; hw < HW; ++hw) a[hw] *= inv;
+  return norm;
+}
+
+void check_features(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 4, "zskt_fast: ", name, " must be [B, C, H, W], got ", x.sizes());
+  TORCH_CHECK(x.numel() > 0, "zskt_fast: ", name, " is empty: ", x.sizes());
+}
+
+int64_t sample_grain(int64_t work_per_sample) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(work_per_sample, 1));
+}
+
+template <typename scalar_t>
+void forward_kernel(const Features& s, const Features& t, int64_t B, at::Tensor& sq_diff, at::Tensor& q_s,
+                    at::Tensor& q_t, at::Tensor& norm_s, at::Tensor& norm_t) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t HW = s.HW;
+  const scalar_t* sp = s.tensor.const_data_ptr<scalar_t>();
+  const scalar_t* tp = t.tensor.const_data_ptr<scalar_t>();
+  acc_t* qsp = q_s.mutable_data_ptr<acc_t>();
+  acc_t* qtp = q_t.mutable_data_ptr<acc_t>();
+  acc_t* nsp = norm_s.mutable_data_ptr<acc_t>();
+  acc_t* ntp = norm_t.mutable_data_ptr<acc_t>();
+  acc_t* dp = sq_diff.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, B, sample_grain((s.C + t.C) * HW), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      acc_t* as = qsp + b * HW;
+      acc_t* at_ = qtp + b * HW;
+      channel_mean_of_squares(sp + b * s.C * HW, s.channels_last, s.C, HW, as);
+      channel_mean_of_squares(tp + b * t.C * HW, t.channels_last, t.C, HW, at_);
+      nsp[b] = normalise(as, HW);
+      ntp[b] = normalise(at_, HW);
+      acc_t d = 0;
+#pragma omp simd reduction(+ : d)
+      for (int64_t hw = 0; hw < HW; ++hw) {
+        const acc_t diff = as[hw] - at_[hw];
+        d += diff * diff;
+      }
+      dp[b] = d;
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_kernel(const Features& x, const at::Tensor& g, const at::Tensor& q, const at::Tensor& qo,
+                     const at::Tensor& n, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  TORCH_CHECK(q.scalar_type() == c10::CppTypeToScalarType<acc_t>::value,
+              "zskt_fast: attention maps have the wrong dtype");
+  const int64_t B = x.tensor.size(0), C = x.C, HW = x.HW;
+  const scalar_t* xp = x.tensor.const_data_ptr<scalar_t>();
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  const acc_t* gp = g.const_data_ptr<acc_t>();
+  const acc_t* qp = q.const_data_ptr<acc_t>();
+  const acc_t* qop = qo.const_data_ptr<acc_t>();
+  const acc_t* np = n.const_data_ptr<acc_t>();
+  const acc_t two_over_c = acc_t(2) / static_cast<acc_t>(C);
+  const acc_t eps = static_cast<acc_t>(kNormEps);
+  at::parallel_for(0, B, sample_grain(C * HW), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> ga_buffer(HW);
+    acc_t* __restrict__ ga = ga_buffer.data();
+    for (int64_t b = begin; b < end; ++b) {
+      const acc_t* __restrict__ qb = qp + b * HW;
+      const acc_t* __restrict__ qob = qop + b * HW;
+      const acc_t two_g = 2 * gp[b];
+      // g_q = 2 (q - q_other) grad; g_a = (g_q - q <q, g_q>) / ||a||, or g_q / eps where ||a|| <= eps and the
+      // normalisation divides by the constant eps.
+      acc_t dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t hw = 0; hw < HW; ++hw) {
+        const acc_t gq = two_g * (qb[hw] - qob[hw]);
+        ga[hw] = gq;
+        dot += qb[hw] * gq;
+      }
+      const bool projected = np[b] > eps;
+      const acc_t scale = two_over_c / (projected ? np[b] : eps);
+      if (!projected) dot = 0;
+#pragma omp simd
+      for (int64_t hw = 0; hw < HW; ++hw) ga[hw] = (ga[hw] - qb[hw] * dot) * scale;
+      // dA[c, hw] = g_a[hw] * 2 A[c, hw] / C
+      const scalar_t* __restrict__ xb = xp + b * C * HW;
+      scalar_t* __restrict__ ob = op + b * C * HW;
+      if (x.channels_last) {
+        for (int64_t hw = 0; hw < HW; ++hw) {
+          const acc_t w = ga[hw];
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c)
+            ob[hw * C + c] = static_cast<scalar_t>(w * static_cast<acc_t>(xb[hw * C + c]));
+        }
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+#pragma omp simd
+          for (int64_t hw = 0; hw < HW; ++hw)
+            ob[c * HW + hw] = static_cast<scalar_t>(ga[hw] * static_cast<acc_t>(xb[c * HW + hw]));
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_transfer_forward_cpu(
+    const at::Tensor& student_features, const at::Tensor& teacher_features) {
+  check_features(student_features, "student_features");
+  check_features(teacher_features, "teacher_features");
+  TORCH_CHECK(student_features.size(0) == teacher_features.size(0) &&
+                  student_features.size(2) == teacher_features.size(2) &&
+                  student_features.size(3) == teacher_features.size(3),
+              "zskt_fast: student and teacher features differ in batch or spatial size: ", student_features.sizes(),
+              " vs ", teacher_features.sizes());
+  TORCH_CHECK(student_features.scalar_type() == teacher_features.scalar_type(),
+              "zskt_fast: student and teacher features differ in dtype");
+  const Features s = as_readable(student_features);
+  const Features t = as_readable(teacher_features);
+  const int64_t B = student_features.size(0), HW = s.HW;
+  const auto acc_type = student_features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto opts = student_features.options().dtype(acc_type);
+  auto sq_diff = at::empty({B}, opts);
+  auto q_s = at::empty({B, HW}, opts);
+  auto q_t = at::empty({B, HW}, opts);
+  auto norm_s = at::empty({B}, opts);
+  auto norm_t = at::empty({B}, opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.tensor.scalar_type(), "attention_transfer_forward_cpu",
+                                  [&] { forward_kernel<scalar_t>(s, t, B, sq_diff, q_s, q_t, norm_s, norm_t); });
+  return {sq_diff, q_s, q_t, norm_s, norm_t};
+}
+
+at::Tensor attention_transfer_backward_cpu(const at::Tensor& grad_sq_diff, const at::Tensor& features,
+                                           const at::Tensor& attention, const at::Tensor& other_attention,
+                                           const at::Tensor& norm) {
+  check_features(features, "features");
+  const int64_t B = features.size(0);
+  const Features x = as_readable(features);
+  const int64_t HW = x.HW, C = x.C;
+  TORCH_CHECK(attention.sizes() == at::IntArrayRef({B, HW}) && other_attention.sizes() == attention.sizes(),
+              "zskt_fast: attention maps must be [B, H*W] = [", B, ", ", HW, "]");
+  TORCH_CHECK(grad_sq_diff.numel() == B && norm.numel() == B, "zskt_fast: expected [B] per-sample statistics");
+  const auto acc_type = attention.scalar_type();
+  const auto g = grad_sq_diff.to(acc_type).contiguous();
+  const auto q = attention.contiguous();
+  const auto qo = other_attention.to(acc_type).contiguous();
+  const auto n = norm.to(acc_type).contiguous();
+  // The gradient takes the layout of the input when that layout is one the kernel writes directly.
+  auto grad = at::empty_like(features);
+  const bool direct = (x.tensor.is_same(features)) &&
+                      (x.channels_last ? grad.is_contiguous(at::MemoryFormat::ChannelsLast) : grad.is_contiguous());
+  auto out = direct ? grad : at::empty_like(x.tensor, at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.tensor.scalar_type(), "attention_transfer_backward_cpu",
+                                  [&] { backward_kernel<scalar_t>(x, g, q, qo, n, out); });
+  if (!direct) grad.copy_(out);
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(zskt_fast, CPU, m) {
+  m.impl("attention_transfer_forward", &attention_transfer_forward_cpu);
+  m.impl("attention_transfer_backward", &attention_transfer_backward_cpu);
+}
+
+}  // namespace zskt

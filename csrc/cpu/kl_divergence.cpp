@@ -1,0 +1,135 @@
+// KL divergence between the softened class distributions of teacher and student, CPU kernel.
+// One parallel loop over rows; each row is read a few times while it sits in L1. Only [B] and [B, C] buffers.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <tuple>
+
+namespace zskt {
+namespace {
+
+// Row log-sum-exp of x / temperature: max first so that exp never overflows.
+template <typename scalar_t, typename acc_t>
+acc_t row_logsumexp(const scalar_t* x, int64_t C, acc_t inv_tau) {
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t c = 0; c < C; ++c) m = std::max(m, static_cast<acc_t>(x[c]) * inv_tau);
+  if (std::isinf(m)) return m;  // all -inf (or a +inf): let the caller see a non-finite value
+  acc_t sum = 0;
+  for (int64_t c = 0; c < C; ++c) sum += std::exp(static_cast<acc_t>(x[c]) * inv_tau - m);
+  return m + std::log(sum);
+}
+
+int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)); }
+
+void check_logits(const at::Tensor& s, const at::Tensor& t) {
+  TORCH_CHECK(s.dim() == 2 && t.dim() == 2, "zskt_fast: logits must be [B, C], got ", s.sizes(), " and ", t.sizes());
+  TORCH_CHECK(s.sizes() == t.sizes(), "zskt_fast: student and teacher logits differ in shape: ", s.sizes(), " vs ",
+              t.sizes());
+  TORCH_CHECK(s.scalar_type() == t.scalar_type(), "zskt_fast: student and teacher logits differ in dtype");
+  TORCH_CHECK(s.numel() > 0, "zskt_fast: empty logits");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const at::Tensor& student_logits,
+                                                                        const at::Tensor& teacher_logits,
+                                                                        double temperature) {
+  check_logits(student_logits, teacher_logits);
+  TORCH_CHECK(temperature > 0, "zskt_fast: temperature must be positive");
+  const auto s = student_logits.contiguous();
+  const auto t = teacher_logits.contiguous();
+  const int64_t B = s.size(0), C = s.size(1);
+  const auto acc_type = s.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto kl = at::empty({B}, s.options().dtype(acc_type));
+  auto lse_s = at::empty({B}, kl.options());
+  auto lse_t = at::empty({B}, kl.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "kl_divergence_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* sp = s.const_data_ptr<scalar_t>();
+    const scalar_t* tp = t.const_data_ptr<scalar_t>();
+    acc_t* klp = kl.mutable_data_ptr<acc_t>();
+    acc_t* lsp = lse_s.mutable_data_ptr<acc_t>();
+    acc_t* ltp = lse_t.mutable_data_ptr<acc_t>();
+    const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
+    at::parallel_for(0, B, row_grain(C), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const scalar_t* sr = sp + b * C;
+        const scalar_t* tr = tp + b * C;
+        const acc_t ls = row_logsumexp(sr, C, inv_tau);
+        const acc_t lt = row_logsumexp(tr, C, inv_tau);
+        acc_t sum = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t log_pt = static_cast<acc_t>(tr[c]) * inv_tau - lt;
+          const acc_t log_ps = static_cast<acc_t>(sr[c]) * inv_tau - ls;
+          const acc_t pt = std::exp(log_pt);
+          // p_t log p_t is 0 where p_t underflows to 0 (xlogy convention, as F.kl_div).
+          sum += pt == acc_t(0) ? acc_t(0) : pt * (log_pt - log_ps);
+        }
+        klp[b] = sum;
+        lsp[b] = ls;
+        ltp[b] = lt;
+      }
+    });
+  });
+  return {kl, lse_s, lse_t};
+}
+
+std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cpu(const at::Tensor& grad_rows,
+                                                             const at::Tensor& student_logits,
+                                                             const at::Tensor& teacher_logits,
+                                                             const at::Tensor& student_lse,
+                                                             const at::Tensor& teacher_lse, const at::Tensor& kl_rows,
+                                                             double temperature) {
+  check_logits(student_logits, teacher_logits);
+  const int64_t B = student_logits.size(0), C = student_logits.size(1);
+  TORCH_CHECK(grad_rows.numel() == B && student_lse.numel() == B && teacher_lse.numel() == B && kl_rows.numel() == B,
+              "zskt_fast: kl_divergence_backward expects [B] row statistics");
+  const auto s = student_logits.contiguous();
+  const auto t = teacher_logits.contiguous();
+  const auto acc_type = kl_rows.scalar_type();
+  const auto g = grad_rows.to(acc_type).contiguous();
+  const auto ls = student_lse.to(acc_type).contiguous();
+  const auto lt = teacher_lse.to(acc_type).contiguous();
+  const auto klr = kl_rows.contiguous();
+  auto grad_s = at::empty({B, C}, s.options());
+  auto grad_t = at::empty({B, C}, t.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "kl_divergence_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    TORCH_CHECK(acc_type == c10::CppTypeToScalarType<acc_t>::value, "zskt_fast: row statistics have the wrong dtype");
+    const scalar_t* sp = s.const_data_ptr<scalar_t>();
+    const scalar_t* tp = t.const_data_ptr<scalar_t>();
+    const acc_t* gp = g.const_data_ptr<acc_t>();
+    const acc_t* lsp = ls.const_data_ptr<acc_t>();
+    const acc_t* ltp = lt.const_data_ptr<acc_t>();
+    const acc_t* klp = klr.const_data_ptr<acc_t>();
+    scalar_t* gsp = grad_s.mutable_data_ptr<scalar_t>();
+    scalar_t* gtp = grad_t.mutable_data_ptr<scalar_t>();
+    const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
+    at::parallel_for(0, B, row_grain(C), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const acc_t scale = gp[b] * inv_tau;
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t log_pt = static_cast<acc_t>(tp[b * C + c]) * inv_tau - ltp[b];
+          const acc_t log_ps = static_cast<acc_t>(sp[b * C + c]) * inv_tau - lsp[b];
+          const acc_t pt = std::exp(log_pt);
+          const acc_t ps = std::exp(log_ps);
+          gsp[b * C + c] = static_cast<scalar_t>(scale * (ps - pt));
+          gtp[b * C + c] = static_cast<scalar_t>(pt == acc_t(0) ? acc_t(0) : scale * pt * ((log_pt - log_ps) - klp[b]));
+        }
+      }
+    });
+  });
+  return {grad_s, grad_t};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(zskt_fast, CPU, m) {
+  m.impl("kl_divergence_forward", &kl_divergence_forward_cpu);
+  m.impl("kl_divergence_backward", &kl_divergence_backward_cpu);
+}
+
+}  // namespace zskt

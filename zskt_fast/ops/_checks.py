@@ -1,0 +1,80 @@
+"""Argument checks shared by the public loss functions. Every check runs before any kernel does."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _check_tensor(x, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16, float16 or float64; got {x.dtype}")
+
+
+def check_logits(student_logits, teacher_logits) -> None:
+    for name, x in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+        _check_tensor(x, name)
+        if x.dim() != 2:
+            raise ValueError(f"{name} must be [B, C] logits, got shape {tuple(x.shape)}")
+        if x.numel() == 0:
+            raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student_logits and teacher_logits differ in shape: {tuple(student_logits.shape)} vs "
+                         f"{tuple(teacher_logits.shape)}")
+    if student_logits.device != teacher_logits.device:
+        raise ValueError(f"student_logits and teacher_logits are on different devices: {student_logits.device} vs "
+                         f"{teacher_logits.device}")
+
+
+def check_feature_pairs(student_features, teacher_features, *, allow_empty: bool = False) -> None:
+    for name, seq in (("student_features", student_features), ("teacher_features", teacher_features)):
+        if isinstance(seq, torch.Tensor) or not isinstance(seq, Sequence):
+            raise TypeError(f"{name} must be a list or tuple of [B, C, H, W] tensors, got {type(seq).__name__}")
+    if len(student_features) != len(teacher_features):
+        raise ValueError(f"student_features has {len(student_features)} feature maps and teacher_features has "
+                         f"{len(teacher_features)}: they are matched layer by layer and must be as many")
+    if not student_features and not allow_empty:
+        raise ValueError("student_features and teacher_features are empty: give at least one pair of feature maps")
+    device = None
+    for layer, (s, t) in enumerate(zip(student_features, teacher_features)):
+        for name, x in (("student_features", s), ("teacher_features", t)):
+            _check_tensor(x, f"{name}[{layer}]")
+            if x.dim() != 4:
+                raise ValueError(f"{name}[{layer}] must be [B, C, H, W], got shape {tuple(x.shape)} (rank {x.dim()})")
+            if x.numel() == 0:
+                raise ValueError(f"{name}[{layer}] is empty: shape {tuple(x.shape)}")
+            if device is None:
+                device = x.device
+            elif x.device != device:
+                raise ValueError(f"{name}[{layer}] is on {x.device} while the other feature maps are on {device}")
+        if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
+            raise ValueError(f"layer {layer}: student_features {tuple(s.shape)} and teacher_features {tuple(t.shape)} "
+                             "must agree in batch size and in H, W (channel counts may differ)")
+
+
+def check_same_device(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    if a.device != b.device:
+        raise ValueError(f"{what}: tensors are on different devices ({a.device} vs {b.device})")
+
+
+def check_positive(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def check_non_negative(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def common_dtype(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kernels take one dtype for both sides; mixed inputs are promoted explicitly (bfloat16 with float16 -> float32)."""
+    if a.dtype == b.dtype:
+        return a, b
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return a.to(dtype), b.to(dtype)

@@ -1,0 +1,74 @@
+"""KL divergence from the teacher's to the student's softened class distribution.
+
+Public function, its argument checks, and for the compiled backends the fake kernel and autograd formula of
+`torch.ops.zskt_fast.kl_divergence_forward` (kernels: csrc/cpu/kl_divergence.cpp, csrc/cuda/kl_divergence.cu).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _checks, _library, reference
+
+REDUCTIONS = ("mean", "batchmean", "sum", "none")
+
+
+def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
+                  reduction: str = "mean", backend: str = "auto") -> torch.Tensor:
+    """KL(softmax(teacher_logits / T) || softmax(student_logits / T)), without a T^2 factor.
+
+    reduction: "mean" divides the summed KL by B*C (F.kl_div's default, what the authors used, so beta = 250 keeps its
+    meaning), "batchmean" by B (the true KL), "sum" adds the rows, "none" returns the [B] per-row KL.
+    Gradients flow to both logit sets. The result is float32 (float64 for float64 inputs).
+    """
+    _checks.check_logits(student_logits, teacher_logits)
+    _checks.check_positive(temperature, "temperature")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+    backend = _library.resolve_backend(backend, student_logits.device)
+    if backend == "eager":
+        return reference.kl_divergence(student_logits, teacher_logits, temperature, reduction)
+    rows = kl_divergence_rows(student_logits, teacher_logits, temperature, backend)
+    return reference.reduce_kl_rows(rows, reduction, student_logits.shape[1])
+
+
+def kl_divergence_rows(student_logits, teacher_logits, temperature: float, backend: str) -> torch.Tensor:
+    """Per-row KL through a fused backend; arguments already checked."""
+    student_logits, teacher_logits = _checks.common_dtype(student_logits, teacher_logits)
+    if backend == "triton":
+        from zskt_fast.kernels.triton import kl_divergence as triton_kl
+
+        return triton_kl.kl_divergence_rows(student_logits, teacher_logits, float(temperature))
+    return torch.ops.zskt_fast.kl_divergence_forward(student_logits, teacher_logits, float(temperature))[0]
+
+
+def _fake_forward(student_logits, teacher_logits, temperature):
+    rows = student_logits.new_empty((student_logits.shape[0],),
+                                    dtype=_library.accumulation_dtype(student_logits.dtype))
+    return rows, torch.empty_like(rows), torch.empty_like(rows)
+
+
+def _fake_backward(grad_rows, student_logits, teacher_logits, student_lse, teacher_lse, kl_rows, temperature):
+    shape = student_logits.shape
+    return student_logits.new_empty(shape), teacher_logits.new_empty(shape)
+
+
+def _setup_context(ctx, inputs, output):
+    student_logits, teacher_logits, temperature = inputs
+    rows, student_lse, teacher_lse = output
+    ctx.save_for_backward(student_logits, teacher_logits, student_lse, teacher_lse, rows)
+    ctx.temperature = temperature
+    ctx.mark_non_differentiable(student_lse, teacher_lse)
+
+
+def _backward(ctx, grad_rows, _grad_student_lse, _grad_teacher_lse):
+    student_logits, teacher_logits, student_lse, teacher_lse, rows = ctx.saved_tensors
+    grad_student, grad_teacher = torch.ops.zskt_fast.kl_divergence_backward(
+        grad_rows, student_logits, teacher_logits, student_lse, teacher_lse, rows, ctx.temperature)
+    return (grad_student if ctx.needs_input_grad[0] else None,
+            grad_teacher if ctx.needs_input_grad[1] else None, None)
+
+
+if _library.compiled_available():
+    torch.library.register_fake("zskt_fast::kl_divergence_forward", _fake_forward)
+    torch.library.register_fake("zskt_fast::kl_divergence_backward", _fake_backward)
+    torch.library.register_autograd("zskt_fast::kl_divergence_forward", _backward, setup_context=_setup_context)

@@ -1,0 +1,51 @@
+"""The spec's loss formulas in plain PyTorch: the `eager` backend and the reference every kernel is tested against.
+
+These follow the authors' code: KL through `F.kl_div(log_softmax(s / T), softmax(t / T))`, attention maps through
+`F.normalize(A.pow(2).mean(1).flatten(1))`. Inputs are upcast to float32 (float64 stays float64).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def kl_divergence_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL_b = sum_c p_t (log p_t - log p_s) for every row b."""
+    log_p_student = F.log_softmax(_upcast(student_logits) / temperature, dim=1)
+    p_teacher = F.softmax(_upcast(teacher_logits) / temperature, dim=1)
+    return F.kl_div(log_p_student, p_teacher, reduction="none").sum(dim=1)
+
+
+def reduce_kl_rows(rows: torch.Tensor, reduction: str, num_classes: int) -> torch.Tensor:
+    """'mean' divides by B*C like F.kl_div's default, 'batchmean' by B, 'sum' adds, 'none' keeps the rows."""
+    if reduction == "none":
+        return rows
+    total = rows.sum()
+    if reduction == "sum":
+        return total
+    if reduction == "batchmean":
+        return total / rows.shape[0]
+    return total / (rows.shape[0] * num_classes)
+
+
+def kl_divergence(student_logits, teacher_logits, temperature: float = 1.0, reduction: str = "mean") -> torch.Tensor:
+    rows = kl_divergence_rows(student_logits, teacher_logits, temperature)
+    return reduce_kl_rows(rows, reduction, student_logits.shape[1])
+
+
+def attention_map(features: torch.Tensor) -> torch.Tensor:
+    """q[b, hw]: channel mean of squares, L2-normalised over each sample's H*W positions."""
+    return F.normalize(_upcast(features).pow(2).mean(dim=1).flatten(1), dim=1)
+
+
+def attention_transfer_layer(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+    """mean over b and hw of (q_s - q_t)^2."""
+    return (attention_map(student_features) - attention_map(teacher_features)).pow(2).mean()
+
+
+def attention_transfer(student_features, teacher_features, beta: float = 250.0) -> torch.Tensor:
+    return beta * sum(attention_transfer_layer(s, t) for s, t in zip(student_features, teacher_features))
