@@ -1,0 +1,74 @@
+"""Shared test helpers: which fused backends can run here, tolerances per dtype, and float64 references."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zskt_fast.ops import _library
+
+HAS_CUDA = torch.cuda.is_available()
+
+# (backend, device): every fused backend, each on the device it runs on. Those that cannot run here are skipped with
+# the reason, so a CPU-only run shows what it did not check.
+FUSED = [
+    pytest.param(("cpu", "cpu"), id="cpu"),
+    pytest.param(("cuda", "cuda"), id="cuda", marks=pytest.mark.gpu),
+    pytest.param(("triton", "cuda"), id="triton-cuda", marks=pytest.mark.gpu),
+]
+
+
+def skip_unless_runnable(backend: str, device: str) -> None:
+    if device == "cuda" and not HAS_CUDA:
+        pytest.skip(f"backend {backend!r} needs a CUDA device and none is present")
+    reason = _library._why_unavailable(backend, torch.device(device))
+    if reason is not None:
+        pytest.skip(f"backend {backend!r} unavailable: {reason}")
+
+
+@pytest.fixture(params=FUSED)
+def fused(request):
+    """(backend, device) of a fused backend that can run here."""
+    backend, device = request.param
+    skip_unless_runnable(backend, device)
+    return backend, device
+
+
+# Tolerances for a fused result in `dtype` against the float64 reference of the same (already rounded) inputs.
+# Losses accumulate in float32 whatever the input dtype; gradients are rounded to the input dtype on the way out.
+LOSS_TOL = {torch.float64: (1e-10, 1e-12), torch.float32: (2e-5, 1e-6), torch.bfloat16: (2e-5, 1e-6),
+            torch.float16: (2e-5, 1e-6)}
+GRAD_TOL = {torch.float64: (1e-9, 1e-12), torch.float32: (1e-4, 1e-7), torch.bfloat16: (1.6e-2, 1e-5),
+            torch.float16: (2e-3, 1e-6)}
+
+
+def assert_close_to_reference(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, kind: str) -> None:
+    rtol, atol = (LOSS_TOL if kind == "loss" else GRAD_TOL)[dtype]
+    # Gradients: atol relative to the gradient's own scale, so tiny gradients are not compared against nothing.
+    if kind == "grad":
+        atol = atol + rtol * float(expected.abs().max()) * 0.1
+    torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), rtol=rtol, atol=atol)
+
+
+def make_input(shape, dtype, device, *, layout: str = "contiguous", seed: int = 0, scale: float = 1.0):
+    """A leaf tensor requiring grad with the given memory layout: contiguous, channels_last, strided (every other
+    element of a larger tensor along dim 1) or transposed (a dense but permuted layout)."""
+    gen = torch.Generator().manual_seed(seed)
+    if layout == "strided":
+        big = list(shape)
+        big[1] = 2 * shape[1]
+        x = (torch.randn(big, generator=gen, dtype=torch.float64) * scale).to(dtype)[:, ::2]
+    elif layout == "transposed":
+        perm_shape = [shape[1], shape[0], *shape[2:]]
+        x = (torch.randn(perm_shape, generator=gen, dtype=torch.float64) * scale).to(dtype).transpose(0, 1)
+    else:
+        x = (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+    x = x.to(device)
+    assert tuple(x.shape) == tuple(shape)
+    return x.detach().requires_grad_()
+
+
+def as_reference(x: torch.Tensor) -> torch.Tensor:
+    """The same values in float64 on the CPU, as a fresh leaf."""
+    return x.detach().double().cpu().requires_grad_()

@@ -1,0 +1,142 @@
+"""kl_divergence: every fused backend against the float64 reference of the spec's formula."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zskt_fast
+from zskt_fast.ops import reference
+
+from conftest import as_reference, assert_close_to_reference, make_input
+
+SHAPES = [(1, 1), (1, 10), (7, 10), (128, 10), (3, 1000), (5, 37)]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+def run_both(backend, device, shape, dtype, temperature, reduction, *, layout="contiguous", scale=3.0):
+    s = make_input(shape, dtype, device, layout=layout, seed=1, scale=scale)
+    t = make_input(shape, dtype, device, layout=layout, seed=2, scale=scale)
+    out = zskt_fast.kl_divergence(s, t, temperature=temperature, reduction=reduction, backend=backend)
+    s_ref, t_ref = as_reference(s), as_reference(t)
+    ref = reference.kl_divergence(s_ref, t_ref, temperature, reduction)
+    upstream = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    (out * upstream.to(out.device, out.dtype)).sum().backward()
+    (ref * upstream).sum().backward()
+    return out, ref, (s.grad, t.grad), (s_ref.grad, t_ref.grad)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("reduction", zskt_fast.REDUCTIONS)
+def test_matches_reference_float32(fused, shape, reduction):
+    backend, device = fused
+    out, ref, grads, ref_grads = run_both(backend, device, shape, torch.float32, 2.5, reduction)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert_close_to_reference(out, ref, torch.float32, "loss")
+    for g, g_ref in zip(grads, ref_grads):
+        assert g.dtype == torch.float32 and g.shape == shape
+        assert_close_to_reference(g, g_ref, torch.float32, "grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 4.0])
+def test_dtypes_and_temperatures(fused, dtype, temperature):
+    backend, device = fused
+    for reduction in ("mean", "none"):
+        out, ref, grads, ref_grads = run_both(backend, device, (16, 10), dtype, temperature, reduction)
+        assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+        assert_close_to_reference(out, ref, dtype, "loss")
+        for g, g_ref in zip(grads, ref_grads):
+            assert g.dtype == dtype
+            assert_close_to_reference(g, g_ref, dtype, "grad")
+
+
+@pytest.mark.parametrize("layout", ["strided", "transposed"])
+def test_non_contiguous_logits(fused, layout):
+    backend, device = fused
+    out, ref, grads, ref_grads = run_both(backend, device, (6, 11), torch.float32, 1.0, "batchmean", layout=layout)
+    assert_close_to_reference(out, ref, torch.float32, "loss")
+    for g, g_ref in zip(grads, ref_grads):
+        assert_close_to_reference(g, g_ref, torch.float32, "grad")
+
+
+def test_extreme_logits_stay_finite(fused):
+    """Large logit gaps underflow p_t to exactly 0; the p_t log p_t = 0 convention keeps loss and gradients finite."""
+    backend, device = fused
+    out, ref, grads, ref_grads = run_both(backend, device, (4, 10), torch.float32, 1.0, "sum", scale=200.0)
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+    assert_close_to_reference(out, ref, torch.float32, "loss")
+    for g, g_ref in zip(grads, ref_grads):
+        assert_close_to_reference(g, g_ref, torch.float32, "grad")
+
+
+@pytest.mark.filterwarnings("ignore:reduction. .mean. divides")
+def test_mean_is_the_authors_f_kl_div():
+    """The spec's 'mean' is F.kl_div's default (sum / (B*C)), what the authors used with beta = 250."""
+    s, t = torch.randn(8, 10, dtype=torch.float64), torch.randn(8, 10, dtype=torch.float64)
+    expected = F.kl_div(F.log_softmax(s / 2, 1), F.softmax(t / 2, 1))
+    for backend in zskt_fast.available_backends("cpu"):
+        torch.testing.assert_close(zskt_fast.kl_divergence(s, t, temperature=2.0, backend=backend), expected)
+    batchmean = zskt_fast.kl_divergence(s, t, temperature=2.0, reduction="batchmean", backend="eager")
+    torch.testing.assert_close(batchmean, expected * 10)
+
+
+def test_gradient_formulas_of_the_spec():
+    """d/ds = (p_s - p_t) / (T D) and d/dt = p_t ((log p_t - log p_s) - KL_b) / (T D), written out by hand."""
+    T, B, C = 1.7, 5, 6
+    s = torch.randn(B, C, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(B, C, dtype=torch.float64, requires_grad=True)
+    zskt_fast.kl_divergence(s, t, temperature=T, reduction="mean").backward()
+    log_ps, log_pt = F.log_softmax(s.detach() / T, 1), F.log_softmax(t.detach() / T, 1)
+    kl_rows = (log_pt.exp() * (log_pt - log_ps)).sum(1, keepdim=True)
+    D = B * C
+    torch.testing.assert_close(s.grad, (log_ps.exp() - log_pt.exp()) / (T * D))
+    torch.testing.assert_close(t.grad, log_pt.exp() * ((log_pt - log_ps) - kl_rows) / (T * D))
+
+
+def test_gradcheck_float64(fused):
+    backend, device = fused
+    s = make_input((3, 5), torch.float64, device, seed=4)
+    t = make_input((3, 5), torch.float64, device, seed=5)
+    for reduction in zskt_fast.REDUCTIONS:
+        assert torch.autograd.gradcheck(
+            lambda a, b: zskt_fast.kl_divergence(a, b, temperature=1.5, reduction=reduction, backend=backend),
+            (s, t))
+
+
+def test_only_requested_gradients(fused):
+    backend, device = fused
+    s = make_input((4, 10), torch.float32, device, seed=6)
+    t = make_input((4, 10), torch.float32, device, seed=7).detach()
+    zskt_fast.kl_divergence(s, t, backend=backend).backward()
+    assert s.grad is not None and t.grad is None
+
+
+def test_deterministic_and_independent_of_thread_count(fused):
+    backend, device = fused
+    s = make_input((256, 100), torch.float32, device, seed=8)
+    t = make_input((256, 100), torch.float32, device, seed=9)
+    results = []
+    threads = torch.get_num_threads()
+    for n in (1, max(2, threads)):
+        torch.set_num_threads(n)
+        s.grad = t.grad = None
+        out = zskt_fast.kl_divergence(s, t, reduction="none", backend=backend)
+        out.sum().backward()
+        results.append((out.detach().clone(), s.grad.clone(), t.grad.clone()))
+    torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_opcheck(fused, dtype):
+    """Schema, fake kernel, autograd registration and AOT dispatch of the registered ops."""
+    backend, device = fused
+    if backend == "triton":
+        pytest.skip("the triton backend's ops are checked in test_triton_kernels.py")
+    s = make_input((5, 7), dtype, device, seed=70)
+    t = make_input((5, 7), dtype, device, seed=71, layout="strided")
+    torch.library.opcheck(torch.ops.zskt_fast.kl_divergence_forward, (s, t, 2.0))
+    rows, lse_s, lse_t = torch.ops.zskt_fast.kl_divergence_forward(s.detach(), t.detach(), 2.0)
+    grad_rows = torch.randn_like(rows)
+    torch.library.opcheck(torch.ops.zskt_fast.kl_divergence_backward,
+                          (grad_rows, s.detach(), t.detach(), lse_s, lse_t, rows, 2.0))
