@@ -34,6 +34,12 @@ def _cuda_arch_list():
     return ";".join(a.replace(".", "").replace("+PTX", "") for a in parts)
 
 
+def _cmake():
+    """The cmake of this environment's pip package when there is one (newer than most system ones), else PATH's."""
+    local = Path(sys.executable).parent / "cmake"
+    return str(local) if local.exists() else "cmake"
+
+
 class CMakeExtension(Extension):
     def __init__(self, name):
         super().__init__(name, sources=[])
@@ -47,7 +53,7 @@ class CMakeBuild(build_ext):
         mode = os.environ.get("ZSKT_CUDA", "auto").strip().lower()
         cuda = {"1": "ON", "on": "ON", "true": "ON", "0": "OFF", "off": "OFF", "false": "OFF"}.get(mode, "AUTO")
         args = [
-            "cmake", "-S", str(ROOT), "-B", str(build_dir), "-G", "Ninja",
+            _cmake(), "-S", str(ROOT), "-B", str(build_dir), "-G", "Ninja",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-DZSKT_OUTPUT_DIR={ROOT / 'zskt_fast'}",
             f"-DZSKT_CUDA={cuda}",
@@ -59,7 +65,7 @@ class CMakeBuild(build_ext):
                      f"-DCMAKE_CUDA_ARCHITECTURES={_cuda_arch_list()}"]
         subprocess.check_call(args)
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
-        subprocess.check_call(["cmake", "--build", str(build_dir), "-j", jobs])
+        subprocess.check_call([_cmake(), "--build", str(build_dir), "-j", jobs])
         # CMake writes the module next to the Python sources (what an editable install imports); a regular install
         # also gets a copy where setuptools expects it.
         built = ROOT / "zskt_fast" / target.name

@@ -1,0 +1,28 @@
+// Launchers of the CUDA kernels, callable without CUDA or torch headers (the kernels' translation units include no
+// torch headers, which keeps nvcc fast; csrc/cuda/register.cpp allocates, checks and calls these).
+#pragma once
+#include <cstdint>
+
+namespace zskt::cuda {
+
+enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
+
+// Every launcher enqueues on `stream` (a cudaStream_t), never synchronises, and returns the launch error code
+// (cudaError_t as int, 0 on success).
+
+// Row statistics: kl[b], lse_s[b], lse_t[b] (accumulation type: double for Float64, else float).
+int launch_kl_forward(DType dtype, const void* student, const void* teacher, int64_t B, int64_t C, double inv_tau,
+                      void* kl, void* lse_s, void* lse_t, void* stream);
+// grad_s, grad_t [B, C] in the input dtype from the [B] upstream gradient and the forward's row statistics.
+int launch_kl_backward(DType dtype, const void* grad_rows, const void* student, const void* teacher,
+                       const void* lse_s, const void* lse_t, const void* kl, int64_t B, int64_t C, double inv_tau,
+                       void* grad_s, void* grad_t, void* stream);
+
+// NCHW-contiguous features. a_s, a_t [B, HW] receive the channel means of squares, then q; norms [B]; sq_diff [B].
+int launch_at_forward(DType dtype, const void* student, int64_t C_s, const void* teacher, int64_t C_t, int64_t B,
+                      int64_t HW, void* q_s, void* q_t, void* norm_s, void* norm_t, void* sq_diff, void* stream);
+// Gradient of one side's NCHW-contiguous features (out has the same shape and dtype).
+int launch_at_backward(DType dtype, const void* grad_sq_diff, const void* features, const void* q, const void* q_other,
+                       const void* norm, int64_t B, int64_t C, int64_t HW, void* out, void* stream);
+
+}  // namespace zskt::cuda

@@ -1,0 +1,155 @@
+// CUDA implementations of the zskt_fast ops: argument checks, allocation and layout on the host, then the launchers
+// of csrc/cuda/*.cu on the current stream. Nothing here synchronises or reads device memory, so the ops can be
+// captured in CUDA graphs. Features that are not NCHW-contiguous (channels_last included) are copied to NCHW first,
+// and their gradient is returned in the input's layout.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "launchers.h"
+
+namespace zskt {
+namespace {
+
+cuda::DType to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return cuda::DType::Float32;
+    case at::kDouble: return cuda::DType::Float64;
+    case at::kHalf: return cuda::DType::Float16;
+    case at::kBFloat16: return cuda::DType::BFloat16;
+    default: TORCH_CHECK(false, "zskt_fast: unsupported dtype ", t);
+  }
+}
+
+void check_launch(int code, const char* what) {
+  TORCH_CHECK(code == 0, "zskt_fast: launching ", what, " failed with CUDA error ", code);
+}
+
+void* current_stream() { return static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()); }
+
+at::ScalarType acc_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cuda(const at::Tensor& student_logits,
+                                                                         const at::Tensor& teacher_logits,
+                                                                         double temperature) {
+  TORCH_CHECK(student_logits.dim() == 2 && student_logits.sizes() == teacher_logits.sizes(),
+              "zskt_fast: logits must be two [B, C] tensors of one shape, got ", student_logits.sizes(), " and ",
+              teacher_logits.sizes());
+  TORCH_CHECK(student_logits.scalar_type() == teacher_logits.scalar_type(), "zskt_fast: logits differ in dtype");
+  TORCH_CHECK(student_logits.numel() > 0 && temperature > 0, "zskt_fast: empty logits or temperature <= 0");
+  const c10::cuda::CUDAGuard guard(student_logits.device());
+  const auto s = student_logits.contiguous();
+  const auto t = teacher_logits.contiguous();
+  const int64_t B = s.size(0), C = s.size(1);
+  auto kl = at::empty({B}, s.options().dtype(acc_type(s)));
+  auto lse_s = at::empty_like(kl);
+  auto lse_t = at::empty_like(kl);
+  check_launch(cuda::launch_kl_forward(to_dtype(s.scalar_type()), s.const_data_ptr(), t.const_data_ptr(), B, C,
+                                       1.0 / temperature, kl.mutable_data_ptr(), lse_s.mutable_data_ptr(),
+                                       lse_t.mutable_data_ptr(), current_stream()),
+               "kl_divergence_forward");
+  return {kl, lse_s, lse_t};
+}
+
+std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cuda(const at::Tensor& grad_rows,
+                                                              const at::Tensor& student_logits,
+                                                              const at::Tensor& teacher_logits,
+                                                              const at::Tensor& student_lse,
+                                                              const at::Tensor& teacher_lse, const at::Tensor& kl_rows,
+                                                              double temperature) {
+  TORCH_CHECK(student_logits.dim() == 2 && student_logits.sizes() == teacher_logits.sizes(),
+              "zskt_fast: logits must be two [B, C] tensors of one shape");
+  const c10::cuda::CUDAGuard guard(student_logits.device());
+  const auto s = student_logits.contiguous();
+  const auto t = teacher_logits.contiguous();
+  const int64_t B = s.size(0), C = s.size(1);
+  const auto acc = acc_type(s);
+  TORCH_CHECK(grad_rows.numel() == B && student_lse.numel() == B && teacher_lse.numel() == B && kl_rows.numel() == B,
+              "zskt_fast: kl_divergence_backward expects [B] row statistics");
+  const auto g = grad_rows.to(acc).contiguous();
+  const auto ls = student_lse.to(acc).contiguous();
+  const auto lt = teacher_lse.to(acc).contiguous();
+  const auto kl = kl_rows.to(acc).contiguous();
+  auto grad_s = at::empty({B, C}, s.options());
+  auto grad_t = at::empty({B, C}, t.options());
+  check_launch(cuda::launch_kl_backward(to_dtype(s.scalar_type()), g.const_data_ptr(), s.const_data_ptr(),
+                                        t.const_data_ptr(), ls.const_data_ptr(), lt.const_data_ptr(),
+                                        kl.const_data_ptr(), B, C, 1.0 / temperature, grad_s.mutable_data_ptr(),
+                                        grad_t.mutable_data_ptr(), current_stream()),
+               "kl_divergence_backward");
+  return {grad_s, grad_t};
+}
+
+void check_features(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 4 && x.numel() > 0, "zskt_fast: ", name, " must be a non-empty [B, C, H, W], got ",
+              x.sizes());
+  TORCH_CHECK(x.size(0) <= 65535, "zskt_fast: the CUDA kernels take at most 65535 samples, got ", x.size(0));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_transfer_forward_cuda(
+    const at::Tensor& student_features, const at::Tensor& teacher_features) {
+  check_features(student_features, "student_features");
+  check_features(teacher_features, "teacher_features");
+  TORCH_CHECK(student_features.size(0) == teacher_features.size(0) &&
+                  student_features.size(2) == teacher_features.size(2) &&
+                  student_features.size(3) == teacher_features.size(3),
+              "zskt_fast: student and teacher features differ in batch or spatial size: ", student_features.sizes(),
+              " vs ", teacher_features.sizes());
+  TORCH_CHECK(student_features.scalar_type() == teacher_features.scalar_type(),
+              "zskt_fast: student and teacher features differ in dtype");
+  const c10::cuda::CUDAGuard guard(student_features.device());
+  const auto s = student_features.contiguous();
+  const auto t = teacher_features.contiguous();
+  const int64_t B = s.size(0), HW = s.size(2) * s.size(3);
+  const auto opts = s.options().dtype(acc_type(s));
+  auto sq_diff = at::empty({B}, opts);
+  auto q_s = at::empty({B, HW}, opts);
+  auto q_t = at::empty({B, HW}, opts);
+  auto norm_s = at::empty({B}, opts);
+  auto norm_t = at::empty({B}, opts);
+  check_launch(cuda::launch_at_forward(to_dtype(s.scalar_type()), s.const_data_ptr(), s.size(1), t.const_data_ptr(),
+                                       t.size(1), B, HW, q_s.mutable_data_ptr(), q_t.mutable_data_ptr(),
+                                       norm_s.mutable_data_ptr(), norm_t.mutable_data_ptr(),
+                                       sq_diff.mutable_data_ptr(), current_stream()),
+               "attention_transfer_forward");
+  return {sq_diff, q_s, q_t, norm_s, norm_t};
+}
+
+at::Tensor attention_transfer_backward_cuda(const at::Tensor& grad_sq_diff, const at::Tensor& features,
+                                            const at::Tensor& attention, const at::Tensor& other_attention,
+                                            const at::Tensor& norm) {
+  check_features(features, "features");
+  const c10::cuda::CUDAGuard guard(features.device());
+  const auto x = features.contiguous();
+  const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  TORCH_CHECK(attention.sizes() == at::IntArrayRef({B, HW}) && other_attention.sizes() == attention.sizes(),
+              "zskt_fast: attention maps must be [B, H*W] = [", B, ", ", HW, "]");
+  TORCH_CHECK(grad_sq_diff.numel() == B && norm.numel() == B, "zskt_fast: expected [B] per-sample statistics");
+  const auto acc = acc_type(x);
+  const auto g = grad_sq_diff.to(acc).contiguous();
+  const auto q = attention.to(acc).contiguous();
+  const auto qo = other_attention.to(acc).contiguous();
+  const auto n = norm.to(acc).contiguous();
+  auto grad = at::empty_like(features);
+  auto out = grad.is_contiguous() ? grad : at::empty_like(x, at::MemoryFormat::Contiguous);
+  check_launch(cuda::launch_at_backward(to_dtype(x.scalar_type()), g.const_data_ptr(), x.const_data_ptr(),
+                                        q.const_data_ptr(), qo.const_data_ptr(), n.const_data_ptr(), B, C, HW,
+                                        out.mutable_data_ptr(), current_stream()),
+               "attention_transfer_backward");
+  if (!out.is_same(grad)) grad.copy_(out);
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(zskt_fast, CUDA, m) {
+  m.impl("kl_divergence_forward", &kl_divergence_forward_cuda);
+  m.impl("kl_divergence_backward", &kl_divergence_backward_cuda);
+  m.impl("attention_transfer_forward", &attention_transfer_forward_cuda);
+  m.impl("attention_transfer_backward", &attention_transfer_backward_cuda);
+}
+
+}  // namespace zskt
