@@ -1,0 +1,37 @@
+"""The package as a user meets it: a light import, the compiled library loaded, the backends it reports."""
+import subprocess
+import sys
+
+import torch
+
+import zskt_fast
+from zskt_fast.ops import _library
+
+
+def test_import_is_light():
+    """Importing the package loads the compiled ops but neither imports Triton nor compiles anything."""
+    code = "import sys, zskt_fast; print('triton' in sys.modules, 'torch._inductor' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_compiled_library_is_loaded():
+    assert _library.compiled_available(), f"zskt_fast._C did not load: {_library._LOAD_ERROR}"
+    for name in ("kl_divergence_forward", "kl_divergence_backward", "attention_transfer_forward",
+                 "attention_transfer_backward"):
+        assert hasattr(torch.ops.zskt_fast, name)
+
+
+def test_backends_reported_for_each_device():
+    assert zskt_fast.available_backends("cpu")[0] == "cpu"
+    assert zskt_fast.available_backends("cpu")[-1] == "eager"
+    cuda_backends = zskt_fast.available_backends("cuda")
+    assert ("cuda" in cuda_backends) == _library.compiled_with_cuda()
+    assert _library.resolve_backend("auto", torch.device("cpu")) == "cpu"
+
+
+def test_public_api():
+    for name in ("kl_divergence", "attention_transfer", "zskt_student_loss", "zskt_generator_loss"):
+        assert callable(getattr(zskt_fast, name))
+    for name in ("KLDivergence", "AttentionTransfer", "ZSKTStudentLoss", "ZSKTGeneratorLoss"):
+        assert issubclass(getattr(zskt_fast.nn, name), torch.nn.Module)
