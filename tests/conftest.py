@@ -1,8 +1,16 @@
 """Shared test helpers: which fused backends can run here, tolerances per dtype, and float64 references."""
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
+
+# Without a GPU the Triton kernels run on CPU tensors through Triton's interpreter, which must be chosen before
+# Triton is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 from zskt_fast.ops import _library
 
@@ -14,15 +22,23 @@ FUSED = [
     pytest.param(("cpu", "cpu"), id="cpu"),
     pytest.param(("cuda", "cuda"), id="cuda", marks=pytest.mark.gpu),
     pytest.param(("triton", "cuda"), id="triton-cuda", marks=pytest.mark.gpu),
+    pytest.param(("triton", "cpu"), id="triton-interpreter"),
 ]
 
 
 def skip_unless_runnable(backend: str, device: str) -> None:
+    if backend == "triton" and device == "cpu" and HAS_CUDA:
+        pytest.skip("the Triton interpreter is exercised on machines without a GPU; this one runs Triton on the GPU")
     if device == "cuda" and not HAS_CUDA:
         pytest.skip(f"backend {backend!r} needs a CUDA device and none is present")
     reason = _library._why_unavailable(backend, torch.device(device))
     if reason is not None:
         pytest.skip(f"backend {backend!r} unavailable: {reason}")
+
+
+def skip_unsupported_dtype(backend: str, device: str, dtype: torch.dtype) -> None:
+    if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter has no bfloat16 (the GPU run covers it)")
 
 
 @pytest.fixture(params=FUSED)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import zskt_fast
 from zskt_fast.ops import reference
 
-from conftest import as_reference, assert_close_to_reference, make_input
+from conftest import as_reference, assert_close_to_reference, make_input, skip_unsupported_dtype
 
 # (B, C_student, C_teacher, H, W): B = 1, C = 1, H*W = 1, H*W not a power of two, mixed channel counts.
 SHAPES = [(1, 1, 1, 1, 1), (1, 1, 3, 4, 4), (2, 3, 5, 7, 5), (4, 16, 32, 8, 8), (3, 2, 2, 1, 1), (2, 8, 4, 17, 3)]
@@ -59,6 +59,7 @@ def test_layouts(fused, student_layout, teacher_layout):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_dtypes(fused, dtype):
     backend, device = fused
+    skip_unsupported_dtype(backend, device, dtype)
     layers = [(4, 8, 16, 8, 8), (4, 16, 32, 4, 4)]
     for layouts in (("contiguous", "contiguous"), ("channels_last", "channels_last")):
         check(*run_both(backend, device, layers, dtype, layouts=layouts), dtype)
@@ -128,6 +129,7 @@ def test_only_requested_gradients(fused):
 
 def test_mixed_dtypes_are_promoted(fused):
     backend, device = fused
+    skip_unsupported_dtype(backend, device, torch.bfloat16)
     s = make_input((2, 3, 4, 4), torch.bfloat16, device, seed=52)
     t = make_input((2, 5, 4, 4), torch.float16, device, seed=53)
     out = zskt_fast.attention_transfer([s], [t], backend=backend)
@@ -159,11 +161,13 @@ def test_deterministic_and_independent_of_thread_count(fused):
 def test_opcheck(fused, layout, dtype):
     """Schema, fake kernel (shapes, dtypes and strides), autograd registration and AOT dispatch."""
     backend, device = fused
-    if backend == "triton":
-        pytest.skip("the triton backend's ops are checked in test_triton_kernels.py")
+    skip_unsupported_dtype(backend, device, dtype)
+    suffix = "_triton" if backend == "triton" else ""
+    forward = getattr(torch.ops.zskt_fast, "attention_transfer_forward" + suffix)
+    backward = getattr(torch.ops.zskt_fast, "attention_transfer_backward" + suffix)
     s = make_input((2, 3, 4, 5), dtype, device, layout=layout, seed=80)
     t = make_input((2, 6, 4, 5), dtype, device, seed=81)
-    torch.library.opcheck(torch.ops.zskt_fast.attention_transfer_forward, (s, t))
-    d, q_s, q_t, n_s, n_t = torch.ops.zskt_fast.attention_transfer_forward(s.detach(), t.detach())
-    torch.library.opcheck(torch.ops.zskt_fast.attention_transfer_backward,
+    torch.library.opcheck(forward, (s, t))
+    d, q_s, q_t, n_s, n_t = forward(s.detach(), t.detach())
+    torch.library.opcheck(backward,
                           (torch.randn_like(d), s.detach(), q_s, q_t, n_s))

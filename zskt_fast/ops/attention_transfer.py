@@ -33,14 +33,29 @@ def attention_transfer(student_features, teacher_features, *, beta: float = 250.
 def attention_transfer_layer(student_features, teacher_features, backend: str) -> torch.Tensor:
     """The AT term of one layer through a fused backend; arguments already checked."""
     student_features, teacher_features = _checks.common_dtype(student_features, teacher_features)
-    if backend == "triton":
-        from zskt_fast.kernels.triton import attention_transfer as triton_at
-
-        sq_diff = triton_at.attention_transfer_sq_diff(student_features, teacher_features)
-    else:
-        sq_diff = torch.ops.zskt_fast.attention_transfer_forward(student_features, teacher_features)[0]
+    forward = (torch.ops.zskt_fast.attention_transfer_forward_triton if backend == "triton"
+               else torch.ops.zskt_fast.attention_transfer_forward)
+    sq_diff = forward(student_features, teacher_features)[0]
     batch, _, height, width = student_features.shape
     return sq_diff.sum() / (batch * height * width)
+
+
+# The Triton implementation is an op of its own (the C++ ops dispatch on the device alone); its kernels module, and
+# with it Triton, is imported on first use.
+@torch.library.custom_op("zskt_fast::attention_transfer_forward_triton", mutates_args=())
+def _forward_triton(student_features: torch.Tensor, teacher_features: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from zskt_fast.kernels.triton import attention_transfer as kernels
+
+    return kernels.forward(student_features, teacher_features)
+
+
+@torch.library.custom_op("zskt_fast::attention_transfer_backward_triton", mutates_args=())
+def _backward_triton(grad_sq_diff: torch.Tensor, features: torch.Tensor, attention: torch.Tensor,
+                     other_attention: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    from zskt_fast.kernels.triton import attention_transfer as kernels
+
+    return kernels.backward(grad_sq_diff, features, attention, other_attention, norm)
 
 
 def _fake_forward(student_features, teacher_features):
@@ -62,19 +77,26 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(q_student, q_teacher, norm_student, norm_teacher)
 
 
-def _backward(ctx, grad_sq_diff, *_unused):
-    student_features, teacher_features, q_student, q_teacher, norm_student, norm_teacher = ctx.saved_tensors
-    grad_student = grad_teacher = None
-    if ctx.needs_input_grad[0]:
-        grad_student = torch.ops.zskt_fast.attention_transfer_backward(
-            grad_sq_diff, student_features, q_student, q_teacher, norm_student)
-    if ctx.needs_input_grad[1]:
-        grad_teacher = torch.ops.zskt_fast.attention_transfer_backward(
-            grad_sq_diff, teacher_features, q_teacher, q_student, norm_teacher)
-    return grad_student, grad_teacher
+def _make_backward(backward_op):
+    def backward(ctx, grad_sq_diff, *_unused):
+        student_features, teacher_features, q_student, q_teacher, norm_student, norm_teacher = ctx.saved_tensors
+        grad_student = grad_teacher = None
+        if ctx.needs_input_grad[0]:
+            grad_student = backward_op(grad_sq_diff, student_features, q_student, q_teacher, norm_student)
+        if ctx.needs_input_grad[1]:
+            grad_teacher = backward_op(grad_sq_diff, teacher_features, q_teacher, q_student, norm_teacher)
+        return grad_student, grad_teacher
+
+    return backward
 
 
+def _register(forward_name: str, backward_name: str) -> None:
+    torch.library.register_fake(forward_name, _fake_forward)
+    torch.library.register_fake(backward_name, _fake_backward)
+    backward_op = getattr(torch.ops.zskt_fast, backward_name.split("::")[1])
+    torch.library.register_autograd(forward_name, _make_backward(backward_op), setup_context=_setup_context)
+
+
+_register("zskt_fast::attention_transfer_forward_triton", "zskt_fast::attention_transfer_backward_triton")
 if _library.compiled_available():
-    torch.library.register_fake("zskt_fast::attention_transfer_forward", _fake_forward)
-    torch.library.register_fake("zskt_fast::attention_transfer_backward", _fake_backward)
-    torch.library.register_autograd("zskt_fast::attention_transfer_forward", _backward, setup_context=_setup_context)
+    _register("zskt_fast::attention_transfer_forward", "zskt_fast::attention_transfer_backward")

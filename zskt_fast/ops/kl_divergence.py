@@ -34,11 +34,28 @@ def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
 def kl_divergence_rows(student_logits, teacher_logits, temperature: float, backend: str) -> torch.Tensor:
     """Per-row KL through a fused backend; arguments already checked."""
     student_logits, teacher_logits = _checks.common_dtype(student_logits, teacher_logits)
-    if backend == "triton":
-        from zskt_fast.kernels.triton import kl_divergence as triton_kl
+    forward = (torch.ops.zskt_fast.kl_divergence_forward_triton if backend == "triton"
+               else torch.ops.zskt_fast.kl_divergence_forward)
+    return forward(student_logits, teacher_logits, float(temperature))[0]
 
-        return triton_kl.kl_divergence_rows(student_logits, teacher_logits, float(temperature))
-    return torch.ops.zskt_fast.kl_divergence_forward(student_logits, teacher_logits, float(temperature))[0]
+
+# The Triton implementation is an op of its own (the C++ ops dispatch on the device alone); its kernels module, and
+# with it Triton, is imported on first use.
+@torch.library.custom_op("zskt_fast::kl_divergence_forward_triton", mutates_args=())
+def _forward_triton(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                    temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from zskt_fast.kernels.triton import kl_divergence as kernels
+
+    return kernels.forward(student_logits, teacher_logits, temperature)
+
+
+@torch.library.custom_op("zskt_fast::kl_divergence_backward_triton", mutates_args=())
+def _backward_triton(grad_rows: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                     student_lse: torch.Tensor, teacher_lse: torch.Tensor, kl_rows: torch.Tensor,
+                     temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from zskt_fast.kernels.triton import kl_divergence as kernels
+
+    return kernels.backward(grad_rows, student_logits, teacher_logits, student_lse, teacher_lse, kl_rows, temperature)
 
 
 def _fake_forward(student_logits, teacher_logits, temperature):
@@ -60,15 +77,24 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(student_lse, teacher_lse)
 
 
-def _backward(ctx, grad_rows, _grad_student_lse, _grad_teacher_lse):
-    student_logits, teacher_logits, student_lse, teacher_lse, rows = ctx.saved_tensors
-    grad_student, grad_teacher = torch.ops.zskt_fast.kl_divergence_backward(
-        grad_rows, student_logits, teacher_logits, student_lse, teacher_lse, rows, ctx.temperature)
-    return (grad_student if ctx.needs_input_grad[0] else None,
-            grad_teacher if ctx.needs_input_grad[1] else None, None)
+def _make_backward(backward_op):
+    def backward(ctx, grad_rows, _grad_student_lse, _grad_teacher_lse):
+        student_logits, teacher_logits, student_lse, teacher_lse, rows = ctx.saved_tensors
+        grad_student, grad_teacher = backward_op(grad_rows, student_logits, teacher_logits, student_lse, teacher_lse,
+                                                 rows, ctx.temperature)
+        return (grad_student if ctx.needs_input_grad[0] else None,
+                grad_teacher if ctx.needs_input_grad[1] else None, None)
+
+    return backward
 
 
+def _register(forward_name: str, backward_name: str) -> None:
+    torch.library.register_fake(forward_name, _fake_forward)
+    torch.library.register_fake(backward_name, _fake_backward)
+    backward_op = getattr(torch.ops.zskt_fast, backward_name.split("::")[1])
+    torch.library.register_autograd(forward_name, _make_backward(backward_op), setup_context=_setup_context)
+
+
+_register("zskt_fast::kl_divergence_forward_triton", "zskt_fast::kl_divergence_backward_triton")
 if _library.compiled_available():
-    torch.library.register_fake("zskt_fast::kl_divergence_forward", _fake_forward)
-    torch.library.register_fake("zskt_fast::kl_divergence_backward", _fake_backward)
-    torch.library.register_autograd("zskt_fast::kl_divergence_forward", _backward, setup_context=_setup_context)
+    _register("zskt_fast::kl_divergence_forward", "zskt_fast::kl_divergence_backward")
