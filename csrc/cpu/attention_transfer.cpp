@@ -14,6 +14,8 @@
 #include <tuple>
 #include <vector>
 
+#include "../checks.h"
+
 namespace zskt {
 namespace {
 
@@ -108,11 +110,6 @@ ZSKT_MULTIVERSION acc_t normalise(acc_t* __restrict__ a, int64_t HW) {
   return norm;
 }
 
-void check_features(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.dim() == 4, "zskt_fast: ", name, " must be [B, C, H, W], got ", x.sizes());
-  TORCH_CHECK(x.numel() > 0, "zskt_fast: ", name, " is empty: ", x.sizes());
-}
-
 int64_t sample_grain(int64_t work_per_sample) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(work_per_sample, 1));
 }
@@ -205,19 +202,11 @@ void backward_kernel(const Features& x, const at::Tensor& g, const at::Tensor& q
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_transfer_forward_cpu(
     const at::Tensor& student_features, const at::Tensor& teacher_features) {
-  check_features(student_features, "student_features");
-  check_features(teacher_features, "teacher_features");
-  TORCH_CHECK(student_features.size(0) == teacher_features.size(0) &&
-                  student_features.size(2) == teacher_features.size(2) &&
-                  student_features.size(3) == teacher_features.size(3),
-              "zskt_fast: student and teacher features differ in batch or spatial size: ", student_features.sizes(),
-              " vs ", teacher_features.sizes());
-  TORCH_CHECK(student_features.scalar_type() == teacher_features.scalar_type(),
-              "zskt_fast: student and teacher features differ in dtype");
+  check_feature_pair(student_features, teacher_features);
   const Features s = as_readable(student_features);
   const Features t = as_readable(teacher_features);
   const int64_t B = student_features.size(0), HW = s.HW;
-  const auto acc_type = student_features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_type = accumulation_type(student_features);
   const auto opts = student_features.options().dtype(acc_type);
   auto sq_diff = at::empty({B}, opts);
   auto q_s = at::empty({B, HW}, opts);

@@ -10,6 +10,8 @@
 #include <limits>
 #include <tuple>
 
+#include "../checks.h"
+
 namespace zskt {
 namespace {
 
@@ -26,23 +28,15 @@ acc_t row_logsumexp(const scalar_t* x, int64_t C, acc_t inv_tau) {
 
 int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)); }
 
-void check_logits(const at::Tensor& s, const at::Tensor& t) {
-  TORCH_CHECK(s.dim() == 2 && t.dim() == 2, "zskt_fast: logits must be [B, C], got ", s.sizes(), " and ", t.sizes());
-  TORCH_CHECK(s.sizes() == t.sizes(), "zskt_fast: student and teacher logits differ in shape: ", s.sizes(), " vs ",
-              t.sizes());
-  TORCH_CHECK(s.scalar_type() == t.scalar_type(), "zskt_fast: student and teacher logits differ in dtype");
-  TORCH_CHECK(s.numel() > 0, "zskt_fast: empty logits");
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const at::Tensor& student_logits,
                                                                         const at::Tensor& teacher_logits,
                                                                         double temperature) {
-  check_logits(student_logits, teacher_logits);
+  check_logit_pair(student_logits, teacher_logits);
   TORCH_CHECK(temperature > 0, "zskt_fast: temperature must be positive");
   const auto s = student_logits.contiguous();
   const auto t = teacher_logits.contiguous();
   const int64_t B = s.size(0), C = s.size(1);
-  const auto acc_type = s.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_type = accumulation_type(s);
   auto kl = at::empty({B}, s.options().dtype(acc_type));
   auto lse_s = at::empty({B}, kl.options());
   auto lse_t = at::empty({B}, kl.options());
@@ -83,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cpu(const at::Tensor& 
                                                              const at::Tensor& student_lse,
                                                              const at::Tensor& teacher_lse, const at::Tensor& kl_rows,
                                                              double temperature) {
-  check_logits(student_logits, teacher_logits);
+  check_logit_pair(student_logits, teacher_logits);
   const int64_t B = student_logits.size(0), C = student_logits.size(1);
   TORCH_CHECK(grad_rows.numel() == B && student_lse.numel() == B && teacher_lse.numel() == B && kl_rows.numel() == B,
               "zskt_fast: kl_divergence_backward expects [B] row statistics");

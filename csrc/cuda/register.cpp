@@ -9,6 +9,7 @@
 
 #include <tuple>
 
+#include "../checks.h"
 #include "launchers.h"
 
 namespace zskt {
@@ -30,21 +31,16 @@ void check_launch(int code, const char* what) {
 
 void* current_stream() { return static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()); }
 
-at::ScalarType acc_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cuda(const at::Tensor& student_logits,
                                                                          const at::Tensor& teacher_logits,
                                                                          double temperature) {
-  TORCH_CHECK(student_logits.dim() == 2 && student_logits.sizes() == teacher_logits.sizes(),
-              "zskt_fast: logits must be two [B, C] tensors of one shape, got ", student_logits.sizes(), " and ",
-              teacher_logits.sizes());
-  TORCH_CHECK(student_logits.scalar_type() == teacher_logits.scalar_type(), "zskt_fast: logits differ in dtype");
-  TORCH_CHECK(student_logits.numel() > 0 && temperature > 0, "zskt_fast: empty logits or temperature <= 0");
+  check_logit_pair(student_logits, teacher_logits);
+  TORCH_CHECK(temperature > 0, "zskt_fast: temperature must be positive");
   const c10::cuda::CUDAGuard guard(student_logits.device());
   const auto s = student_logits.contiguous();
   const auto t = teacher_logits.contiguous();
   const int64_t B = s.size(0), C = s.size(1);
-  auto kl = at::empty({B}, s.options().dtype(acc_type(s)));
+  auto kl = at::empty({B}, s.options().dtype(accumulation_type(s)));
   auto lse_s = at::empty_like(kl);
   auto lse_t = at::empty_like(kl);
   check_launch(cuda::launch_kl_forward(to_dtype(s.scalar_type()), s.const_data_ptr(), t.const_data_ptr(), B, C,
@@ -60,13 +56,12 @@ std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cuda(const at::Tensor&
                                                               const at::Tensor& student_lse,
                                                               const at::Tensor& teacher_lse, const at::Tensor& kl_rows,
                                                               double temperature) {
-  TORCH_CHECK(student_logits.dim() == 2 && student_logits.sizes() == teacher_logits.sizes(),
-              "zskt_fast: logits must be two [B, C] tensors of one shape");
+  check_logit_pair(student_logits, teacher_logits);
   const c10::cuda::CUDAGuard guard(student_logits.device());
   const auto s = student_logits.contiguous();
   const auto t = teacher_logits.contiguous();
   const int64_t B = s.size(0), C = s.size(1);
-  const auto acc = acc_type(s);
+  const auto acc = accumulation_type(s);
   TORCH_CHECK(grad_rows.numel() == B && student_lse.numel() == B && teacher_lse.numel() == B && kl_rows.numel() == B,
               "zskt_fast: kl_divergence_backward expects [B] row statistics");
   const auto g = grad_rows.to(acc).contiguous();
@@ -83,28 +78,19 @@ std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cuda(const at::Tensor&
   return {grad_s, grad_t};
 }
 
-void check_features(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.dim() == 4 && x.numel() > 0, "zskt_fast: ", name, " must be a non-empty [B, C, H, W], got ",
-              x.sizes());
+void check_batch_fits_grid(const at::Tensor& x) {
   TORCH_CHECK(x.size(0) <= 65535, "zskt_fast: the CUDA kernels take at most 65535 samples, got ", x.size(0));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_transfer_forward_cuda(
     const at::Tensor& student_features, const at::Tensor& teacher_features) {
-  check_features(student_features, "student_features");
-  check_features(teacher_features, "teacher_features");
-  TORCH_CHECK(student_features.size(0) == teacher_features.size(0) &&
-                  student_features.size(2) == teacher_features.size(2) &&
-                  student_features.size(3) == teacher_features.size(3),
-              "zskt_fast: student and teacher features differ in batch or spatial size: ", student_features.sizes(),
-              " vs ", teacher_features.sizes());
-  TORCH_CHECK(student_features.scalar_type() == teacher_features.scalar_type(),
-              "zskt_fast: student and teacher features differ in dtype");
+  check_feature_pair(student_features, teacher_features);
+  check_batch_fits_grid(student_features);
   const c10::cuda::CUDAGuard guard(student_features.device());
   const auto s = student_features.contiguous();
   const auto t = teacher_features.contiguous();
   const int64_t B = s.size(0), HW = s.size(2) * s.size(3);
-  const auto opts = s.options().dtype(acc_type(s));
+  const auto opts = s.options().dtype(accumulation_type(s));
   auto sq_diff = at::empty({B}, opts);
   auto q_s = at::empty({B, HW}, opts);
   auto q_t = at::empty({B, HW}, opts);
@@ -122,13 +108,14 @@ at::Tensor attention_transfer_backward_cuda(const at::Tensor& grad_sq_diff, cons
                                             const at::Tensor& attention, const at::Tensor& other_attention,
                                             const at::Tensor& norm) {
   check_features(features, "features");
+  check_batch_fits_grid(features);
   const c10::cuda::CUDAGuard guard(features.device());
   const auto x = features.contiguous();
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   TORCH_CHECK(attention.sizes() == at::IntArrayRef({B, HW}) && other_attention.sizes() == attention.sizes(),
               "zskt_fast: attention maps must be [B, H*W] = [", B, ", ", HW, "]");
   TORCH_CHECK(grad_sq_diff.numel() == B && norm.numel() == B, "zskt_fast: expected [B] per-sample statistics");
-  const auto acc = acc_type(x);
+  const auto acc = accumulation_type(x);
   const auto g = grad_sq_diff.to(acc).contiguous();
   const auto q = attention.to(acc).contiguous();
   const auto qo = other_attention.to(acc).contiguous();

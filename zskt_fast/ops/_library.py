@@ -91,3 +91,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """Kernels accumulate, and return losses, in float32; float64 inputs stay in float64."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def register_fused_op(forward_name: str, backward_name: str, *, fake_forward, fake_backward, setup_context,
+                      make_backward) -> None:
+    """Fake kernels for a forward/backward op pair, and the forward's autograd formula built on the backward op."""
+    torch.library.register_fake(forward_name, fake_forward)
+    torch.library.register_fake(backward_name, fake_backward)
+    backward_op = getattr(torch.ops.zskt_fast, backward_name.split("::")[1])
+    torch.library.register_autograd(forward_name, make_backward(backward_op), setup_context=setup_context)

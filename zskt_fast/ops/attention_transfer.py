@@ -91,10 +91,8 @@ def _make_backward(backward_op):
 
 
 def _register(forward_name: str, backward_name: str) -> None:
-    torch.library.register_fake(forward_name, _fake_forward)
-    torch.library.register_fake(backward_name, _fake_backward)
-    backward_op = getattr(torch.ops.zskt_fast, backward_name.split("::")[1])
-    torch.library.register_autograd(forward_name, _make_backward(backward_op), setup_context=_setup_context)
+    _library.register_fused_op(forward_name, backward_name, fake_forward=_fake_forward, fake_backward=_fake_backward,
+                               setup_context=_setup_context, make_backward=_make_backward)
 
 
 _register("zskt_fast::attention_transfer_forward_triton", "zskt_fast::attention_transfer_backward_triton")
