@@ -35,3 +35,19 @@ def test_public_api():
         assert callable(getattr(zskt_fast, name))
     for name in ("KLDivergence", "AttentionTransfer", "ZSKTStudentLoss", "ZSKTGeneratorLoss"):
         assert issubclass(getattr(zskt_fast.nn, name), torch.nn.Module)
+
+
+def test_cuda_kernels_built_where_nvcc_exists():
+    """Where a CUDA toolkit is found the build compiles the .cu sources, so compile errors in them fail here too."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    import pytest
+
+    nvcc = (Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc").exists() or shutil.which("nvcc")
+    if os.environ.get("ZSKT_CUDA", "auto").lower() in ("0", "off", "false"):
+        pytest.skip("ZSKT_CUDA=0: built without the CUDA kernels on purpose")
+    if not nvcc or torch.version.cuda is None:
+        pytest.skip("no CUDA toolkit here, or torch is a CPU build: nothing to compile the .cu files with")
+    assert _library.compiled_with_cuda(), "nvcc is present but zskt_fast._C was built without its CUDA kernels"
