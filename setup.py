@@ -78,7 +78,7 @@ setup(
     name="zskt_fast",
     version="0.1.0",
     description="Zero-shot knowledge transfer (Micaelli & Storkey, 2019) with fused loss kernels",
-    packages=["zskt_fast", "zskt_fast.ops", "zskt_fast.kernels", "zskt_fast.kernels.triton"],
+    packages=["zskt_fast", "zskt_fast.ops", "zskt_fast.kernels", "zskt_fast.kernels.triton", "zskt_fast.models"],
     python_requires=">=3.10",
     install_requires=["torch>=2.11"],
     ext_modules=[CMakeExtension("zskt_fast._C")],

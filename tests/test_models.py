@@ -1,0 +1,68 @@
+"""Networks: shapes of outputs and attention features, the released teachers' parameter layout, the generator."""
+import pytest
+import torch
+
+import zskt_fast
+from zskt_fast.models import Generator, WideResNet, build_classifier
+
+
+@pytest.mark.parametrize("depth, width", [(16, 1), (16, 2), (40, 1), (40, 2)])
+def test_wrn_outputs_and_features(depth, width):
+    net = WideResNet(depth, width, num_classes=10)
+    logits, feats = net(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10)
+    assert [tuple(f.shape) for f in feats] == [(2, 16 * width, 32, 32), (2, 32 * width, 16, 16),
+                                              (2, 64 * width, 8, 8)]
+    n_blocks = (depth - 4) // 6
+    assert len(net.block1.layer) == len(net.block3.layer) == n_blocks
+
+
+def test_wrn_parameter_names_follow_the_released_teachers():
+    keys = set(WideResNet(16, 2).state_dict())
+    for key in ("conv1.weight", "block1.layer.0.bn1.weight", "block1.layer.0.conv1.weight",
+                "block1.layer.0.bn2.running_mean", "block1.layer.0.conv2.weight", "block1.layer.0.convShortcut.weight",
+                "block2.layer.1.conv2.weight", "block3.layer.0.convShortcut.weight", "bn1.running_var", "fc.weight",
+                "fc.bias"):
+        assert key in keys, key
+    assert "block2.layer.1.convShortcut.weight" not in keys  # same width inside a group: identity shortcut
+    # WRN-40-1: the first block keeps width 16, so it has no projection
+    assert "block1.layer.0.convShortcut.weight" not in WideResNet(40, 1).state_dict()
+
+
+def test_wrn_features_feed_the_attention_loss_of_a_teacher_student_pair():
+    student, teacher = WideResNet(16, 1), WideResNet(40, 2)
+    x = torch.randn(3, 3, 32, 32)
+    s_logits, s_feats = student(x)
+    with torch.no_grad():
+        t_logits, t_feats = teacher.eval()(x)
+    loss = zskt_fast.zskt_student_loss(s_logits, t_logits, s_feats, t_feats)
+    loss.backward()
+    assert torch.isfinite(loss) and student.conv1.weight.grad.abs().sum() > 0
+
+
+def test_wrn_digits_sized_inputs():
+    logits, feats = WideResNet(16, 1, num_classes=10, in_channels=1)(torch.randn(4, 1, 8, 8))
+    assert logits.shape == (4, 10) and feats[-1].shape == (4, 64, 2, 2)
+
+
+def test_build_classifier_by_name_and_bad_names():
+    assert isinstance(build_classifier("WRN-40-2"), WideResNet)
+    with pytest.raises(ValueError, match="unknown architecture 'resnet-50'"):
+        build_classifier("resnet-50")
+    with pytest.raises(ValueError, match="depth must be 6n \\+ 4"):
+        build_classifier("wrn-17-1")
+
+
+@pytest.mark.parametrize("size, channels", [(32, 3), (8, 1), (28, 1)])
+def test_generator_shapes(size, channels):
+    gen = Generator(z_dim=100, image_size=size, channels=channels)
+    x = gen(torch.randn(5, 100))
+    assert x.shape == (5, channels, size, size)
+    assert isinstance(gen.body[-1], torch.nn.BatchNorm2d) and gen.body[-1].affine  # no tanh: BN is the last layer
+
+
+def test_generator_bad_arguments():
+    with pytest.raises(ValueError, match="multiple of 4"):
+        Generator(image_size=30)
+    with pytest.raises(ValueError, match=r"z must be \[B, 100\]"):
+        Generator()(torch.randn(2, 64))

@@ -1,0 +1,40 @@
+"""The paper's generator (spec section 3): noise z -> images, no output squashing."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Generator(nn.Module):
+    """Linear(z_dim -> 128 * (s/4)^2) -> [128, s/4, s/4] -> BN -> up x2 -> conv 128 -> BN -> LeakyReLU(0.2) -> up x2 ->
+    conv 64 -> BN -> LeakyReLU(0.2) -> conv channels -> BN(channels, affine), for s x s images with s divisible by 4."""
+
+    def __init__(self, z_dim: int = 100, image_size: int = 32, channels: int = 3):
+        super().__init__()
+        if image_size < 4 or image_size % 4 != 0:
+            raise ValueError(f"image_size must be a multiple of 4 (the generator upsamples twice by 2), got "
+                             f"{image_size}")
+        if z_dim < 1 or channels < 1:
+            raise ValueError(f"z_dim and channels must be >= 1, got {z_dim} and {channels}")
+        self.z_dim, self.image_size, self.channels = z_dim, image_size, channels
+        self.init_size = image_size // 4
+        self.project = nn.Linear(z_dim, 128 * self.init_size ** 2)
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(128),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(128, 128, 3, padding=1),
+            nn.BatchNorm2d(128),
+            nn.LeakyReLU(0.2),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(128, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(64, channels, 3, padding=1),
+            nn.BatchNorm2d(channels, affine=True),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"z must be [B, {self.z_dim}], got {tuple(z.shape)}")
+        x = self.project(z).view(z.shape[0], 128, self.init_size, self.init_size)
+        return self.body(x)
