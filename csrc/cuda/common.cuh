@@ -26,7 +26,6 @@ template <typename T> __device__ __forceinline__ T cast_to(float v);
 template <> __device__ __forceinline__ float cast_to<float>(float v) { return v; }
 template <> __device__ __forceinline__ __half cast_to<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 cast_to<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-__device__ __forceinline__ double cast_double(double v) { return v; }
 
 template <typename T, typename A> __device__ __forceinline__ void store(T* p, A v) { *p = cast_to<T>(v); }
 template <> __device__ __forceinline__ void store<double, double>(double* p, double v) { *p = v; }
