@@ -51,7 +51,7 @@ def test_layouts(fused, student_layout, teacher_layout):
     backend, device = fused
     result = run_both(backend, device, [(3, 6, 10, 5, 7)], torch.float32, layouts=(student_layout, teacher_layout))
     check(*result, torch.float32)
-    student_input, student_grad = result[4][0], result[2][0]
+    student_grad = result[2][0]
     if student_layout == "channels_last":  # the gradient keeps the layout it is read in
         assert student_grad.is_contiguous(memory_format=torch.channels_last)
 
