@@ -47,7 +47,9 @@ def test_wrn_digits_sized_inputs():
 
 def test_build_classifier_by_name_and_bad_names():
     assert isinstance(build_classifier("WRN-40-2"), WideResNet)
-    with pytest.raises(ValueError, match="unknown architecture 'resnet-50'"):
+    with pytest.raises(ValueError, match="unknown architecture 'vgg-16'"):
+        build_classifier("vgg-16")
+    with pytest.raises(ValueError, match=r"ResNet depth must be one of \[18, 34\], got 50"):
         build_classifier("resnet-50")
     with pytest.raises(ValueError, match="depth must be 6n \\+ 4"):
         build_classifier("wrn-17-1")
@@ -66,3 +68,34 @@ def test_generator_bad_arguments():
         Generator(image_size=30)
     with pytest.raises(ValueError, match=r"z must be \[B, 100\]"):
         Generator()(torch.randn(2, 64))
+
+
+@pytest.mark.parametrize("depth, blocks", [(18, (2, 2, 2, 2)), (34, (3, 4, 6, 3))])
+def test_resnet_cifar_layout(depth, blocks):
+    from zskt_fast.models import ResNet
+
+    net = build_classifier(f"resnet-{depth}")
+    assert isinstance(net, ResNet)
+    assert tuple(len(getattr(net, f"layer{i}")) for i in range(1, 5)) == blocks
+    logits, feats = net(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10)
+    assert [tuple(f.shape) for f in feats] == [(2, 64, 32, 32), (2, 128, 16, 16), (2, 256, 8, 8), (2, 512, 4, 4)]
+
+
+def test_pairing_check():
+    from zskt_fast.models import check_pairable
+
+    check_pairable(build_classifier("wrn-40-2"), build_classifier("wrn-16-1"), in_channels=3, image_size=32)
+    check_pairable(build_classifier("resnet-34"), build_classifier("resnet-18"), in_channels=3, image_size=32)
+    with pytest.raises(ValueError, match=r"3 maps of sizes 32x32, 16x16, 8x8\) and the student \(4 maps"):
+        check_pairable(build_classifier("wrn-40-2"), build_classifier("resnet-18"), in_channels=3, image_size=32)
+    # without attention transfer any two classifiers with the same classes pair
+    check_pairable(build_classifier("wrn-40-2"), build_classifier("resnet-18"), in_channels=3, image_size=32,
+                   attention=False)
+    with pytest.raises(ValueError, match="predicts 10 classes and the student 100"):
+        check_pairable(build_classifier("wrn-16-2"), build_classifier("wrn-16-1", num_classes=100), in_channels=3,
+                       image_size=32)
+    teacher = build_classifier("wrn-16-2").train()
+    stats = teacher.bn1.running_mean.clone()
+    check_pairable(teacher, build_classifier("wrn-16-1"), in_channels=3, image_size=32)
+    assert teacher.training and torch.equal(teacher.bn1.running_mean, stats)

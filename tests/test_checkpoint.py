@@ -1,0 +1,91 @@
+"""Checkpoint files: atomic writes, the released teachers' layout, clear errors for files that do not fit."""
+import argparse
+import os
+
+import pytest
+import torch
+
+from zskt_fast.engine.checkpoint import CheckpointError, atomic_save, load_file, load_weights, save_classifier
+from zskt_fast.models import build_classifier
+
+
+def _randomised(net):
+    with torch.no_grad():
+        for t in net.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.randn_like(t))
+    return net
+
+
+def test_released_teacher_layout_loads_as_it_is(tmp_path):
+    # The authors' files: a dict with an argparse namespace, the epoch, the optimiser and 'state_dict'.
+    source = _randomised(build_classifier("wrn-16-2"))
+    path = tmp_path / "last.pth.tar"
+    torch.save({"args": argparse.Namespace(dataset="CIFAR10", lr=0.1), "epoch": 200, "test_acc": 0.94,
+                "state_dict": source.state_dict(), "optimizer": {"state": {}, "param_groups": []}}, path)
+    target = build_classifier("wrn-16-2")
+    meta = load_weights(target, path)
+    assert meta["epoch"] == 200
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("layout", ["plain", "data-parallel", "ours"])
+def test_other_layouts_load(tmp_path, layout):
+    source = _randomised(build_classifier("wrn-16-1", in_channels=1))
+    path = tmp_path / "weights.pt"
+    if layout == "plain":
+        torch.save(source.state_dict(), path)
+    elif layout == "data-parallel":
+        torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    else:
+        save_classifier(source, path, arch="wrn-16-1", test_acc=50.0)
+    target = build_classifier("wrn-16-1", in_channels=1)
+    load_weights(target, path)
+    assert all(torch.equal(target.state_dict()[k], v) for k, v in source.state_dict().items())
+
+
+def test_wrong_architecture_lists_missing_unexpected_and_mismatched_keys(tmp_path):
+    path = tmp_path / "wrn40.pt"
+    torch.save({"state_dict": build_classifier("wrn-40-2").state_dict()}, path)
+    with pytest.raises(CheckpointError) as error:
+        load_weights(build_classifier("wrn-16-2"), path, what="teacher")
+    message = str(error.value)
+    assert "does not fit the teacher (wrn-16-2)" in message
+    assert "unexpected keys: block1.layer.2" in message and "missing keys: none" in message
+    path = tmp_path / "wide.pt"
+    torch.save(build_classifier("wrn-16-1").state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"shape mismatches .*block1.layer.0.conv1.weight \(16, 16, 3, 3\) vs "
+                                              r"\(32, 16, 3, 3\)"):
+        load_weights(build_classifier("wrn-16-2"), path)
+
+
+def test_nan_missing_and_unreadable_files(tmp_path):
+    net = build_classifier("wrn-16-1")
+    state = net.state_dict()
+    state["fc.weight"][0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="fc.weight holds NaN"):
+        load_weights(build_classifier("wrn-16-1"), tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_weights(net, tmp_path / "absent.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_file(tmp_path / "junk.pt")
+    torch.save({"epoch": 3}, tmp_path / "nostate.pt")
+    with pytest.raises(CheckpointError, match="neither a state dict"):
+        load_weights(net, tmp_path / "nostate.pt")
+
+
+def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"x": torch.ones(3)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_save({"x": Unpicklable()}, path)
+    assert torch.equal(load_file(path)["x"], torch.ones(3))
+    assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temporary file left behind

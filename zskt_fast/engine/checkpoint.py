@@ -1,0 +1,109 @@
+"""Checkpoint files: written atomically, read without executing arbitrary pickled code, checked for NaN.
+
+A classifier file can be any of: the released teachers' dict whose `state_dict` entry holds the weights, the files this
+package writes (the same layout plus metadata), or a plain state dict.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, holds non-finite values or does not fit the network."""
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file beside `path`, flushed to disk, then renamed over it: a reader (or a run killed
+    while writing) sees the old file or the new one, never half of one."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the final file gets the usual permissions
+        with os.fdopen(handle, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_file(path: str | os.PathLike, map_location="cpu"):
+    """torch.load with weights_only=True (argparse namespaces, which the released teachers carry, are allowed)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # unpickling and format errors have many types
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: {str(error).splitlines()[0]}. "
+                              f"If it holds Python objects besides tensors, re-save just its weights with "
+                              f"torch.save(checkpoint['state_dict'], path).") from error
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{source}: {key} holds NaN or infinite values")
+
+
+def extract_state_dict(obj, source: str) -> dict[str, torch.Tensor]:
+    """The weights inside a loaded file, with any DataParallel `module.` prefix removed."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{source} holds neither a state dict nor a dict with a 'state_dict' entry")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def _first(items, n: int = 5) -> str:
+    items = list(items)
+    shown = ", ".join(items[:n])
+    return shown + (f" (and {len(items) - n} more)" if len(items) > n else "") if items else "none"
+
+
+def load_weights(net: nn.Module, path: str | os.PathLike, *, what: str = "network") -> dict:
+    """Loads a classifier file into `net` after checking that every key and shape fits; returns the whole file's dict
+    (metadata included). Raises CheckpointError listing the first missing, unexpected and mismatched keys."""
+    path = os.fspath(path)
+    obj = load_file(path)
+    state = extract_state_dict(obj, path)
+    check_finite(state, path)
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state and state[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        arch = getattr(net, "arch_name", type(net).__name__)
+        raise CheckpointError(
+            f"{path} does not fit the {what} ({arch}): missing keys: {_first(missing)}; unexpected keys: "
+            f"{_first(unexpected)}; shape mismatches (file vs network): {_first(mismatched)}. Check the architecture "
+            f"and the dataset (number of classes, input channels).")
+    net.load_state_dict(state)
+    return dict(obj) if isinstance(obj, Mapping) else {"state_dict": state}
+
+
+def save_classifier(net: nn.Module, path: str | os.PathLike, **metadata) -> None:
+    """The layout `load_weights` reads (and the released teachers use): {'state_dict': ..., **metadata}."""
+    for key, value in metadata.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CheckpointError(f"metadata {key} is not finite: {value}")
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    atomic_save({"state_dict": state, **metadata}, path)

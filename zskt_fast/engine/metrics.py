@@ -1,0 +1,64 @@
+"""Run outputs: a JSON-lines metrics log (optionally mirrored to TensorBoard) and grids of generated images."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+class MetricsLog:
+    """Appends one JSON object per line. On resume, records past the checkpoint's iteration (written by the run that
+    was killed) are dropped so that the log reads as one uninterrupted run."""
+
+    def __init__(self, path: str | os.PathLike, *, keep_until: int | None = None, tensorboard_dir: str | None = None):
+        self.path = Path(path)
+        if keep_until is not None and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("iteration", 0) <= keep_until]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        elif keep_until is None:
+            self.path.write_text("")
+        self.writer = None
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                pass
+            else:
+                self.writer = SummaryWriter(tensorboard_dir, purge_step=keep_until)
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "iteration" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(key, value, record["iteration"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+@torch.no_grad()
+def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, mean, std, min_size: int = 32) -> None:
+    """Un-normalises with the data set's mean and std, stretches each image to [0, 1] (generated images have no fixed
+    range), enlarges small ones with nearest-neighbour pixels, and writes an 8-wide PNG grid."""
+    from torchvision.utils import save_image
+
+    images = images.float().cpu()
+    mean = torch.tensor(mean).view(1, -1, 1, 1)
+    std = torch.tensor(std).view(1, -1, 1, 1)
+    images = images * std + mean
+    if images.shape[-1] < min_size:
+        images = F.interpolate(images, scale_factor=math.ceil(min_size / images.shape[-1]), mode="nearest")
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    save_image(images, path, nrow=8, normalize=True, scale_each=True, padding=1)

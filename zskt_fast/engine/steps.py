@@ -1,0 +1,247 @@
+"""The three kinds of work in one iteration of Algorithm 1, eager or replayed from CUDA graphs.
+
+`ZSKTSteps` runs them eagerly (any device). `GraphedZSKTSteps` captures each one once as a CUDA graph over static
+buffers and replays it: the generator step, the images-and-teacher pass, and the student step. Capture needs
+host-synchronisation-free steps, hence capturable Adam with a tensor learning rate (the cosine schedule fills it in
+place) and clipping whose scale stays on the device.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..ops import zskt_generator_loss, zskt_student_loss
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class StepSettings:
+    batch_size: int = 128
+    z_dim: int = 100
+    generator_lr: float = 1e-3
+    student_lr: float = 2e-3
+    beta: float = 250.0
+    temperature: float = 1.0
+    grad_clip: float = 5.0
+    amp: str = "off"
+    backend: str = "auto"
+    channels_last: bool = False
+
+
+def cosine_lr(base_lr: float, iteration: int, iterations: int) -> float:
+    """Cosine annealing from base_lr at iteration 0 to 0 at `iterations` (CosineAnnealingLR's closed form)."""
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(iteration, iterations) / iterations))
+
+
+@dataclass
+class TeacherOutputs:
+    logits: torch.Tensor
+    features: list[torch.Tensor]
+
+
+class ZSKTSteps:
+    """Holds the networks, the optimisers and the noise source; each method is one piece of Algorithm 1."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, generator: nn.Module, settings: StepSettings,
+                 device: torch.device, seed: int):
+        self.teacher, self.student, self.generator = teacher, student, generator
+        self.settings, self.device = settings, torch.device(device)
+        teacher.eval().requires_grad_(False)
+        student.train()
+        generator.train()
+        if settings.channels_last:
+            for net in (teacher, student, generator):
+                net.to(memory_format=torch.channels_last)
+        self.optimizer_G = self._adam(generator, settings.generator_lr)
+        self.optimizer_S = self._adam(student, settings.student_lr)
+        self.noise = torch.Generator(device=self.device).manual_seed(seed)
+        amp_dtype = AMP_DTYPES[settings.amp]
+        self.scaler_G = self.scaler_S = None
+        if amp_dtype == torch.float16:
+            self.scaler_G = torch.amp.GradScaler(self.device.type)
+            self.scaler_S = torch.amp.GradScaler(self.device.type)
+        self.amp_dtype = amp_dtype
+        # The attention features take part only when beta > 0; with beta = 0 the networks need not pair.
+        self.use_attention = settings.beta > 0
+
+    def _adam(self, net: nn.Module, lr: float) -> torch.optim.Adam:
+        return torch.optim.Adam(net.parameters(), lr=lr)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=False)
+
+    # -- Algorithm 1, piece by piece ---------------------------------------------------------------------------------
+    def sample_noise(self) -> torch.Tensor:
+        s = self.settings
+        return torch.empty(s.batch_size, s.z_dim, device=self.device).normal_(generator=self.noise)
+
+    def generator_step(self, z: torch.Tensor) -> torch.Tensor:
+        """One Adam step of G on -KL(T(G(z)) || S(G(z))); the gradient flows through both networks into G only."""
+        with self.autocast():
+            images = self.generator(z)
+            student_logits, _ = self.student(images)
+            teacher_logits, _ = self.teacher(images)
+            loss = zskt_generator_loss(student_logits, teacher_logits, temperature=self.settings.temperature,
+                                       backend=self.settings.backend)
+        self._optimise(loss, self.generator, self.optimizer_G, self.scaler_G, only_this_net=True)
+        return loss.detach()
+
+    @torch.no_grad()
+    def images_and_teacher(self, z: torch.Tensor) -> tuple[torch.Tensor, TeacherOutputs]:
+        """G(z) once per iteration (G does not change during the student steps) and the teacher's outputs on it."""
+        with self.autocast():
+            images = self.generator(z)
+            logits, features = self.teacher(images)
+        return images, TeacherOutputs(logits, features if self.use_attention else [])
+
+    def student_step(self, images: torch.Tensor, teacher: TeacherOutputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """One Adam step of S on KL(T || S) + beta * sum_l AT_l; returns the loss and the student's logits."""
+        with self.autocast():
+            logits, features = self.student(images)
+            loss = zskt_student_loss(logits, teacher.logits, features if self.use_attention else [], teacher.features,
+                                     beta=self.settings.beta, temperature=self.settings.temperature,
+                                     backend=self.settings.backend)
+        self._optimise(loss, self.student, self.optimizer_S, self.scaler_S)
+        return loss.detach(), logits.detach()
+
+    def set_learning_rates(self, iteration: int, iterations: int) -> None:
+        for optimizer, base in ((self.optimizer_G, self.settings.generator_lr),
+                                (self.optimizer_S, self.settings.student_lr)):
+            lr = cosine_lr(base, iteration, iterations)
+            for group in optimizer.param_groups:
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
+
+    # -- shared mechanics --------------------------------------------------------------------------------------------
+    def _optimise(self, loss: torch.Tensor, net: nn.Module, optimizer: torch.optim.Optimizer, scaler,
+                  only_this_net: bool = False) -> None:
+        params = [p for p in net.parameters()]
+        optimizer.zero_grad(set_to_none=True)
+        scaled = scaler.scale(loss) if scaler is not None else loss
+        # inputs= keeps autograd from computing the weight gradients of the other networks in the generator step.
+        scaled.backward(inputs=params if only_this_net else None)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip, foreach=True)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+
+    def state_dict(self) -> dict:
+        return {
+            "student": self.student.state_dict(),
+            "generator": self.generator.state_dict(),
+            "optimizer_G": self.optimizer_G.state_dict(),
+            "optimizer_S": self.optimizer_S.state_dict(),
+            "noise": self.noise.get_state(),
+            "scaler_G": self.scaler_G.state_dict() if self.scaler_G else None,
+            "scaler_S": self.scaler_S.state_dict() if self.scaler_S else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.student.load_state_dict(state["student"])
+        self.generator.load_state_dict(state["generator"])
+        for name in ("optimizer_G", "optimizer_S"):
+            optimizer = getattr(self, name)
+            kept = [group["lr"] for group in optimizer.param_groups]  # a captured graph reads these tensors
+            optimizer.load_state_dict(state[name])
+            for group, lr in zip(optimizer.param_groups, kept):
+                if isinstance(lr, torch.Tensor):
+                    lr.fill_(float(group["lr"]))
+                group["lr"] = lr if isinstance(lr, torch.Tensor) else float(group["lr"])
+        self.noise.set_state(state["noise"].cpu() if isinstance(state["noise"], torch.Tensor) else state["noise"])
+        for name in ("scaler_G", "scaler_S"):
+            if getattr(self, name) is not None and state.get(name):
+                getattr(self, name).load_state_dict(state[name])
+
+
+class GraphedZSKTSteps(ZSKTSteps):
+    """The same steps, each captured once as a CUDA graph and replayed. Call `capture()` after loading any state."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        if self.scaler_G is not None:
+            raise ValueError("CUDA graphs cannot replay fp16 training: its dynamic loss scale checks for overflow on "
+                             "the host after every step. Use --amp bf16 (or off), or --no-cuda-graphs.")
+        self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
+
+    def _adam(self, net: nn.Module, lr: float) -> torch.optim.Adam:
+        # capturable: the step counter and bias corrections stay on the GPU; a tensor lr is updated in place.
+        return torch.optim.Adam(net.parameters(), lr=torch.tensor(lr, device=self.device), capturable=True,
+                                foreach=True)
+
+    def _tensors_to_restore(self) -> list[torch.Tensor]:
+        tensors = [t for net in (self.student, self.generator) for t in (*net.parameters(), *net.buffers())]
+        for optimizer in (self.optimizer_G, self.optimizer_S):
+            for state in optimizer.state.values():
+                tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
+        return tensors
+
+    def capture(self, warmup_steps: int = 3) -> None:
+        """Warm up on a side stream (as capture requires), capture the three graphs, then put every parameter, buffer
+        and optimiser state back as it was, so that capturing changes nothing in the run."""
+        fresh_optimizers = not any(self.optimizer_G.state) and not any(self.optimizer_S.state)
+        saved = [t.detach().clone() for t in self._tensors_to_restore()]
+        noise_state = self.noise.get_state()
+        self.static_z = super().sample_noise()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup_steps):
+                super().generator_step(self.static_z)
+                images, teacher = super().images_and_teacher(self.static_z)
+                super().student_step(images, teacher)
+        torch.cuda.current_stream().wait_stream(side)
+
+        for optimizer in (self.optimizer_G, self.optimizer_S):
+            optimizer.zero_grad(set_to_none=True)
+        self.graphs = {name: torch.cuda.CUDAGraph() for name in ("generator", "images", "student")}
+        with torch.cuda.graph(self.graphs["generator"]):
+            self.static_loss_G = super().generator_step(self.static_z)
+        with torch.cuda.graph(self.graphs["images"]):
+            self.static_images, self.static_teacher = super().images_and_teacher(self.static_z)
+        with torch.cuda.graph(self.graphs["student"]):
+            self.static_loss_S, self.static_logits_S = super().student_step(self.static_images, self.static_teacher)
+
+        current = self._tensors_to_restore()
+        with torch.no_grad():
+            if fresh_optimizers:  # warm-up created the optimiser state: zero it, as a fresh optimiser has none
+                n_model = len(saved)
+                for t in current[n_model:]:
+                    t.zero_()
+                current, restore = current[:n_model], saved
+            else:
+                restore = saved
+            for t, s in zip(current, restore):
+                t.copy_(s)
+        self.noise.set_state(noise_state)
+        torch.cuda.synchronize()
+
+    def sample_noise(self) -> torch.Tensor:
+        self.static_z.normal_(generator=self.noise)
+        return self.static_z
+
+    def generator_step(self, z: torch.Tensor) -> torch.Tensor:
+        self.graphs["generator"].replay()
+        return self.static_loss_G
+
+    def images_and_teacher(self, z: torch.Tensor):
+        self.graphs["images"].replay()
+        return self.static_images, self.static_teacher
+
+    def student_step(self, images, teacher):
+        self.graphs["student"].replay()
+        return self.static_loss_S, self.static_logits_S
