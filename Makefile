@@ -9,7 +9,7 @@ endif
 PY := $(ENV_DIR)/bin/python
 DEPS_STAMP := $(ENV_DIR)/.zskt_fast-deps
 
-.PHONY: setup build test bench clean
+.PHONY: setup build train test bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(ENV_DIR)
@@ -25,6 +25,10 @@ setup: $(DEPS_STAMP)
 build: setup
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 
+# The main job with its offline default (digits); pass options through ARGS="--iterations 2000 --seeds 0 1 2".
+train: build
+	$(PY) -m zskt_fast.train $(ARGS)
+
 test: build
 	$(PY) -m pytest -q -ra tests
 
@@ -32,6 +36,9 @@ bench: build
 	$(PY) -m pytest -q benchmarks/bench_losses.py --benchmark-json=benchmarks/out/losses.json \
 	    --benchmark-columns=min,median,mean,stddev,rounds
 	$(PY) benchmarks/report.py benchmarks/out/losses.json
+	$(PY) -m pytest -q benchmarks/bench_train.py --benchmark-json=benchmarks/out/train.json \
+	    --benchmark-columns=min,median,mean,stddev,rounds
+	$(PY) benchmarks/report.py benchmarks/out/train.json
 
 clean:
 	rm -rf build zskt_fast/_C*.so *.egg-info

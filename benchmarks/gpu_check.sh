@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# GPU check, for a machine with a CUDA GPU and no network: builds the extension, runs the GPU tests, runs the kernel
-# benchmarks, and prints a short table last. Exits non-zero when a GPU test fails. The full log goes to
-# ${GPU_CHECK_LOG:-benchmarks/out/gpu_check.log}.
+# GPU check, for a machine with a CUDA GPU and no network: builds the extension, runs the GPU tests (ops and trainer),
+# runs the kernel and trainer benchmarks, and prints short tables last. Exits non-zero when a GPU test fails. The full
+# log goes to ${GPU_CHECK_LOG:-benchmarks/out/gpu_check.log}.
 #
 #   bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -48,5 +48,10 @@ fi
 log "benchmarks"
 $PY -m pytest -q benchmarks/bench_losses.py --benchmark-json=benchmarks/out/losses_gpu.json \
     --benchmark-columns=min,median,rounds >>"$LOG" 2>&1 || { status=1; log "BENCHMARKS FAILED"; }
+log "trainer benchmark: authors' eager loop against this trainer (AMP, CUDA graphs on and off)"
+ZSKT_BENCH_ITERATIONS=${ZSKT_BENCH_ITERATIONS:-20} $PY -m pytest -q benchmarks/bench_train.py \
+    --benchmark-json=benchmarks/out/train_gpu.json --benchmark-columns=min,median,rounds >>"$LOG" 2>&1 \
+    || { status=1; log "TRAINER BENCHMARK FAILED"; }
 $PY benchmarks/report.py benchmarks/out/losses_gpu.json 2>&1 | tee -a "$LOG"
+$PY benchmarks/report.py benchmarks/out/train_gpu.json 2>&1 | tee -a "$LOG"
 exit $status

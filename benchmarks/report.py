@@ -20,9 +20,12 @@ def main(path):
     if peak:
         print(f"copy bandwidth (256 MB copy, read + write): {peak:.1f} GB/s")
     groups = defaultdict(list)
+    train_rows = [r for r in rows if "variant" in r["extra_info"]]
     for r in rows:
-        if r["extra_info"].get("backend") != "copy":
+        if "backend" in r["extra_info"] and r["extra_info"]["backend"] != "copy":
             groups[r["group"]].append(r)
+    if train_rows:
+        report_training(train_rows)
     for group, items in groups.items():
         eager = next((r["stats"]["median"] for r in items if r["extra_info"]["backend"] == "eager"), None)
         print(f"\n{group}")
@@ -35,6 +38,26 @@ def main(path):
             share = f"{100 * gbps / peak:.0f}%" if peak else "-"
             print(f"| {r['extra_info']['backend']} | {median * 1e3:.2f} | {r['stats']['min'] * 1e3:.2f} | {ratio} | "
                   f"{gbps:.1f} | {share} |")
+
+
+def report_training(rows, paper_iterations=80_000):
+    """Iterations per second of each training variant, its ratio to the authors' loop, and one paper run's wall time."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r["group"]].append(r)
+    for group, items in groups.items():
+        def seconds_per_iteration(r):
+            return r["stats"]["median"] / r["extra_info"]["iterations_per_round"]
+        base = next((seconds_per_iteration(r) for r in items if r["extra_info"]["variant"] == "authors-eager"), None)
+        gpu = items[0]["extra_info"].get("gpu")
+        print(f"\n{group}" + (f" ({gpu})" if gpu else ""))
+        print(f"| variant | s / iteration | iterations / s | x authors' loop | {paper_iterations:,} iterations |")
+        print("|---|---|---|---|---|")
+        for r in sorted(items, key=seconds_per_iteration, reverse=True):
+            spi = seconds_per_iteration(r)
+            ratio = f"{base / spi:.2f}" if base else "-"
+            print(f"| {r['extra_info']['variant']} | {spi:.4f} | {1 / spi:.2f} | {ratio} | "
+                  f"{spi * paper_iterations / 3600:.1f} h |")
 
 
 if __name__ == "__main__":

@@ -49,16 +49,25 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 
 @torch.no_grad()
-def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, mean, std, min_size: int = 32) -> None:
+def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, mean, std, min_size: int = 32,
+                    columns: int = 8) -> None:
     """Un-normalises with the data set's mean and std, stretches each image to [0, 1] (generated images have no fixed
-    range), enlarges small ones with nearest-neighbour pixels, and writes an 8-wide PNG grid."""
-    from torchvision.utils import save_image
+    range), enlarges small ones with nearest-neighbour pixels, and writes a PNG grid `columns` wide."""
+    from PIL import Image
 
     images = images.float().cpu()
-    mean = torch.tensor(mean).view(1, -1, 1, 1)
-    std = torch.tensor(std).view(1, -1, 1, 1)
-    images = images * std + mean
+    images = images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+    low = images.amin(dim=(1, 2, 3), keepdim=True)
+    high = images.amax(dim=(1, 2, 3), keepdim=True)
+    images = (images - low) / (high - low).clamp_min(1e-8)
     if images.shape[-1] < min_size:
         images = F.interpolate(images, scale_factor=math.ceil(min_size / images.shape[-1]), mode="nearest")
+    n, c, h, w = images.shape
+    rows = math.ceil(n / columns)
+    grid = torch.ones(c, rows * (h + 1) + 1, columns * (w + 1) + 1)  # one-pixel white borders
+    for i, image in enumerate(images):
+        top, left = 1 + (i // columns) * (h + 1), 1 + (i % columns) * (w + 1)
+        grid[:, top:top + h, left:left + w] = image
+    pixels = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    save_image(images, path, nrow=8, normalize=True, scale_each=True, padding=1)
+    Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(path)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from .progress import progress_bar
 
 from ..data import evaluate
 
@@ -43,7 +43,7 @@ def train_classifier(net: nn.Module, train_set: Dataset, test_batches, config: S
     total_steps, step = config.epochs * len(loader), 0
     net.to(device).train()
     start = time.perf_counter()
-    bar = tqdm(range(config.epochs), desc="pretraining", unit="epoch", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(range(config.epochs), desc="pretraining", unit="epoch", disable=not progress, dynamic_ncols=True)
     for _ in bar:
         loss_sum = torch.zeros((), device=device)
         for images, labels in loader:

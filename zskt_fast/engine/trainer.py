@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from .progress import progress_bar
 
 from ..data import dataset_info, evaluate, evaluation_loader
 from ..models import Generator, build_classifier, check_pairable
@@ -120,7 +120,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = Fal
     log = MetricsLog(run_dir / "metrics.jsonl", keep_until=start if resume else None,
                      tensorboard_dir=str(run_dir / "tensorboard") if config.tensorboard else None)
     accumulator = _Accumulator(device)
-    bar = tqdm(total=config.iterations, initial=start, desc="zero-shot", unit="it", disable=not progress,
+    bar = progress_bar(total=config.iterations, initial=start, desc="zero-shot", unit="it", disable=not progress,
                dynamic_ncols=True)
     clock = {"run_start": time.perf_counter(), "window": time.perf_counter(), "checkpoint": time.perf_counter()}
     student_acc = history[-1]["student_acc"] if history else float("nan")

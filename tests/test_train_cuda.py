@@ -1,0 +1,88 @@
+"""The trainer on a GPU: CUDA-graph replay equals eager steps, capture changes nothing, AMP runs, the CLI default.
+Skipped, with the reason, where there is no GPU."""
+import json
+
+import pytest
+import torch
+
+from zskt_fast import train as train_cli
+from zskt_fast.engine.loop import zero_shot_knowledge_transfer
+from zskt_fast.engine.steps import GraphedZSKTSteps, StepSettings, ZSKTSteps
+from zskt_fast.models import Generator, build_classifier
+
+from conftest import HAS_CUDA
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and none is present")]
+
+
+def _steps(cls, dtype=torch.float32, **settings):
+    torch.manual_seed(0)
+    nets = [build_classifier("wrn-16-2"), build_classifier("wrn-16-1"), Generator(z_dim=32, image_size=32)]
+    nets = [n.to("cuda", dtype) for n in nets]
+    return cls(*nets, StepSettings(batch_size=16, z_dim=32, **settings), torch.device("cuda"), seed=0)
+
+
+def _state(steps):
+    return {**{f"S.{k}": v.clone() for k, v in steps.student.state_dict().items()},
+            **{f"G.{k}": v.clone() for k, v in steps.generator.state_dict().items()}}
+
+
+@pytest.fixture
+def float64_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_graph_replay_equals_eager_steps(float64_default):
+    # float64 and the eager loss: what is compared is the capture and replay, not kernel rounding.
+    results = []
+    for cls in (ZSKTSteps, GraphedZSKTSteps):
+        steps = _steps(cls, torch.float64, backend="eager")
+        if cls is GraphedZSKTSteps:
+            steps.set_learning_rates(0, 4)
+            steps.capture()
+        zero_shot_knowledge_transfer(steps, iterations=4, n_generator_steps=1, n_student_steps=3)
+        torch.cuda.synchronize()
+        results.append(_state(steps))
+    for key, value in results[0].items():
+        torch.testing.assert_close(results[1][key], value, rtol=1e-9, atol=1e-10, msg=key)
+
+
+def test_capture_leaves_every_weight_statistic_and_optimiser_state_as_it_was():
+    steps = _steps(GraphedZSKTSteps, amp="bf16")
+    before = _state(steps)
+    steps.set_learning_rates(0, 10)
+    steps.capture()
+    after = _state(steps)
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    for optimizer in (steps.optimizer_G, steps.optimizer_S):
+        for state in optimizer.state.values():
+            assert state["step"].item() == 0 and state["exp_avg"].abs().sum().item() == 0
+
+
+@pytest.mark.parametrize("amp, graphs", [("bf16", True), ("bf16", False), ("fp16", False), ("off", True)])
+def test_amp_and_graph_variants_train(amp, graphs):
+    steps = _steps(GraphedZSKTSteps if graphs else ZSKTSteps, amp=amp, channels_last=True)
+    if graphs:
+        steps.set_learning_rates(0, 5)
+        steps.capture()
+    before = _state(steps)
+    losses = []
+    zero_shot_knowledge_transfer(steps, iterations=5, n_generator_steps=1, n_student_steps=2,
+                                 on_iteration_end=lambda it, out: losses.append(
+                                     (out["loss_G"].item(), out["loss_S"].item())))
+    assert all(torch.isfinite(torch.tensor(pair)).all() for pair in losses)
+    after = _state(steps)
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("S."))
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("G."))
+
+
+def test_cli_on_the_gpu_uses_amp_and_graphs(tmp_path, teacher_cache):
+    assert train_cli.main(["--iterations", "20", "--eval-every", "10", "--out", str(tmp_path), "--no-progress",
+                           "--no-tensorboard"]) == 0
+    config = json.loads((tmp_path / "seed0" / "config.json").read_text())
+    assert config["device"] == "cuda" and config["cuda_graphs"] is True
+    summary = json.loads((tmp_path / "seed0" / "summary.json").read_text())
+    assert summary["student_acc"] > 10
