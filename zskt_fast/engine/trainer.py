@@ -161,8 +161,10 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = Fal
                       f"(teacher {teacher_acc:.2f}%)")
         if record is not None:
             log.write(record)
-            bar.set_postfix(loss_G=f"{record['loss_generator']:.3f}", loss_S=f"{record['loss_student']:.3f}",
-                            acc=f"{student_acc:.1f}")
+            shown = {"loss_G": f"{record['loss_generator']:.3f}", "loss_S": f"{record['loss_student']:.3f}"}
+            if history:
+                shown["acc"] = f"{student_acc:.1f}"
+            bar.set_postfix(shown)
         due = (config.checkpoint_every and done % config.checkpoint_every == 0) or \
             time.perf_counter() - clock["checkpoint"] >= 60 * config.checkpoint_minutes
         if due and done < config.iterations:
