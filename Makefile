@@ -39,6 +39,9 @@ bench: build
 	$(PY) -m pytest -q benchmarks/bench_train.py --benchmark-json=benchmarks/out/train.json \
 	    --benchmark-columns=min,median,mean,stddev,rounds
 	$(PY) benchmarks/report.py benchmarks/out/train.json
+	$(PY) -m pytest -q benchmarks/bench_mte.py --benchmark-json=benchmarks/out/mte.json \
+	    --benchmark-columns=min,median,rounds
+	$(PY) benchmarks/report.py benchmarks/out/mte.json
 
 clean:
 	rm -rf build zskt_fast/_C*.so *.egg-info

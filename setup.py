@@ -81,7 +81,7 @@ setup(
     packages=["zskt_fast", "zskt_fast.ops", "zskt_fast.kernels", "zskt_fast.kernels.triton", "zskt_fast.models",
               "zskt_fast.engine"],
     python_requires=">=3.10",
-    install_requires=["torch>=2.11", "torchvision", "numpy", "scikit-learn", "tqdm"],
+    install_requires=["torch>=2.11", "torchvision", "numpy", "scikit-learn", "tqdm", "matplotlib"],
     ext_modules=[CMakeExtension("zskt_fast._C")],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

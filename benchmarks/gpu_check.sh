@@ -52,6 +52,10 @@ log "trainer benchmark: authors' eager loop against this trainer (AMP, CUDA grap
 ZSKT_BENCH_ITERATIONS=${ZSKT_BENCH_ITERATIONS:-20} $PY -m pytest -q benchmarks/bench_train.py \
     --benchmark-json=benchmarks/out/train_gpu.json --benchmark-columns=min,median,rounds >>"$LOG" 2>&1 \
     || { status=1; log "TRAINER BENCHMARK FAILED"; }
+log "transition-curve benchmark: batched against the per-image loop"
+$PY -m pytest -q benchmarks/bench_mte.py -k gpu --benchmark-json=benchmarks/out/mte_gpu.json \
+    --benchmark-columns=min,median,rounds >>"$LOG" 2>&1 || { status=1; log "MTE BENCHMARK FAILED"; }
 $PY benchmarks/report.py benchmarks/out/losses_gpu.json 2>&1 | tee -a "$LOG"
 $PY benchmarks/report.py benchmarks/out/train_gpu.json 2>&1 | tee -a "$LOG"
+$PY benchmarks/report.py benchmarks/out/mte_gpu.json 2>&1 | tee -a "$LOG"
 exit $status

@@ -26,6 +26,9 @@ def main(path):
             groups[r["group"]].append(r)
     if train_rows:
         report_training(train_rows)
+    mte_rows = [r for r in rows if "method" in r["extra_info"]]
+    if mte_rows:
+        report_transition_curves(mte_rows)
     for group, items in groups.items():
         eager = next((r["stats"]["median"] for r in items if r["extra_info"]["backend"] == "eager"), None)
         print(f"\n{group}")
@@ -58,6 +61,24 @@ def report_training(rows, paper_iterations=80_000):
             ratio = f"{base / spi:.2f}" if base else "-"
             print(f"| {r['extra_info']['variant']} | {spi:.4f} | {1 / spi:.2f} | {ratio} | "
                   f"{spi * paper_iterations / 3600:.1f} h |")
+
+
+def report_transition_curves(rows):
+    """Seconds per image of each method and the batched speed-up (the per-image loop may time fewer images)."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r["group"]].append(r)
+    for group, items in groups.items():
+        def per_image(r):
+            return r["stats"]["median"] / r["extra_info"]["images"]
+        base = next((per_image(r) for r in items if r["extra_info"]["method"] == "per-image loop"), None)
+        print(f"\n{group}")
+        print("| method | images timed | seconds | seconds / image | speed-up |")
+        print("|---|---|---|---|---|")
+        for r in sorted(items, key=per_image, reverse=True):
+            ratio = f"{base / per_image(r):.1f}" if base else "-"
+            print(f"| {r['extra_info']['method']} | {r['extra_info']['images']} | {r['stats']['median']:.2f} | "
+                  f"{per_image(r):.4f} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,22 @@ from .ops import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS", "REDUCTIONS", "attention_transfer", "available_backends", "kl_divergence", "nn",
+    "BACKENDS", "REDUCTIONS", "attention_transfer", "available_backends", "build_classifier", "Generator",
+    "kl_divergence", "mean_transition_error", "nn", "transition_curves", "zero_shot_knowledge_transfer",
     "zskt_generator_loss", "zskt_student_loss",
 ]
+
+# The model, training and MTE entry points load on first use, keeping `import zskt_fast` light.
+_LAZY = {
+    "build_classifier": "zskt_fast.models", "Generator": "zskt_fast.models",
+    "transition_curves": "zskt_fast.mte", "mean_transition_error": "zskt_fast.mte",
+    "zero_shot_knowledge_transfer": "zskt_fast.engine.loop",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'zskt_fast' has no attribute {name!r}")

@@ -142,3 +142,20 @@ def evaluate(net: torch.nn.Module, loader, device: torch.device | str = "cpu") -
     finally:
         net.train(was_training)
     return 100.0 * correct / max(total, 1)
+
+
+def make_spirals(num_classes: int = 3, points_per_class: int = 300, *, noise: float = 0.08, turns: float = 1.0,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interleaved spiral arms in the plane, one per class, for the two-dimensional demonstration: ([N, 2] points in
+    about [-1, 1]^2, [N] labels)."""
+    if num_classes < 2 or points_per_class < 1:
+        raise ValueError(f"need at least 2 classes and 1 point per class, got {num_classes} and {points_per_class}")
+    gen = torch.Generator().manual_seed(seed)
+    radius = torch.linspace(0.1, 1.0, points_per_class)
+    points, labels = [], []
+    for c in range(num_classes):
+        angle = 2 * torch.pi * (turns * radius + c / num_classes)
+        arm = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], 1)
+        points.append(arm + noise * torch.randn(points_per_class, 2, generator=gen))
+        labels.append(torch.full((points_per_class,), c, dtype=torch.long))
+    return torch.cat(points), torch.cat(labels)

@@ -107,3 +107,19 @@ def save_classifier(net: nn.Module, path: str | os.PathLike, **metadata) -> None
             raise CheckpointError(f"metadata {key} is not finite: {value}")
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     atomic_save({"state_dict": state, **metadata}, path)
+
+
+def load_classifier(path: str | os.PathLike, arch: str | None, *, num_classes: int, in_channels: int,
+                    what: str = "network") -> nn.Module:
+    """Builds the classifier a file holds and loads it. `arch` may be omitted for files that record theirs (those
+    written by this package do); the authors' files do not."""
+    from ..models import build_classifier
+
+    obj = load_file(path)
+    recorded = obj.get("arch") if isinstance(obj, Mapping) else None
+    arch = arch or recorded
+    if not arch:
+        raise CheckpointError(f"{path} does not record its architecture: name it (for example wrn-16-1)")
+    net = build_classifier(arch, num_classes=num_classes, in_channels=in_channels)
+    load_weights(net, path, what=what)
+    return net

@@ -1,0 +1,96 @@
+"""Transition curves, batched (zskt_fast.mte) against the per-image, per-class loop of the authors' code.
+
+CPU case: N = 100 images, K = 20 steps, WRN-16-1 (A) against WRN-16-2 (B) on the digits test set (8x8), both briefly
+trained so that they agree on most images. GPU case (also run where a GPU exists): N = 1000, K = 100, WRN-16-1 against
+WRN-40-2 at 32x32, randomly initialised, on random images (the first 1000 on which the two agree); the per-image loop
+runs on the first 10 of them and is scaled by images, since all 1000 would take hours.
+
+    pytest benchmarks/bench_mte.py --benchmark-json=benchmarks/out/mte.json && python benchmarks/report.py ...
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zskt_fast.engine.transition_curves import select_matching_images, transition_curves
+from zskt_fast.models import build_classifier
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def per_image_loop(net_a, net_b, images, classes, steps, step_size=1.0):
+    """The authors' way: one image and one target class at a time, batch 1."""
+    num_classes = net_a(images[:1])[0].shape[1]
+    for x0, i in zip(images, classes.tolist()):
+        for k in range(num_classes - 1):
+            j = torch.tensor([(i + k + 1) % num_classes], device=images.device)
+            x = x0[None].clone()
+            for _ in range(steps):
+                x.requires_grad_(True)
+                logits_a = net_a(x)[0]
+                with torch.no_grad():
+                    F.softmax(logits_a, 1)[0, j]
+                    F.softmax(net_b(x)[0], 1)[0, j]
+                (grad,) = torch.autograd.grad(F.cross_entropy(logits_a, j), x)
+                x = (x - step_size * grad).detach()
+
+
+def _digits_case():
+    from zskt_fast.data import evaluation_loader, load_dataset
+    from zskt_fast.engine.supervised import SupervisedConfig, train_classifier
+
+    nets = []
+    for arch in ("wrn-16-1", "wrn-16-2"):
+        torch.manual_seed(0)
+        net = build_classifier(arch, in_channels=1)
+        train_classifier(net, load_dataset("digits", train=True, augment=True), evaluation_loader("digits"),
+                         SupervisedConfig(epochs=3), progress=False)
+        nets.append(net.eval())
+    images = load_dataset("digits", train=False).tensors[0]
+    return {"name": "cpu: digits 8x8, WRN-16-1 vs WRN-16-2, N=100, K=20", "nets": nets, "images": images,
+            "device": torch.device("cpu"), "n_images": 100, "steps": 20, "loop_images": 100}
+
+
+def _gpu_case():
+    torch.manual_seed(0)
+    nets = [build_classifier(arch).cuda().eval() for arch in ("wrn-16-1", "wrn-40-2")]
+    images = torch.randn(30_000, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return {"name": "gpu: 32x32, WRN-16-1 vs WRN-40-2, N=1000, K=100", "nets": nets, "images": images,
+            "device": torch.device("cuda"), "n_images": 1000, "steps": 100, "loop_images": 10}
+
+
+CASES = [pytest.param(_digits_case, id="cpu-digits")]
+if HAS_CUDA:
+    CASES.append(pytest.param(_gpu_case, id="gpu-32x32"))
+
+
+@pytest.fixture(scope="module", params=CASES)
+def case(request):
+    return request.param()
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("method", ["batched", "per-image loop"])
+def test_transition_curves(benchmark, case, method):
+    net_a, net_b = case["nets"]
+    device = case["device"]
+    benchmark.group = f"transition curves, {case['name']}"
+    if method == "batched":
+        images = case["n_images"]
+
+        def run():
+            transition_curves(net_a, net_b, case["images"], n_images=images, steps=case["steps"], device=device,
+                              progress=False)
+            _sync(device)
+    else:
+        images = case["loop_images"]
+        chosen, classes, _ = select_matching_images(net_a, net_b, case["images"], images, device)
+
+        def run():
+            per_image_loop(net_a, net_b, chosen.to(device), classes, case["steps"])
+            _sync(device)
+    benchmark.extra_info.update(method=method, images=images, steps=case["steps"])
+    benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0 if method != "batched" else 1)

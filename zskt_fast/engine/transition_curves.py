@@ -1,0 +1,204 @@
+"""Transition curves and the mean transition error (spec section 4, Algorithm 2), all trajectories as one batch.
+
+From each of N test images on which networks A and B predict the same class i, and toward each other class j, the image
+takes K plain gradient steps x <- x - xi * grad_x CE(A(x), j). Before each update the softmax probability of j is recorded
+under A and under B. Every trajectory is independent of the others (both networks are in eval mode), so they run
+together, in chunks sized to a memory budget.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .progress import progress_bar
+
+
+@dataclass
+class TransitionCurves:
+    """p_a, p_b: [N, C-1, K] probabilities of the target class under A and B before each step; targets: [N, C-1]
+    (the classes (i + 1) % C, ..., (i + C - 1) % C of each image's source class i); sources: [N]; indices: [N]
+    positions of the images in the data given."""
+    p_a: torch.Tensor
+    p_b: torch.Tensor
+    targets: torch.Tensor
+    sources: torch.Tensor
+    indices: torch.Tensor
+    steps: int
+    step_size: float
+
+    @property
+    def mte(self) -> float:
+        """(1/N) sum_n (1/(C-1)) sum_j (1/K) sum_k |p_j^A - p_j^B|."""
+        return (self.p_a.double() - self.p_b.double()).abs().mean().item()
+
+    def mean_curves(self) -> tuple[np.ndarray, np.ndarray]:
+        """The transition curves: p_j^A and p_j^B averaged over images and target classes, per step [K]."""
+        return self.p_a.double().mean((0, 1)).numpy(), self.p_b.double().mean((0, 1)).numpy()
+
+    def save(self, path) -> None:
+        mean_a, mean_b = self.mean_curves()
+        np.savez_compressed(path, p_a=self.p_a.numpy(), p_b=self.p_b.numpy(), targets=self.targets.numpy(),
+                            sources=self.sources.numpy(), indices=self.indices.numpy(), mean_a=mean_a, mean_b=mean_b,
+                            mte=self.mte, steps=self.steps, step_size=self.step_size)
+
+
+def _logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = net(x)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _batches(data) -> Iterable[torch.Tensor]:
+    """Images from a tensor, an (images, labels) pair, or an iterable of (images, labels) / images batches."""
+    if isinstance(data, torch.Tensor):
+        yield data
+        return
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor) and \
+            isinstance(data[1], torch.Tensor) and data[0].dim() >= 2:
+        yield data[0]
+        return
+    for batch in data:
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+@contextlib.contextmanager
+def _eval_mode(*nets: nn.Module):
+    modes = [net.training for net in nets]
+    try:
+        for net in nets:
+            net.eval()
+        yield
+    finally:
+        for net, mode in zip(nets, modes):
+            net.train(mode)
+
+
+@torch.no_grad()
+def select_matching_images(net_a: nn.Module, net_b: nn.Module, data, n_images: int, device,
+                           batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first `n_images` images (in the order given) on which A and B predict the same class:
+    (images, their class, their positions). Raises ValueError saying how many were found when too few."""
+    chosen, classes, indices, seen = [], [], [], 0
+    with _eval_mode(net_a, net_b):
+        for batch in _batches(data):
+            for start in range(0, len(batch), batch_size):
+                x = batch[start:start + batch_size].to(device)
+                pred_a, pred_b = _logits(net_a, x).argmax(1), _logits(net_b, x).argmax(1)
+                match = (pred_a == pred_b).nonzero().flatten()
+                chosen.append(x[match].cpu())
+                classes.append(pred_a[match].cpu())
+                indices.append(match.cpu() + seen + start)
+                if sum(len(c) for c in classes) >= n_images:
+                    break
+            seen += len(batch)
+            if sum(len(c) for c in classes) >= n_images:
+                break
+    found = sum(len(c) for c in classes)
+    if found < n_images:
+        raise ValueError(f"networks A and B predict the same class on only {found} of the {seen} images given; "
+                         f"{n_images} were asked for (lower --n-images)")
+    return torch.cat(chosen)[:n_images], torch.cat(classes)[:n_images], torch.cat(indices)[:n_images]
+
+
+def _bytes_per_trajectory(net_a: nn.Module, image: torch.Tensor) -> int:
+    """Memory one trajectory needs during a step: what autograd saves for the backward pass through A (counted with
+    saved-tensor hooks on probe batches of 2 and 6, so that the weights, saved once whatever the batch, drop out), times
+    3 for the gradient pass, B's forward and the temporaries."""
+    def saved_bytes(batch: int) -> int:
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        x = image.unsqueeze(0).expand(batch, *image.shape).clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            _logits(net_a, x)
+        return total
+
+    return max(3 * (saved_bytes(6) - saved_bytes(2)) // 4, 1)
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """Half the free GPU memory on CUDA; 2 GiB on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return 2 * 1024 ** 3
+
+
+def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int = 1000, steps: int = 100,
+                      step_size: float = 1.0, device=None, memory_budget: int | None = None,
+                      max_batch: int | None = None, progress: bool = True) -> TransitionCurves:
+    """Algorithm 2 for all N * (C - 1) trajectories at once (in chunks that fit `memory_budget` bytes, or at most
+    `max_batch` trajectories). `data`: a tensor of images, an (images, labels) pair, or a loader of (images, labels).
+    Both networks are used in eval mode and left in the mode they were in; their parameters receive no gradient."""
+    for name, value in (("n_images", n_images), ("steps", steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not isinstance(step_size, (int, float)) or not math.isfinite(step_size) or step_size <= 0:
+        raise ValueError(f"step_size must be a number > 0, got {step_size!r}")
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    if device is None:
+        param = next(net_a.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+
+    first = next(iter(_batches(data)), None)
+    if first is None or len(first) == 0:
+        raise ValueError("no images given")
+    with torch.no_grad(), _eval_mode(net_a, net_b):
+        probe = first[:1].to(device)
+        classes_a, classes_b = _logits(net_a, probe).shape[1], _logits(net_b, probe).shape[1]
+    if classes_a != classes_b:
+        raise ValueError(f"network A predicts {classes_a} classes and network B {classes_b}: their transition curves "
+                         f"cannot be compared")
+    num_classes = classes_a
+    if num_classes < 2:
+        raise ValueError("transition curves need at least 2 classes")
+    images, sources, indices = select_matching_images(net_a, net_b, data, n_images, device)
+
+    # Trajectory t = n * (C - 1) + k starts from image n and heads for class (i_n + k + 1) % C.
+    offsets = torch.arange(1, num_classes)
+    targets = (sources[:, None] + offsets[None, :]) % num_classes           # [N, C-1]
+    start_images = images.repeat_interleave(num_classes - 1, dim=0)        # [N(C-1), ...]
+    flat_targets = targets.flatten()
+    total = len(flat_targets)
+    with _eval_mode(net_a, net_b):
+        per_trajectory = _bytes_per_trajectory(net_a, images[0].to(device))
+    chunk = max(1, (memory_budget or default_memory_budget(device)) // per_trajectory)
+    chunk = min(chunk, total, max_batch or total)
+
+    p_a = torch.empty(total, steps, device=device)  # filled on the device: no host synchronisation per step
+    p_b = torch.empty(total, steps, device=device)
+    bar = progress_bar(total=math.ceil(total / chunk) * steps, desc="transition curves", unit="step",
+                       disable=not progress, dynamic_ncols=True)
+    with _eval_mode(net_a, net_b):
+        for begin in range(0, total, chunk):
+            x = start_images[begin:begin + chunk].to(device)
+            target = flat_targets[begin:begin + chunk].to(device)
+            rows = torch.arange(len(target), device=device)
+            for k in range(steps):
+                x = x.detach().requires_grad_(True)
+                logits_a = _logits(net_a, x)
+                with torch.no_grad():
+                    logits_b = _logits(net_b, x)
+                    p_a[begin:begin + len(target), k] = F.softmax(logits_a.float(), 1)[rows, target]
+                    p_b[begin:begin + len(target), k] = F.softmax(logits_b.float(), 1)[rows, target]
+                # Summed, not averaged: each trajectory then moves by its own gradient, as if it ran alone.
+                loss = F.cross_entropy(logits_a, target, reduction="sum")
+                (grad,) = torch.autograd.grad(loss, x)  # inputs=x only: no parameter gradient is computed
+                x = x.detach() - step_size * grad
+                bar.update(1)
+    bar.close()
+    shape = (n_images, num_classes - 1, steps)
+    return TransitionCurves(p_a.view(shape).cpu(), p_b.view(shape).cpu(), targets, sources, indices, steps,
+                            float(step_size))

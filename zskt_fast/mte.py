@@ -1,0 +1,173 @@
+"""python -m zskt_fast.mte: transition curves and the mean transition error (MTE) of networks A against network B.
+
+How closely A (usually a student) and B (usually its teacher) agree near A's decision boundaries (spec section 4): from
+test images on which both predict the same class, A's cross-entropy toward each other class is descended on the image,
+and the probability of that class under A and under B is recorded at every step. All trajectories run as one batch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .data import DATASETS, DatasetNotFound, dataset_info, evaluate, evaluation_loader
+from .engine.checkpoint import CheckpointError, load_classifier
+from .engine.transition_curves import TransitionCurves, select_matching_images, transition_curves
+from .models import ARCHITECTURE_HELP
+
+__all__ = ["TransitionCurves", "main", "mean_transition_error", "select_matching_images", "transition_curves"]
+
+DEFAULT_IMAGES = {"cifar10": 1000, "svhn": 1000, "digits": 300}  # digits has 397 test images
+
+
+def mean_transition_error(net_a, net_b, data, **kwargs) -> float:
+    """MTE(A, B) of Algorithm 2; keyword arguments as transition_curves()."""
+    return transition_curves(net_a, net_b, data, **kwargs).mte
+
+
+def plot_curves(results: dict[str, TransitionCurves], path, reference_name: str) -> None:
+    """The mean transition curves against the step: p_j^A solid, p_j^B on A's trajectories dashed, one colour per A."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for index, (name, curves) in enumerate(results.items()):
+        mean_a, mean_b = curves.mean_curves()
+        colour = f"C{index}"
+        ax.plot(range(len(mean_a)), mean_a, color=colour, label=f"{name}: p_j (A)")
+        ax.plot(range(len(mean_b)), mean_b, color=colour, linestyle="--",
+                label=f"{reference_name} on {name}'s trajectories: p_j (B)  MTE {curves.mte:.3f}")
+    ax.set_xlabel("step k")
+    ax.set_ylabel("mean probability of the target class j")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("transition curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m zskt_fast.mte",
+        description="Transition curves and mean transition error (Algorithm 2 of Micaelli & Storkey, 2019) of one or "
+                    "more networks A against a network B, all trajectories batched. Writes curves_NAME.npz, mte.json "
+                    "and transition_curves.png to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run", default=None, metavar="RUN_FOLDER",
+                   help="a run folder of zskt_fast.train (its seedN folder): its student is added to the A networks, "
+                        "its teacher is B, its dataset is used")
+    p.add_argument("--net-a", nargs="+", default=[], metavar="PATH", help="network(s) A, usually students")
+    p.add_argument("--arch-a", nargs="+", default=None, metavar="ARCH",
+                   help=f"architecture of each --net-a ({ARCHITECTURE_HELP}); not needed for files this package wrote")
+    p.add_argument("--names", nargs="+", default=None, help="labels of the A networks in the table and the plot")
+    p.add_argument("--net-b", default=None, metavar="PATH", help="network B, usually the teacher")
+    p.add_argument("--arch-b", default=None, metavar="ARCH", help="architecture of --net-b")
+    p.add_argument("--dataset", choices=DATASETS, default=None, help="test images to start from (default: the run's, "
+                                                                     "else digits)")
+    p.add_argument("--data-root", default="data", help="folder holding CIFAR-10 / SVHN")
+    p.add_argument("--download", action="store_true", help="download CIFAR-10 / SVHN into --data-root")
+    p.add_argument("--n-images", type=int, default=None,
+                   help="N images on which A and B agree, the first ones of the test set; default: 1000 (the "
+                        "paper's), 300 for digits")
+    p.add_argument("--steps", type=int, default=100, help="K gradient steps per trajectory")
+    p.add_argument("--step-size", type=float, default=1.0, help="xi: x <- x - xi * grad_x CE(A(x), j)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--memory-budget", type=float, default=None, metavar="GB",
+                   help="memory for one batch of trajectories; default: half the free GPU memory, 2 GB on the CPU")
+    p.add_argument("--out", default=None, help="output folder; default RUN_FOLDER/mte, else mte-TIME")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except (ValueError, DatasetNotFound, CheckpointError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.n_images is not None and args.n_images < 1:
+        raise ValueError(f"--n-images must be >= 1, got {args.n_images}")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if not args.step_size > 0:
+        raise ValueError(f"--step-size must be > 0, got {args.step_size}")
+    nets_a = [(path, None) for path in args.net_a]
+    if args.arch_a is not None:
+        if len(args.arch_a) != len(args.net_a):
+            raise ValueError(f"--arch-a names {len(args.arch_a)} architectures for {len(args.net_a)} --net-a files")
+        nets_a = list(zip(args.net_a, args.arch_a))
+    names = [Path(path).stem for path in args.net_a]
+    net_b, arch_b, dataset = args.net_b, args.arch_b, args.dataset
+    if args.run:
+        config_path = Path(args.run) / "config.json"
+        if not config_path.is_file():
+            raise CheckpointError(f"--run {args.run}: no config.json there; give the seedN folder of a train run")
+        config = json.loads(config_path.read_text())
+        nets_a.insert(0, (str(Path(args.run) / "student.pt"), config["student"]))
+        names.insert(0, f"zero-shot {config['student']}")
+        net_b, arch_b = net_b or config["teacher_ckpt"], arch_b or config["teacher"]
+        dataset = dataset or config["dataset"]
+    if args.names is not None:
+        if len(args.names) != len(nets_a):
+            raise ValueError(f"--names gives {len(args.names)} labels for {len(nets_a)} A networks")
+        names = list(args.names)
+    if not nets_a or net_b is None:
+        raise ValueError("give --run RUN_FOLDER, or --net-a PATH [PATH ...] and --net-b PATH")
+    if len(set(names)) != len(names):
+        names = [f"{i}:{name}" for i, name in enumerate(names)]
+    dataset = dataset or "digits"
+    info = dataset_info(dataset)
+    n_images = args.n_images or DEFAULT_IMAGES[dataset]
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    loader = evaluation_loader(dataset, root=args.data_root, download=args.download)
+    shape = {"num_classes": info.num_classes, "in_channels": info.channels}
+    teacher = load_classifier(net_b, arch_b, what="network B", **shape).to(device)
+    students = [load_classifier(path, arch, what="network A", **shape).to(device) for path, arch in nets_a]
+
+    out = Path(args.out or (Path(args.run) / "mte" if args.run else f"mte-{time.strftime('%Y%m%d-%H%M%S')}"))
+    out.mkdir(parents=True, exist_ok=True)
+    budget = int(args.memory_budget * 1024 ** 3) if args.memory_budget else None
+    results, rows = {}, []
+    b_acc = evaluate(teacher, loader, device)
+    for name, student in zip(names, students):
+        start = time.perf_counter()
+        curves = transition_curves(student, teacher, loader, n_images=n_images, steps=args.steps,
+                                   step_size=args.step_size, device=device, memory_budget=budget,
+                                   progress=not args.no_progress)
+        seconds = time.perf_counter() - start
+        results[name] = curves
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        curves.save(out / f"curves_{safe}.npz")
+        mean_a, mean_b = curves.mean_curves()
+        rows.append({"name": name, "mte": curves.mte, "test_acc_a": evaluate(student, loader, device),
+                     "final_p_a": float(mean_a[-1]), "final_p_b": float(mean_b[-1]), "seconds": seconds,
+                     "curves": f"curves_{safe}.npz"})
+    plot_curves(results, out / "transition_curves.png", f"B ({arch_b})")
+    summary = {"net_b": str(net_b), "arch_b": arch_b, "test_acc_b": b_acc, "dataset": dataset, "n_images": n_images,
+               "steps": args.steps, "step_size": args.step_size, "results": rows}
+    (out / "mte.json").write_text(json.dumps(summary, indent=2))
+
+    print(f"B: {net_b} ({arch_b}, test accuracy {b_acc:.2f}%); {dataset}, N = {n_images}, K = {args.steps}, "
+          f"xi = {args.step_size}")
+    print("| network A | test acc | MTE | mean p_j at step K: A | B | seconds |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['name']} | {row['test_acc_a']:.2f}% | {row['mte']:.4f} | {row['final_p_a']:.3f} | "
+              f"{row['final_p_b']:.3f} | {row['seconds']:.1f} |")
+    print(f"written to {out}: mte.json, transition_curves.png, " + ", ".join(r["curves"] for r in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
