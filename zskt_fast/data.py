@@ -144,12 +144,13 @@ def evaluate(net: torch.nn.Module, loader, device: torch.device | str = "cpu") -
     return 100.0 * correct / max(total, 1)
 
 
-def make_spirals(num_classes: int = 3, points_per_class: int = 300, *, noise: float = 0.08, turns: float = 1.0,
-                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def make_spirals(num_classes: int = 3, points_per_class: int = 300, *, noise: float | None = None,
+                 turns: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Interleaved spiral arms in the plane, one per class, for the two-dimensional demonstration: ([N, 2] points in
-    about [-1, 1]^2, [N] labels)."""
+    about [-1, 1]^2, [N] labels). The default noise, 0.25 / num_classes, shrinks with the gap between arms."""
     if num_classes < 2 or points_per_class < 1:
         raise ValueError(f"need at least 2 classes and 1 point per class, got {num_classes} and {points_per_class}")
+    noise = 0.25 / num_classes if noise is None else noise
     gen = torch.Generator().manual_seed(seed)
     radius = torch.linspace(0.1, 1.0, points_per_class)
     points, labels = [], []

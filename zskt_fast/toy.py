@@ -58,7 +58,7 @@ def predict(net, points: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def run_toy(*, num_classes: int = 3, iterations: int = 1000, seed: int = 0, snapshots: int = 6,
+def run_toy(*, num_classes: int = 3, iterations: int = 2000, seed: int = 0, snapshots: int = 6,
             batch_size: int = 256, n_student_steps: int = 5, generator_lr: float = 1e-3, student_lr: float = 2e-3,
             z_dim: int = 8, progress: bool = True) -> dict:
     """Trains the teacher, then runs Algorithm 1; returns the data, the networks, the snapshots and the agreement."""
@@ -111,9 +111,9 @@ def _draw(ax, result, regions, frame, title, show_data):
               vmin=0, vmax=9, interpolation="nearest")
     if show_data:
         ax.scatter(result["points"][:, 0], result["points"][:, 1], c=result["labels"].numpy(), cmap=cmap, vmin=0,
-                   vmax=9, s=3, alpha=0.6, linewidths=0)
+                   vmax=9, s=2, alpha=0.45, linewidths=0)
     generated = np.clip(frame["points"].numpy(), -EXTENT, EXTENT)
-    ax.scatter(generated[:, 0], generated[:, 1], c="black", marker="x", s=9, linewidths=0.7)
+    ax.scatter(generated[:, 0], generated[:, 1], c="black", marker="x", s=7, linewidths=0.6)
     ax.set_xlim(-EXTENT, EXTENT)
     ax.set_ylim(-EXTENT, EXTENT)
     ax.set_xticks([])
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Writes toy.png, toy.gif (with Pillow) and agreement.json to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--classes", type=int, default=3, help="number of spiral arms (classes), 2 to 10")
-    p.add_argument("--iterations", type=int, default=1000, help="iterations of Algorithm 1")
+    p.add_argument("--iterations", type=int, default=2000, help="iterations of Algorithm 1")
     p.add_argument("--n-student-steps", type=int, default=5, help="student steps per iteration")
     p.add_argument("--snapshots", type=int, default=6, help="moments of training drawn")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the networks and the noise")

@@ -187,16 +187,19 @@ def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int
             target = flat_targets[begin:begin + chunk].to(device)
             rows = torch.arange(len(target), device=device)
             for k in range(steps):
-                x = x.detach().requires_grad_(True)
-                logits_a = _logits(net_a, x)
+                last = k == steps - 1  # the image after the last update is never looked at: no backward for it
+                x = x.detach().requires_grad_(not last)
+                with torch.set_grad_enabled(not last):
+                    logits_a = _logits(net_a, x)
                 with torch.no_grad():
                     logits_b = _logits(net_b, x)
                     p_a[begin:begin + len(target), k] = F.softmax(logits_a.float(), 1)[rows, target]
                     p_b[begin:begin + len(target), k] = F.softmax(logits_b.float(), 1)[rows, target]
-                # Summed, not averaged: each trajectory then moves by its own gradient, as if it ran alone.
-                loss = F.cross_entropy(logits_a, target, reduction="sum")
-                (grad,) = torch.autograd.grad(loss, x)  # inputs=x only: no parameter gradient is computed
-                x = x.detach() - step_size * grad
+                if not last:
+                    # Summed, not averaged: each trajectory then moves by its own gradient, as if it ran alone.
+                    loss = F.cross_entropy(logits_a, target, reduction="sum")
+                    (grad,) = torch.autograd.grad(loss, x)  # inputs=x only: no parameter gradient is computed
+                    x = x.detach() - step_size * grad
                 bar.update(1)
     bar.close()
     shape = (n_images, num_classes - 1, steps)
