@@ -247,3 +247,11 @@ def test_help_explains_every_option(capsys):
                    "--resume"):
         assert option in text, option
     assert "default: 0.002" in text and "digits 800" in text
+
+
+def test_a_diverging_run_stops_with_a_clear_error(tmp_path, teacher_cache, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(["--iterations", "4", "--batch-size", "8", "--log-every", "2", "--student-lr", "1e30",
+                        "--generator-lr", "1e30", "--out", str(tmp_path), "--no-progress", "--no-tensorboard"])
+    assert exit_info.value.code == 1
+    assert "training diverged: non-finite loss by iteration 2" in capsys.readouterr().err

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--memory-budget", type=float, default=None, metavar="GB",
                    help="memory for one batch of trajectories; default: half the free GPU memory, 2 GB on the CPU")
-    p.add_argument("--out", default=None, help="output folder; default RUN_FOLDER/mte, else mte-TIME")
+    p.add_argument("--out", default=None, help="output folder; default RUN_FOLDER/mte, else runs/mte-TIME")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -135,7 +135,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     teacher = load_classifier(net_b, arch_b, what="network B", **shape).to(device)
     students = [load_classifier(path, arch, what="network A", **shape).to(device) for path, arch in nets_a]
 
-    out = Path(args.out or (Path(args.run) / "mte" if args.run else f"mte-{time.strftime('%Y%m%d-%H%M%S')}"))
+    out = Path(args.out or (Path(args.run) / "mte" if args.run else f"runs/mte-{time.strftime('%Y%m%d-%H%M%S')}"))
     out.mkdir(parents=True, exist_ok=True)
     budget = int(args.memory_budget * 1024 ** 3) if args.memory_budget else None
     results, rows = {}, []

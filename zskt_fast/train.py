@@ -132,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
                 summaries.append(train(config, out / f"seed{config.seed}", progress=not args.no_progress))
     except (ValueError, DatasetNotFound, CheckpointError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except FloatingPointError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"\ninterrupted; continue from the last checkpoint with {parser.prog} --resume RUN_DIR/seedN "
+                         f"(a run folder holding checkpoint.pt)\n")
 
     for s in summaries:
         print(f"seed {s['seed']}: teacher test accuracy {s['teacher_acc']:.2f}%, student test accuracy "

@@ -6,6 +6,7 @@ images/iter_NNNNNN.png at each evaluation, student.pt and generator.pt, summary.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -148,6 +149,11 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = Fal
                       "lr_student": cosine_lr(config.student_lr, iteration, config.iterations),
                       "seconds_per_iteration": (now - clock["window"]) / max(done - clock.get("window_it", start), 1)}
             clock["window"], clock["window_it"] = now, done
+            if not all(math.isfinite(record[k]) for k in ("loss_generator", "loss_student")):
+                raise FloatingPointError(
+                    f"training diverged: non-finite loss by iteration {done} (generator {record['loss_generator']}, "
+                    f"student {record['loss_student']}); the last checkpoint in {run_dir} predates it. Lower the "
+                    f"learning rates, or try --amp off.")
         if done % config.eval_every == 0 or done == config.iterations:
             student_acc = evaluate(student, loader, device)
             history.append({"iteration": done, "student_acc": student_acc})
