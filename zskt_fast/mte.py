@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ._cli import HelpFormatter
 from .data import DATASETS, DatasetNotFound, dataset_info, evaluate, evaluation_loader
 from .engine.checkpoint import CheckpointError, load_classifier
 from .engine.transition_curves import TransitionCurves, select_matching_images, transition_curves
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transition curves and mean transition error (Algorithm 2 of Micaelli & Storkey, 2019) of one or "
                     "more networks A against a network B, all trajectories batched. Writes curves_NAME.npz, mte.json "
                     "and transition_curves.png to --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--run", default=None, metavar="RUN_FOLDER",
                    help="a run folder of zskt_fast.train (its seedN folder): its student is added to the A networks, "
                         "its teacher is B, its dataset is used")

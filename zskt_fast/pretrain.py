@@ -6,6 +6,7 @@ import sys
 
 import torch
 
+from ._cli import HelpFormatter
 from .data import DATASETS, DatasetNotFound
 from .engine.checkpoint import CheckpointError
 from .engine.teachers import PRETRAIN_EPOCHS, default_teacher_path, pretrain_teacher
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "layout `python -m zskt_fast.train --teacher-ckpt` reads. By default it is written where the "
                     "trainer looks for its teacher, so a following train run with the same dataset and architecture "
                     "finds it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--dataset", choices=DATASETS, default="digits", help="data set to train on")
     parser.add_argument("--arch", default="wrn-16-2", help=f"architecture: {ARCHITECTURE_HELP}")
     parser.add_argument("--data-root", default="data", help="folder holding CIFAR-10 / SVHN")

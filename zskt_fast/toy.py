@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ._cli import HelpFormatter
 from .data import make_spirals
 from .engine.loop import zero_shot_knowledge_transfer
 from .engine.progress import progress_bar
@@ -164,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Zero-shot knowledge transfer on 2-D spirals: a teacher MLP trained on them, a student MLP that "
                     "never sees them and a generator of points, trained with Algorithm 1 and the package's KL op. "
                     "Writes toy.png, toy.gif (with Pillow) and agreement.json to --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--classes", type=int, default=3, help="number of spiral arms (classes), 2 to 10")
     p.add_argument("--iterations", type=int, default=2000, help="iterations of Algorithm 1")
     p.add_argument("--n-student-steps", type=int, default=5, help="student steps per iteration")

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from ._cli import HelpFormatter
 from .data import DATASETS, DatasetNotFound
 from .engine.checkpoint import CheckpointError
 from .engine.config import AMP_CHOICES, DATASET_DEFAULTS, TrainConfig
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "them. The data set is only used to test the student (and to pretrain a digits teacher). "
                     "Each seed writes a run folder: config.json, metrics.jsonl, checkpoint.pt, images/, student.pt, "
                     "generator.pt and summary.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     data = p.add_argument_group("data and networks")
     data.add_argument("--dataset", choices=DATASETS, default=DEFAULTS.dataset,
                       help="test set of the student; digits ships with scikit-learn and works offline")
