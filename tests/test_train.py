@@ -255,3 +255,15 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path, teacher_cache, capsy
                         "--generator-lr", "1e30", "--out", str(tmp_path), "--no-progress", "--no-tensorboard"])
     assert exit_info.value.code == 1
     assert "training diverged: non-finite loss by iteration 2" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_checkpoint_with_nan(tmp_path, teacher_cache, capsys):
+    train(_config(iterations=4, checkpoint_every=2), tmp_path / "run", progress=False, stop=3)
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    state["steps"]["student"]["fc.weight"][0, 0] = float("nan")
+    torch.save(state, path)
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(["--resume", str(tmp_path / "run"), "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "(student): fc.weight holds NaN or infinite values" in capsys.readouterr().err

@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--download", action="store_true", help="download CIFAR-10 / SVHN into --data-root")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs; default " + ", ".join(f"{k} {v}" for k, v in PRETRAIN_EPOCHS.items()))
-    parser.add_argument("--lr", type=float, default=0.1, help="initial learning rate")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="initial learning rate; default 0.1 (0.02 for ResNets on digits)")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size")
     parser.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay")
     parser.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if not args.lr > 0 or args.weight_decay < 0:
+    if (args.lr is not None and not args.lr > 0) or args.weight_decay < 0:
         parser.error("--lr must be > 0 and --weight-decay >= 0")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     out = args.out or default_teacher_path(args.dataset, args.arch)

@@ -14,6 +14,12 @@ from .supervised import SupervisedConfig, train_classifier
 PRETRAIN_EPOCHS = {"digits": 30, "cifar10": 200, "svhn": 100}
 
 
+def default_pretrain_lr(dataset: str, arch: str) -> float:
+    """0.1, the usual CIFAR recipe; 0.02 for ResNets on digits, whose 330 steps at 0.1 are unstable (measured:
+    ResNet-34 reached 75.8% test accuracy at 0.1 and 99.0% at 0.02; WRN-16-2 99.0% at 0.1)."""
+    return 0.02 if dataset == "digits" and arch.lower().startswith("resnet") else 0.1
+
+
 def cache_dir() -> Path:
     """$ZSKT_FAST_CACHE, else $XDG_CACHE_HOME/zskt_fast, else ~/.cache/zskt_fast."""
     if os.environ.get("ZSKT_FAST_CACHE"):
@@ -27,10 +33,11 @@ def default_teacher_path(dataset: str, arch: str) -> Path:
 
 def pretrain_teacher(dataset: str, arch: str, out: str | os.PathLike, *, epochs: int | None = None,
                      data_root: str = "data", download: bool = False, device: str = "cpu", seed: int = 0,
-                     lr: float = 0.1, batch_size: int = 128, weight_decay: float = 5e-4, schedule: str = "cosine",
+                     lr: float | None = None, batch_size: int = 128, weight_decay: float = 5e-4, schedule: str = "cosine",
                      progress: bool = True) -> dict:
     """Trains `arch` on `dataset` with SGD and writes a checkpoint that the trainer loads; returns its metadata."""
     info = dataset_info(dataset)
+    lr = default_pretrain_lr(dataset, arch) if lr is None else lr
     config = SupervisedConfig(epochs=epochs or PRETRAIN_EPOCHS[dataset], batch_size=batch_size, lr=lr,
                               weight_decay=weight_decay, schedule=schedule, seed=seed)
     train_set = load_dataset(dataset, train=True, root=data_root, download=download, augment=True)

@@ -16,7 +16,7 @@ from .progress import progress_bar
 
 from ..data import dataset_info, evaluate, evaluation_loader
 from ..models import Generator, build_classifier, check_pairable
-from .checkpoint import CheckpointError, atomic_save, load_file, load_weights, save_classifier
+from .checkpoint import CheckpointError, atomic_save, check_finite, load_file, load_weights, save_classifier
 from .config import TrainConfig
 from .loop import zero_shot_knowledge_transfer
 from .metrics import MetricsLog, save_image_grid
@@ -111,6 +111,8 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = Fal
     start, history, elapsed_before = 0, [], 0.0
     if resume:
         state = load_file(checkpoint_path, map_location=device)
+        for part in ("student", "generator"):
+            check_finite(state["steps"][part], f"{checkpoint_path} ({part})")
         steps.load_state_dict(state["steps"])
         start, history, elapsed_before = state["iteration"], state["history"], state["elapsed"]
     if config.cuda_graphs:
