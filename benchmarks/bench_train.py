@@ -31,7 +31,8 @@ PAPER_ITERATIONS = 80_000
 VARIANTS = [("authors-eager", None, False, False), ("zskt_fast", "off", False, False)]
 if HAS_CUDA:
     VARIANTS += [("zskt_fast bf16", "bf16", False, True), ("zskt_fast bf16 + graphs", "bf16", True, True),
-                 ("zskt_fast bf16 + graphs, NCHW", "bf16", True, False), ("zskt_fast fp32 + graphs", "off", True, False)]
+                 ("zskt_fast bf16 + graphs, NCHW", "bf16", True, False),
+                 ("zskt_fast fp32 + graphs", "off", True, False)]
 
 
 def _networks(seed=0):

@@ -13,7 +13,8 @@ def zero_shot_knowledge_transfer(steps: ZSKTSteps, *, iterations: int, n_generat
                                  on_iteration_end: Callable[[int, dict[str, torch.Tensor]], None] | None = None
                                  ) -> None:
     """Runs iterations [start, stop) of the `iterations` that make up the schedule; after each one calls
-    on_iteration_end(iteration, outputs), where outputs hold the last losses, logits and the iteration's images as device tensors."""
+    on_iteration_end(iteration, outputs), where outputs hold the last losses, logits and the iteration's images as
+    device tensors."""
     for iteration in range(start, iterations if stop is None else stop):
         steps.set_learning_rates(iteration, iterations)         # cosine annealing, one value per iteration
         z = steps.sample_noise()                                # one z for every step of this iteration

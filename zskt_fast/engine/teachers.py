@@ -33,7 +33,8 @@ def default_teacher_path(dataset: str, arch: str) -> Path:
 
 def pretrain_teacher(dataset: str, arch: str, out: str | os.PathLike, *, epochs: int | None = None,
                      data_root: str = "data", download: bool = False, device: str = "cpu", seed: int = 0,
-                     lr: float | None = None, batch_size: int = 128, weight_decay: float = 5e-4, schedule: str = "cosine",
+                     lr: float | None = None, batch_size: int = 128, weight_decay: float = 5e-4,
+                     schedule: str = "cosine",
                      progress: bool = True) -> dict:
     """Trains `arch` on `dataset` with SGD and writes a checkpoint that the trainer loads; returns its metadata."""
     info = dataset_info(dataset)

@@ -1,9 +1,9 @@
 """Transition curves and the mean transition error (spec section 4, Algorithm 2), all trajectories as one batch.
 
-From each of N test images on which networks A and B predict the same class i, and toward each other class j, the image
-takes K plain gradient steps x <- x - xi * grad_x CE(A(x), j). Before each update the softmax probability of j is recorded
-under A and under B. Every trajectory is independent of the others (both networks are in eval mode), so they run
-together, in chunks sized to a memory budget.
+From each of N test images on which networks A and B predict the same class i, and toward each other class j, the
+image takes K plain gradient steps x <- x - xi * grad_x CE(A(x), j). Before each update the softmax probability of j is
+recorded under A and under B. Every trajectory is independent of the others (both networks are in eval mode), so they
+run together, in chunks sized to a memory budget.
 """
 from __future__ import annotations
 

@@ -73,7 +73,8 @@ def check_non_negative(value, name: str) -> None:
 
 
 def common_dtype(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kernels take one dtype for both sides; mixed inputs are promoted explicitly (bfloat16 with float16 -> float32)."""
+    """Kernels take one dtype for both sides; mixed inputs are promoted explicitly (bfloat16 with float16 ->
+    float32)."""
     if a.dtype == b.dtype:
         return a, b
     dtype = torch.promote_types(a.dtype, b.dtype)

@@ -60,7 +60,8 @@ def _why_unavailable(backend: str, device: torch.device) -> str | None:
             return "triton is not installed"
         if device.type == "cuda" or (device.type == "cpu" and triton_interpreted()):
             return None
-        return f"Triton kernels run on CUDA tensors (or on the CPU under TRITON_INTERPRET=1); the inputs are on {device}"
+        return (f"Triton kernels run on CUDA tensors (or on the CPU under TRITON_INTERPRET=1); the inputs are on "
+                f"{device}")
     return f"unknown backend {backend!r}"
 
 
