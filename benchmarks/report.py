@@ -43,12 +43,16 @@ def main(path):
                   f"{gbps:.1f} | {share} |")
 
 
-def report_training(rows, paper_iterations=80_000):
-    """Iterations per second of each training variant, its ratio to the authors' loop, and one paper run's wall time."""
+def by_group(rows):
     groups = defaultdict(list)
     for r in rows:
         groups[r["group"]].append(r)
-    for group, items in groups.items():
+    return groups.items()
+
+
+def report_training(rows, paper_iterations=80_000):
+    """Iterations per second of each training variant, its ratio to the authors' loop, and one paper run's wall time."""
+    for group, items in by_group(rows):
         def seconds_per_iteration(r):
             return r["stats"]["median"] / r["extra_info"]["iterations_per_round"]
         base = next((seconds_per_iteration(r) for r in items if r["extra_info"]["variant"] == "authors-eager"), None)
@@ -65,10 +69,7 @@ def report_training(rows, paper_iterations=80_000):
 
 def report_transition_curves(rows):
     """Seconds per image of each method and the batched speed-up (the per-image loop may time fewer images)."""
-    groups = defaultdict(list)
-    for r in rows:
-        groups[r["group"]].append(r)
-    for group, items in groups.items():
+    for group, items in by_group(rows):
         def per_image(r):
             return r["stats"]["median"] / r["extra_info"]["images"]
         base = next((per_image(r) for r in items if r["extra_info"]["method"] == "per-image loop"), None)

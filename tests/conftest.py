@@ -90,6 +90,15 @@ def as_reference(x: torch.Tensor) -> torch.Tensor:
     return x.detach().double().cpu().requires_grad_()
 
 
+@pytest.fixture
+def float64_default():
+    """float64 as the default dtype for one test: networks built inside it compare without float32 rounding."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
 @pytest.fixture(scope="session")
 def teacher_cache(tmp_path_factory):
     """A private teacher cache for the session, holding the digits WRN-16-2 teacher (pretrained once, seconds)."""

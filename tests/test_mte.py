@@ -1,6 +1,7 @@
 """Transition curves and MTE: the batched version against a per-image, per-class loop written from the spec."""
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -163,7 +164,7 @@ def test_cli_on_a_train_run_and_a_second_student(short_run, tmp_path, capsys):
     assert [r["name"] for r in summary["results"]] == ["zero-shot wrn-16-1", "other"]
     assert summary["arch_b"] == "wrn-16-2" and summary["n_images"] == 8
     assert (out / "transition_curves.png").stat().st_size > 1000
-    saved = __import__("numpy").load(out / summary["results"][0]["curves"])
+    saved = np.load(out / summary["results"][0]["curves"])
     assert saved["p_a"].shape == (8, 9, 4) and float(saved["mte"]) == pytest.approx(summary["results"][0]["mte"])
 
 

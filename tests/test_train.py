@@ -119,14 +119,6 @@ def test_learning_rates_follow_the_cosine_schedule():
     assert cosine_lr(1.0, 4, 4) == 0.0
 
 
-@pytest.fixture
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def test_fused_and_eager_loss_backends_give_the_same_weights(float64_default):
     # In float64: Adam's first steps move each weight by about lr * sign(gradient), so in float32 a gradient that is
     # zero up to rounding can flip sign between two correct implementations and move a weight by 2 * lr.

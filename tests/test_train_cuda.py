@@ -27,14 +27,6 @@ def _state(steps):
             **{f"G.{k}": v.clone() for k, v in steps.generator.state_dict().items()}}
 
 
-@pytest.fixture
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def test_graph_replay_equals_eager_steps(float64_default):
     # float64 and the eager loss: what is compared is the capture and replay, not kernel rounding.
     results = []

@@ -91,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return _run(parser, args)
+        return _run(args)
     except (ValueError, DatasetNotFound, CheckpointError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     if args.n_images is not None and args.n_images < 1:
         raise ValueError(f"--n-images must be >= 1, got {args.n_images}")
     if args.steps < 1:

@@ -127,6 +127,7 @@ def save_figures(result: dict, out: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     frames = result["frames"]
     fig, axes = plt.subplots(2, len(frames), figsize=(2.2 * len(frames), 4.6), dpi=110, squeeze=False)
@@ -152,7 +153,7 @@ def save_figures(result: dict, out: Path) -> list[str]:
               f"student: {100 * frame['data_agreement']:.0f}% agreement on data", False)
         fig.tight_layout()
         fig.canvas.draw()
-        images.append(Image.fromarray(__import__("numpy").asarray(fig.canvas.buffer_rgba())[..., :3].copy()))
+        images.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()))
         plt.close(fig)
     images[0].save(out / "toy.gif", save_all=True, append_images=images[1:], duration=700, loop=0)
     written.append("toy.gif")

@@ -82,7 +82,10 @@ def load_weights(net: nn.Module, path: str | os.PathLike, *, what: str = "networ
     """Loads a classifier file into `net` after checking that every key and shape fits; returns the whole file's dict
     (metadata included). Raises CheckpointError listing the first missing, unexpected and mismatched keys."""
     path = os.fspath(path)
-    obj = load_file(path)
+    return _load_into(net, load_file(path), path, what)
+
+
+def _load_into(net: nn.Module, obj, path: str, what: str) -> dict:
     state = extract_state_dict(obj, path)
     check_finite(state, path)
     expected = net.state_dict()
@@ -121,5 +124,5 @@ def load_classifier(path: str | os.PathLike, arch: str | None, *, num_classes: i
     if not arch:
         raise CheckpointError(f"{path} does not record its architecture: name it (for example wrn-16-1)")
     net = build_classifier(arch, num_classes=num_classes, in_channels=in_channels)
-    load_weights(net, path, what=what)
+    _load_into(net, obj, os.fspath(path), what)
     return net

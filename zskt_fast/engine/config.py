@@ -9,6 +9,7 @@ import torch
 
 from ..data import DATASETS
 from ..ops import BACKENDS
+from .steps import StepSettings
 
 # Per data set: (teacher, student, iterations, evaluate every, log every). CIFAR-10 and SVHN follow the authors' runs;
 # digits is the offline default, sized to finish on a 2-core CPU within minutes.
@@ -98,6 +99,10 @@ class TrainConfig:
         if c.checkpoint_every < 0:
             raise ValueError(f"checkpoint-every must be >= 0, got {c.checkpoint_every}")
         return c
+
+    def step_settings(self) -> StepSettings:
+        """The settings of the training steps, taken from the fields of the same names."""
+        return StepSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(StepSettings)})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

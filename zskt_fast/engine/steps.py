@@ -124,7 +124,7 @@ class ZSKTSteps:
     # -- shared mechanics --------------------------------------------------------------------------------------------
     def _optimise(self, loss: torch.Tensor, net: nn.Module, optimizer: torch.optim.Optimizer, scaler,
                   only_this_net: bool = False) -> None:
-        params = [p for p in net.parameters()]
+        params = list(net.parameters())
         optimizer.zero_grad(set_to_none=True)
         scaled = scaler.scale(loss) if scaler is not None else loss
         # inputs= keeps autograd from computing the weight gradients of the other networks in the generator step.

@@ -20,7 +20,7 @@ from .checkpoint import CheckpointError, atomic_save, check_finite, load_file, l
 from .config import TrainConfig
 from .loop import zero_shot_knowledge_transfer
 from .metrics import MetricsLog, save_image_grid
-from .steps import GraphedZSKTSteps, StepSettings, ZSKTSteps, cosine_lr
+from .steps import GraphedZSKTSteps, ZSKTSteps, cosine_lr
 from .teachers import default_teacher_path, pretrain_teacher
 
 GRID_SAMPLES = 64
@@ -101,12 +101,8 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = Fal
         (run_dir / "config.json").write_text(json.dumps({**config.to_dict(), "teacher_ckpt": teacher_path}, indent=2))
 
     teacher_acc = evaluate(teacher, loader, device)
-    settings = StepSettings(batch_size=config.batch_size, z_dim=config.z_dim, generator_lr=config.generator_lr,
-                            student_lr=config.student_lr, beta=config.beta, temperature=config.temperature,
-                            grad_clip=config.grad_clip, amp=config.amp, backend=config.backend,
-                            channels_last=config.channels_last)
     steps_class = GraphedZSKTSteps if config.cuda_graphs else ZSKTSteps
-    steps = steps_class(teacher, student, generator, settings, device, seed=config.seed)
+    steps = steps_class(teacher, student, generator, config.step_settings(), device, seed=config.seed)
 
     start, history, elapsed_before = 0, [], 0.0
     if resume:
