@@ -7,6 +7,7 @@ Environment:
   MAX_JOBS             parallel compile jobs (default: the number of CPUs)
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+# The version is stated once, in the package; read as text, since importing the package needs the built extension.
+VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "zskt_fast" / "__init__.py").read_text(), re.M)[1]
 
 
 def _cuda_home():
@@ -76,7 +79,7 @@ class CMakeBuild(build_ext):
 
 setup(
     name="zskt_fast",
-    version="0.1.0",
+    version=VERSION,
     description="Zero-shot knowledge transfer (Micaelli & Storkey, 2019) with fused loss kernels",
     packages=["zskt_fast", "zskt_fast.ops", "zskt_fast.kernels", "zskt_fast.kernels.triton", "zskt_fast.models",
               "zskt_fast.engine"],

@@ -1,6 +1,6 @@
 """Forward+backward of zskt_student_loss at the WRN-40-2 teacher / WRN-16-1 student shapes, per backend.
 
-eager     the spec's formulas in plain PyTorch (zskt_fast.ops.reference)
+eager     the formulas in plain PyTorch (zskt_fast.ops.reference)
 compile   torch.compile of that same eager code
 cpu/cuda/triton   the fused ops
 Run with `make bench` (prints a table with ratios to eager and achieved bandwidth, see report.py).

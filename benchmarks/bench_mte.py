@@ -43,14 +43,15 @@ def per_image_loop(net_a, net_b, images, classes, steps, step_size=1.0):
 
 def _digits_case():
     from zskt_fast.data import evaluation_loader, load_dataset
-    from zskt_fast.engine.supervised import SupervisedConfig, train_classifier
+    from zskt_fast.engine.config import PretrainConfig
+    from zskt_fast.engine.supervised import train_classifier
 
     nets = []
     for arch in ("wrn-16-1", "wrn-16-2"):
         torch.manual_seed(0)
         net = build_classifier(arch, in_channels=1)
         train_classifier(net, load_dataset("digits", train=True, augment=True), evaluation_loader("digits"),
-                         SupervisedConfig(epochs=3), progress=False)
+                         PretrainConfig(epochs=3).resolved(), progress=False)
         nets.append(net.eval())
     images = load_dataset("digits", train=False).tensors[0]
     return {"name": "cpu: digits 8x8, WRN-16-1 vs WRN-16-2, N=100, K=20", "nets": nets, "images": images,

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from zskt_fast.engine.loop import zero_shot_knowledge_transfer
-from zskt_fast.engine.steps import GraphedZSKTSteps, StepSettings, ZSKTSteps
+from zskt_fast.engine.config import StepSettings
+from zskt_fast.engine.steps import GraphedZSKTSteps, ZSKTSteps
 from zskt_fast.models import Generator, build_classifier
 
 HAS_CUDA = torch.cuda.is_available()

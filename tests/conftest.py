@@ -102,12 +102,14 @@ def float64_default():
 @pytest.fixture(scope="session")
 def teacher_cache(tmp_path_factory):
     """A private teacher cache for the session, holding the digits WRN-16-2 teacher (pretrained once, seconds)."""
+    from zskt_fast.engine.config import PretrainConfig
     from zskt_fast.engine.teachers import default_teacher_path, pretrain_teacher
 
     folder = tmp_path_factory.mktemp("teacher-cache")
     previous = os.environ.get("ZSKT_FAST_CACHE")
     os.environ["ZSKT_FAST_CACHE"] = str(folder)
-    pretrain_teacher("digits", "wrn-16-2", default_teacher_path("digits", "wrn-16-2"), progress=False)
+    pretrain_teacher(PretrainConfig(dataset="digits", arch="wrn-16-2", device="cpu"),
+                     default_teacher_path("digits", "wrn-16-2"), progress=False)
     yield folder
     if previous is None:
         os.environ.pop("ZSKT_FAST_CACHE", None)

@@ -1,4 +1,4 @@
-"""attention_transfer: every fused backend against the float64 reference of the spec's formula."""
+"""attention_transfer: every fused backend against the float64 reference of the formula."""
 import pytest
 import torch
 import torch.nn.functional as F

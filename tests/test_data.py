@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from zskt_fast.data import DatasetNotFound, dataset_info, evaluate, evaluation_loader, load_dataset
+from zskt_fast.data import DatasetNotFound, dataset_info, evaluation_loader, load_dataset
+from zskt_fast.engine.evaluation import evaluate
 
 
 def test_digits_split_is_fixed_and_normalised():

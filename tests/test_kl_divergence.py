@@ -1,4 +1,4 @@
-"""kl_divergence: every fused backend against the float64 reference of the spec's formula."""
+"""kl_divergence: every fused backend against the float64 reference of the formula."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,7 @@ def test_extreme_logits_stay_finite(fused):
 
 @pytest.mark.filterwarnings("ignore:reduction. .mean. divides")
 def test_mean_is_the_authors_f_kl_div():
-    """The spec's 'mean' is F.kl_div's default (sum / (B*C)), what the authors used with beta = 250."""
+    """The 'mean' reduction is F.kl_div's default (sum / (B*C)), what the authors used with beta = 250."""
     s, t = torch.randn(8, 10, dtype=torch.float64), torch.randn(8, 10, dtype=torch.float64)
     expected = F.kl_div(F.log_softmax(s / 2, 1), F.softmax(t / 2, 1))
     for backend in zskt_fast.available_backends("cpu"):

@@ -125,8 +125,8 @@ def test_errors():
     with pytest.raises(ValueError, match=r"predict the same class on only \d+ of the 40 images given; 41 were asked"):
         transition_curves(net_a, net_b, _images(), n_images=41, steps=1, progress=False)
     for kwargs, message in (({"steps": 0}, "steps must be an integer >= 1"),
-                            ({"step_size": 0.0}, "step_size must be a number > 0"),
-                            ({"step_size": -1.0}, "step_size must be a number > 0"),
+                            ({"step_size": 0.0}, "step_size must be a finite number > 0"),
+                            ({"step_size": -1.0}, "step_size must be a finite number > 0"),
                             ({"n_images": 0}, "n_images must be an integer >= 1")):
         with pytest.raises(ValueError, match=message):
             transition_curves(net_a, net_b, _images(), **{"n_images": 2, **kwargs}, progress=False)
@@ -169,9 +169,9 @@ def test_cli_on_a_train_run_and_a_second_student(short_run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--steps", "0"], "--steps must be >= 1"),
-    (["--step-size", "0"], "--step-size must be > 0"),
-    (["--n-images", "0"], "--n-images must be >= 1"),
+    (["--steps", "0"], "steps must be an integer >= 1"),
+    (["--step-size", "0"], "step_size must be a finite number > 0"),
+    (["--n-images", "0"], "n_images must be an integer >= 1"),
     ([], "give --run RUN_FOLDER, or --net-a"),
     (["--n-images", "5000"], "were asked for"),
 ])

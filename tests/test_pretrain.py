@@ -3,7 +3,8 @@ import pytest
 
 from zskt_fast import pretrain
 from zskt_fast.engine.checkpoint import load_weights
-from zskt_fast.engine.supervised import SupervisedConfig, learning_rate
+from zskt_fast.engine.config import PretrainConfig
+from zskt_fast.engine.supervised import learning_rate
 from zskt_fast.models import build_classifier
 
 
@@ -25,8 +26,8 @@ def test_pretrain_default_output_is_the_trainers_cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--epochs", "0"], "--epochs must be >= 1"),
-    (["--lr", "-0.1"], "--lr must be > 0"),
+    (["--epochs", "0"], "epochs must be an integer >= 1"),
+    (["--lr", "-0.1"], "lr must be a finite number > 0"),
     (["--arch", "alexnet"], "unknown architecture 'alexnet'"),
     (["--dataset", "svhn", "--data-root", "/nonexistent"], "svhn not found: looked for /nonexistent/train_32x32.mat"),
 ])
@@ -37,7 +38,7 @@ def test_pretrain_errors(argv, message, capsys, tmp_path):
 
 
 def test_schedules():
-    cosine = SupervisedConfig(epochs=1, lr=0.1)
+    cosine = PretrainConfig(epochs=1, lr=0.1)
     assert learning_rate(cosine, 0, 100) == 0.1 and learning_rate(cosine, 50, 100) == pytest.approx(0.05)
-    step = SupervisedConfig(epochs=1, lr=0.1, schedule="step")
+    step = PretrainConfig(epochs=1, lr=0.1, schedule="step")
     assert [round(learning_rate(step, s, 10), 6) for s in (0, 3, 6, 8)] == [0.1, 0.02, 0.004, 0.0008]

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from zskt_fast import toy
-from zskt_fast.data import make_spirals
 from zskt_fast.models.mlp import MLPClassifier, MLPGenerator
 
 
@@ -25,18 +24,18 @@ def test_short_toy_run_writes_its_files_and_the_student_beats_chance(tmp_path, c
 
 
 def test_spirals_and_mlps():
-    points, labels = make_spirals(4, 50, seed=1)
+    points, labels = toy.make_spirals(4, 50, seed=1)
     assert points.shape == (200, 2) and labels.bincount().tolist() == [50] * 4
-    assert torch.equal(points, make_spirals(4, 50, seed=1)[0])
+    assert torch.equal(points, toy.make_spirals(4, 50, seed=1)[0])
     logits, feats = MLPClassifier(num_classes=4)(points)
     assert logits.shape == (200, 4) and feats == []
     assert MLPGenerator(z_dim=8)(torch.randn(16, 8)).shape == (16, 2)
     with pytest.raises(ValueError, match="at least 2 classes"):
-        make_spirals(1)
+        toy.make_spirals(1)
 
 
-@pytest.mark.parametrize("argv, message", [(["--classes", "1"], "--classes must be between 2 and 10"),
-                                           (["--iterations", "0"], "--iterations must be >= 1")])
+@pytest.mark.parametrize("argv, message", [(["--classes", "1"], "--classes must be an integer between 2 and 10"),
+                                           (["--iterations", "0"], "--iterations must be an integer >= 1")])
 def test_toy_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         toy.main(argv)

@@ -7,7 +7,9 @@ import torch
 from zskt_fast import train as train_cli
 from zskt_fast.engine.config import TrainConfig
 from zskt_fast.engine.loop import zero_shot_knowledge_transfer
-from zskt_fast.engine.steps import StepSettings, ZSKTSteps, cosine_lr
+from zskt_fast.engine.config import StepSettings
+from zskt_fast.engine.schedules import cosine_lr
+from zskt_fast.engine.steps import ZSKTSteps
 from zskt_fast.engine.trainer import train
 from zskt_fast.models import Generator, build_classifier
 
@@ -207,8 +209,8 @@ def test_several_seeds_report_mean_and_std(tmp_path, teacher_cache, capsys):
     (["--student", "vgg-11"], "unknown architecture 'vgg-11'"),
     (["--dataset", "cifar10", "--data-root", "/nonexistent"], "cifar10 not found: looked for /nonexistent"),
     (["--iterations", "0"], "iterations must be an integer >= 1"),
-    (["--beta", "-1"], "beta must be a number >= 0"),
-    (["--student-lr", "0"], "student-lr must be a number > 0"),
+    (["--beta", "-1"], "beta must be a finite number >= 0"),
+    (["--student-lr", "0"], "student_lr must be a finite number > 0"),
     (["--cuda-graphs", "--device", "cpu"], "CUDA graphs need a CUDA device"),
     (["--seeds", "1", "1"], "--seeds has repeats"),
     (["--resume", "/nonexistent/run"], "no config.json there"),

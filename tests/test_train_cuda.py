@@ -7,7 +7,8 @@ import torch
 
 from zskt_fast import train as train_cli
 from zskt_fast.engine.loop import zero_shot_knowledge_transfer
-from zskt_fast.engine.steps import GraphedZSKTSteps, StepSettings, ZSKTSteps
+from zskt_fast.engine.config import StepSettings
+from zskt_fast.engine.steps import GraphedZSKTSteps, ZSKTSteps
 from zskt_fast.models import Generator, build_classifier
 
 from conftest import HAS_CUDA

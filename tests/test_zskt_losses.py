@@ -147,3 +147,30 @@ def test_fused_memory_is_gradients_plus_per_position_buffers():
     assert 0 < extra <= 6 * per_position + 4096, (extra, per_position)
     extra_eager, _ = _extra_bytes("eager")
     assert extra_eager > 4 * extra  # the measurement sees the temporaries the fused path avoids
+
+
+@pytest.mark.slow
+def test_triton_ops_load_inside_a_compiled_region():
+    """The Triton kernels are imported on first use; when that first use is inside torch.compile(fullgraph=True),
+    the loading runs while tracing instead of breaking the graph. A fresh interpreter, so nothing is loaded yet."""
+    import subprocess
+    import sys
+
+    from conftest import HAS_CUDA
+
+    device = "cuda" if HAS_CUDA else "cpu"
+    code = f"""
+import os, sys
+os.environ.setdefault("TRITON_INTERPRET", "0" if {HAS_CUDA} else "1")
+import torch, zskt_fast
+assert "triton" not in sys.modules
+s, t = torch.randn(4, 10, device="{device}"), torch.randn(4, 10, device="{device}")
+fs = [torch.randn(4, 3, 5, 7, device="{device}")]
+ft = [torch.randn(4, 6, 5, 7, device="{device}")]
+loss = lambda *a: zskt_fast.zskt_student_loss(*a, backend="triton")
+compiled = torch.compile(loss, fullgraph=True)(s, t, fs, ft)
+torch.testing.assert_close(compiled, zskt_fast.zskt_student_loss(s, t, fs, ft, backend="eager"), rtol=1e-5, atol=1e-6)
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

@@ -24,7 +24,8 @@ __all__ = [
 # The model, training and MTE entry points load on first use, keeping `import zskt_fast` light.
 _LAZY = {
     "build_classifier": "zskt_fast.models", "Generator": "zskt_fast.models",
-    "transition_curves": "zskt_fast.mte", "mean_transition_error": "zskt_fast.mte",
+    "transition_curves": "zskt_fast.engine.transition_curves",
+    "mean_transition_error": "zskt_fast.engine.transition_curves",
     "zero_shot_knowledge_transfer": "zskt_fast.engine.loop",
 }
 

@@ -1,7 +1,15 @@
-"""Shared bits of the command-line programs."""
+"""What the command-line programs share: options made from the fields of a settings dataclass, help that shows
+defaults, and errors that end a program with one line instead of a traceback."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import types
+import typing
+
+from .data import DatasetNotFound
+from .engine.checkpoint import CheckpointError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -12,3 +20,54 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False or action.default == []:
             return action.help
         return super()._get_help_string(action)
+
+
+def _value_type(annotation):
+    """int for `int | None`, and so on."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return annotation
+
+
+def add_options(parser: argparse.ArgumentParser, settings_class, *, skip: tuple[str, ...] = (),
+                group_order: tuple[str, ...] = ()) -> dict[str, argparse._ArgumentGroup]:
+    """One --option per field of the dataclass `settings_class` (field x_y -> --x-y), with the field's default and
+    the help text and argparse keywords kept in its metadata; booleans get --x / --no-x. Fields with a `group` go
+    into help groups, in `group_order` first; returns the groups by name."""
+    groups = {name: parser.add_argument_group(name) for name in group_order}
+    hints = typing.get_type_hints(settings_class)
+    for field in dataclasses.fields(settings_class):
+        if field.name in skip or "help" not in field.metadata:
+            continue
+        cli = dict(field.metadata)
+        help_text = cli.pop("help").replace("%", "%%")
+        group = cli.pop("group", None)
+        target = parser if group is None else groups.setdefault(group, parser.add_argument_group(group))
+        flag = "--" + field.name.replace("_", "-")
+        value_type = _value_type(hints[field.name])
+        if value_type is bool:
+            target.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
+        else:
+            target.add_argument(flag, type=value_type, default=field.default, help=help_text, **cli)
+    return groups
+
+
+def settings_from_args(settings_class, args: argparse.Namespace, **values):
+    """The dataclass built from the parsed options of its fields; `values` set the others (or override)."""
+    names = {f.name for f in dataclasses.fields(settings_class)}
+    return settings_class(**{**{n: getattr(args, n) for n in names if hasattr(args, n)}, **values})
+
+
+@contextlib.contextmanager
+def errors_as_messages(parser: argparse.ArgumentParser, interrupted: str = ""):
+    """Bad settings, missing or unreadable files and missing data sets end the program with 'PROG: error: ...' and
+    exit status 2; a run whose losses stopped being finite with exit status 1; Ctrl-C with 'interrupted' (and the
+    hint `interrupted`) and exit status 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        parser.exit(130, f"\n{parser.prog}: interrupted{'; ' + interrupted if interrupted else ''}\n")
+    except (ValueError, DatasetNotFound, CheckpointError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except FloatingPointError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 DATASETS = ("digits", "cifar10", "svhn")
+DEFAULT_DATA_ROOT = "data"  # where CIFAR-10 and SVHN are looked for
 DIGITS_TRAIN_SIZE = 1400  # of 1,797 images; the remaining 397 are the test split
 
 
@@ -111,7 +112,7 @@ def _torchvision_dataset(name: str, root: str, train: bool, download: bool, augm
                               f"--download, or put {how}.") from error
 
 
-def load_dataset(name: str, *, train: bool, root: str = "data", download: bool = False,
+def load_dataset(name: str, *, train: bool, root: str = DEFAULT_DATA_ROOT, download: bool = False,
                  augment: bool = False) -> Dataset:
     """The train or test split of `name`, normalised with the data set's usual mean and std; `augment` adds the
     pretraining augmentation (random crops, plus flips for CIFAR-10; one-pixel shifts for digits)."""
@@ -122,41 +123,7 @@ def load_dataset(name: str, *, train: bool, root: str = "data", download: bool =
     return _torchvision_dataset(name, root, train, download, augment)
 
 
-def evaluation_loader(name: str, *, root: str = "data", download: bool = False,
+def evaluation_loader(name: str, *, root: str = DEFAULT_DATA_ROOT, download: bool = False,
                       batch_size: int = 500) -> DataLoader:
     return DataLoader(load_dataset(name, train=False, root=root, download=download), batch_size=batch_size,
                       shuffle=False)
-
-
-@torch.no_grad()
-def evaluate(net: torch.nn.Module, loader, device: torch.device | str = "cpu") -> float:
-    """Top-1 accuracy in percent of a classifier returning (logits, features), in eval mode; restores its mode."""
-    was_training = net.training
-    net.eval()
-    correct = total = 0
-    try:
-        for images, labels in loader:
-            logits = net(images.to(device, non_blocking=True))[0]
-            correct += (logits.argmax(1).cpu() == labels).sum().item()
-            total += labels.numel()
-    finally:
-        net.train(was_training)
-    return 100.0 * correct / max(total, 1)
-
-
-def make_spirals(num_classes: int = 3, points_per_class: int = 300, *, noise: float | None = None,
-                 turns: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interleaved spiral arms in the plane, one per class, for the two-dimensional demonstration: ([N, 2] points in
-    about [-1, 1]^2, [N] labels). The default noise, 0.25 / num_classes, shrinks with the gap between arms."""
-    if num_classes < 2 or points_per_class < 1:
-        raise ValueError(f"need at least 2 classes and 1 point per class, got {num_classes} and {points_per_class}")
-    noise = 0.25 / num_classes if noise is None else noise
-    gen = torch.Generator().manual_seed(seed)
-    radius = torch.linspace(0.1, 1.0, points_per_class)
-    points, labels = [], []
-    for c in range(num_classes):
-        angle = 2 * torch.pi * (turns * radius + c / num_classes)
-        arm = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], 1)
-        points.append(arm + noise * torch.randn(points_per_class, 2, generator=gen))
-        labels.append(torch.full((points_per_class,), c, dtype=torch.long))
-    return torch.cat(points), torch.cat(labels)

@@ -1,6 +1,6 @@
 """python -m zskt_fast.mte: transition curves and the mean transition error (MTE) of networks A against network B.
 
-How closely A (usually a student) and B (usually its teacher) agree near A's decision boundaries (spec section 4): from
+How closely A (usually a student) and B (usually its teacher) agree near A's decision boundaries: from
 test images on which both predict the same class, A's cross-entropy toward each other class is descended on the image,
 and the probability of that class under A and under B is recorded at every step. All trajectories run as one batch.
 """
@@ -12,22 +12,18 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from ._cli import HelpFormatter
-from .data import DATASETS, DatasetNotFound, dataset_info, evaluate, evaluation_loader
+from ._cli import HelpFormatter, errors_as_messages
+from .common import resolve_device
+from .data import DATASETS, DEFAULT_DATA_ROOT, dataset_info, evaluation_loader
 from .engine.checkpoint import CheckpointError, load_classifier
-from .engine.transition_curves import TransitionCurves, select_matching_images, transition_curves
+from .engine.evaluation import evaluate
+from .engine.transition_curves import (DEFAULT_IMAGES, DEFAULT_STEP_SIZE, DEFAULT_STEPS, TransitionCurves,
+                                       mean_transition_error, select_matching_images, transition_curves)
 from .models import ARCHITECTURE_HELP
 
 __all__ = ["TransitionCurves", "main", "mean_transition_error", "select_matching_images", "transition_curves"]
 
-DEFAULT_IMAGES = {"cifar10": 1000, "svhn": 1000, "digits": 300}  # digits has 397 test images
-
-
-def mean_transition_error(net_a, net_b, data, **kwargs) -> float:
-    """MTE(A, B) of Algorithm 2; keyword arguments as transition_curves()."""
-    return transition_curves(net_a, net_b, data, **kwargs).mte
+IMAGES_PER_DATASET = {"digits": 300}  # digits has 397 test images; the others DEFAULT_IMAGES
 
 
 def plot_curves(results: dict[str, TransitionCurves], path, reference_name: str) -> None:
@@ -72,13 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch-b", default=None, metavar="ARCH", help="architecture of --net-b")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="test images to start from (default: the run's, "
                                                                      "else digits)")
-    p.add_argument("--data-root", default="data", help="folder holding CIFAR-10 / SVHN")
+    p.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help="folder holding CIFAR-10 / SVHN")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 / SVHN into --data-root")
     p.add_argument("--n-images", type=int, default=None,
-                   help="N images on which A and B agree, the first ones of the test set; default: 1000 (the "
-                        "paper's), 300 for digits")
-    p.add_argument("--steps", type=int, default=100, help="K gradient steps per trajectory")
-    p.add_argument("--step-size", type=float, default=1.0, help="xi: x <- x - xi * grad_x CE(A(x), j)")
+                   help=f"N images on which A and B agree, the first ones of the test set; default: {DEFAULT_IMAGES} "
+                        f"(the paper's), 300 for digits")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="K gradient steps per trajectory")
+    p.add_argument("--step-size", type=float, default=DEFAULT_STEP_SIZE,
+                   help="xi: x <- x - xi * grad_x CE(A(x), j)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--memory-budget", type=float, default=None, metavar="GB",
                    help="memory for one batch of trajectories; default: half the free GPU memory, 2 GB on the CPU")
@@ -90,19 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    with errors_as_messages(parser):
         return _run(args)
-    except (ValueError, DatasetNotFound, CheckpointError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.n_images is not None and args.n_images < 1:
-        raise ValueError(f"--n-images must be >= 1, got {args.n_images}")
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    if not args.step_size > 0:
-        raise ValueError(f"--step-size must be > 0, got {args.step_size}")
     nets_a = [(path, None) for path in args.net_a]
     if args.arch_a is not None:
         if len(args.arch_a) != len(args.net_a):
@@ -129,15 +118,14 @@ def _run(args: argparse.Namespace) -> int:
         names = [f"{i}:{name}" for i, name in enumerate(names)]
     dataset = dataset or "digits"
     info = dataset_info(dataset)
-    n_images = args.n_images or DEFAULT_IMAGES[dataset]
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    n_images = IMAGES_PER_DATASET.get(dataset, DEFAULT_IMAGES) if args.n_images is None else args.n_images
+    device = resolve_device(args.device)
     loader = evaluation_loader(dataset, root=args.data_root, download=args.download)
     shape = {"num_classes": info.num_classes, "in_channels": info.channels}
     teacher = load_classifier(net_b, arch_b, what="network B", **shape).to(device)
     students = [load_classifier(path, arch, what="network A", **shape).to(device) for path, arch in nets_a]
 
     out = Path(args.out or (Path(args.run) / "mte" if args.run else f"runs/mte-{time.strftime('%Y%m%d-%H%M%S')}"))
-    out.mkdir(parents=True, exist_ok=True)
     budget = int(args.memory_budget * 1024 ** 3) if args.memory_budget else None
     results, rows = {}, []
     b_acc = evaluate(teacher, loader, device)
@@ -149,6 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - start
         results[name] = curves
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        out.mkdir(parents=True, exist_ok=True)  # once the settings have passed transition_curves' checks
         curves.save(out / f"curves_{safe}.npz")
         mean_a, mean_b = curves.mean_curves()
         rows.append({"name": name, "mte": curves.mte, "test_acc_a": evaluate(student, loader, device),

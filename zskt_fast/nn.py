@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from .ops import attention_transfer, kl_divergence, zskt_generator_loss, zskt_student_loss
+from .ops import (DEFAULT_BETA, DEFAULT_TEMPERATURE, attention_transfer, kl_divergence, zskt_generator_loss,
+                  zskt_student_loss)
 
 
 class KLDivergence(nn.Module):
     """`zskt_fast.kl_divergence` as a module: forward(student_logits, teacher_logits)."""
 
-    def __init__(self, temperature: float = 1.0, reduction: str = "mean", backend: str = "auto"):
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, reduction: str = "mean", backend: str = "auto"):
         super().__init__()
         self.temperature, self.reduction, self.backend = temperature, reduction, backend
 
@@ -24,7 +25,7 @@ class KLDivergence(nn.Module):
 class AttentionTransfer(nn.Module):
     """`zskt_fast.attention_transfer` as a module: forward(student_features, teacher_features)."""
 
-    def __init__(self, beta: float = 250.0, backend: str = "auto"):
+    def __init__(self, beta: float = DEFAULT_BETA, backend: str = "auto"):
         super().__init__()
         self.beta, self.backend = beta, backend
 
@@ -39,7 +40,8 @@ class ZSKTStudentLoss(nn.Module):
     """`zskt_fast.zskt_student_loss` as a module: forward(student_logits, teacher_logits, student_features,
     teacher_features)."""
 
-    def __init__(self, beta: float = 250.0, temperature: float = 1.0, reduction: str = "mean", backend: str = "auto"):
+    def __init__(self, beta: float = DEFAULT_BETA, temperature: float = DEFAULT_TEMPERATURE, reduction: str = "mean",
+                 backend: str = "auto"):
         super().__init__()
         self.beta, self.temperature, self.reduction, self.backend = beta, temperature, reduction, backend
 
@@ -55,7 +57,7 @@ class ZSKTStudentLoss(nn.Module):
 class ZSKTGeneratorLoss(nn.Module):
     """`zskt_fast.zskt_generator_loss` as a module: forward(student_logits, teacher_logits)."""
 
-    def __init__(self, temperature: float = 1.0, reduction: str = "mean", backend: str = "auto"):
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, reduction: str = "mean", backend: str = "auto"):
         super().__init__()
         self.temperature, self.reduction, self.backend = temperature, reduction, backend
 

@@ -17,15 +17,35 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ._cli import HelpFormatter
-from .data import make_spirals
+from tqdm import tqdm
+
+from ._cli import HelpFormatter, errors_as_messages
+from .common import check_count, eval_mode
+from .engine.config import StepSettings
 from .engine.loop import zero_shot_knowledge_transfer
-from .engine.progress import progress_bar
-from .engine.steps import StepSettings, ZSKTSteps
+from .engine.steps import ZSKTSteps
 from .models.mlp import MLPClassifier, MLPGenerator
 
 GRID = 160          # grid points per axis for the decision regions and the agreement
 EXTENT = 1.45       # the plotted square is [-EXTENT, EXTENT]^2; the spirals lie within about [-1.2, 1.2]^2
+
+
+def make_spirals(num_classes: int = 3, points_per_class: int = 300, *, noise: float | None = None,
+                 turns: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interleaved spiral arms in the plane, one per class, for the two-dimensional demonstration: ([N, 2] points in
+    about [-1, 1]^2, [N] labels). The default noise, 0.25 / num_classes, shrinks with the gap between arms."""
+    if num_classes < 2 or points_per_class < 1:
+        raise ValueError(f"need at least 2 classes and 1 point per class, got {num_classes} and {points_per_class}")
+    noise = 0.25 / num_classes if noise is None else noise
+    gen = torch.Generator().manual_seed(seed)
+    radius = torch.linspace(0.1, 1.0, points_per_class)
+    points, labels = [], []
+    for c in range(num_classes):
+        angle = 2 * torch.pi * (turns * radius + c / num_classes)
+        arm = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], 1)
+        points.append(arm + noise * torch.randn(points_per_class, 2, generator=gen))
+        labels.append(torch.full((points_per_class,), c, dtype=torch.long))
+    return torch.cat(points), torch.cat(labels)
 
 
 def train_teacher(points: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 1500,
@@ -52,11 +72,8 @@ def grid_points(n: int = GRID) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(net, points: torch.Tensor) -> torch.Tensor:
-    was_training = net.training
-    net.eval()
-    out = net(points)[0].argmax(1)
-    net.train(was_training)
-    return out
+    with eval_mode(net):
+        return net(points)[0].argmax(1)
 
 
 def run_toy(*, num_classes: int = 3, iterations: int = 2000, seed: int = 0, snapshots: int = 6,
@@ -88,7 +105,7 @@ def run_toy(*, num_classes: int = 3, iterations: int = 2000, seed: int = 0, snap
         with torch.no_grad():
             snapshot(0, generator.eval()(torch.randn(batch_size, z_dim, generator=torch.Generator().manual_seed(seed))))
         generator.train()
-    bar = progress_bar(total=iterations, desc="toy", unit="it", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=iterations, desc="toy", unit="it", disable=not progress, dynamic_ncols=True)
 
     def on_iteration_end(iteration: int, outputs: dict) -> None:
         bar.update(1)
@@ -180,11 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not 2 <= args.classes <= 10:
-        parser.error(f"--classes must be between 2 and 10, got {args.classes}")
-    for name in ("iterations", "n_student_steps", "snapshots"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    with errors_as_messages(parser):
+        check_count(args.classes, "--classes", minimum=2, maximum=10)
+        for name in ("iterations", "n_student_steps", "snapshots"):
+            check_count(getattr(args, name), "--" + name.replace("_", "-"))
     start = time.perf_counter()
     result = run_toy(num_classes=args.classes, iterations=args.iterations, seed=args.seed, snapshots=args.snapshots,
                      n_student_steps=args.n_student_steps, progress=not args.no_progress)

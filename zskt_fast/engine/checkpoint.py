@@ -14,6 +14,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ..models import build_classifier
+
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, holds non-finite values or does not fit the network."""
@@ -116,8 +118,6 @@ def load_classifier(path: str | os.PathLike, arch: str | None, *, num_classes: i
                     what: str = "network") -> nn.Module:
     """Builds the classifier a file holds and loads it. `arch` may be omitted for files that record theirs (those
     written by this package do); the authors' files do not."""
-    from ..models import build_classifier
-
     obj = load_file(path)
     recorded = obj.get("arch") if isinstance(obj, Mapping) else None
     arch = arch or recorded

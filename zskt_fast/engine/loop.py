@@ -1,4 +1,6 @@
-"""Algorithm 1 of the paper (spec section 1)."""
+"""Algorithm 1 of the paper: per iteration, one noise batch z; n_G Adam steps of the generator G on
+-KL(T(G(z)) || S(G(z))); then n_S Adam steps of the student S on KL(T(x) || S(x)) + beta * sum_l AT_l(x), x = G(z);
+the learning rates cosine-annealed over the iterations."""
 from __future__ import annotations
 
 from collections.abc import Callable

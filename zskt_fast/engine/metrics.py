@@ -44,10 +44,6 @@ class MetricsLog:
             self.writer.close()
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 @torch.no_grad()
 def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, mean, std, min_size: int = 32,
                     columns: int = 8) -> None:

@@ -8,34 +8,14 @@ place) and clipping whose scale stays on the device.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..ops import zskt_generator_loss, zskt_student_loss
-
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class StepSettings:
-    batch_size: int = 128
-    z_dim: int = 100
-    generator_lr: float = 1e-3
-    student_lr: float = 2e-3
-    beta: float = 250.0
-    temperature: float = 1.0
-    grad_clip: float = 5.0
-    amp: str = "off"
-    backend: str = "auto"
-    channels_last: bool = False
-
-
-def cosine_lr(base_lr: float, iteration: int, iterations: int) -> float:
-    """Cosine annealing from base_lr at iteration 0 to 0 at `iterations` (CosineAnnealingLR's closed form)."""
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(iteration, iterations) / iterations))
+from .config import AMP_DTYPES, StepSettings, check_cuda_graphs
+from .schedules import cosine_lr
 
 
 @dataclass
@@ -49,8 +29,10 @@ class ZSKTSteps:
 
     def __init__(self, teacher: nn.Module, student: nn.Module, generator: nn.Module, settings: StepSettings,
                  device: torch.device, seed: int):
+        self.device = torch.device(device)
+        settings = settings.resolved(self.device)
         self.teacher, self.student, self.generator = teacher, student, generator
-        self.settings, self.device = settings, torch.device(device)
+        self.settings = settings
         teacher.eval().requires_grad_(False)
         student.train()
         generator.train()
@@ -171,11 +153,7 @@ class GraphedZSKTSteps(ZSKTSteps):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.device.type != "cuda":
-            raise ValueError("CUDA graphs need a CUDA device")
-        if self.scaler_G is not None:
-            raise ValueError("CUDA graphs cannot replay fp16 training: its dynamic loss scale checks for overflow on "
-                             "the host after every step. Use --amp bf16 (or off), or --no-cuda-graphs.")
+        check_cuda_graphs(self.settings.amp, self.device)
         self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
 
     def _adam(self, net: nn.Module, lr: float) -> torch.optim.Adam:
@@ -230,18 +208,20 @@ class GraphedZSKTSteps(ZSKTSteps):
         self.noise.set_state(noise_state)
         torch.cuda.synchronize()
 
+    # Replays read and write the static buffers captured above: the arguments the eager steps take are the same
+    # buffers here (the loop passes back what these return), so they are accepted and not read.
     def sample_noise(self) -> torch.Tensor:
         self.static_z.normal_(generator=self.noise)
         return self.static_z
 
-    def generator_step(self, z: torch.Tensor) -> torch.Tensor:
+    def generator_step(self, _static_z: torch.Tensor) -> torch.Tensor:
         self.graphs["generator"].replay()
         return self.static_loss_G
 
-    def images_and_teacher(self, z: torch.Tensor):
+    def images_and_teacher(self, _static_z: torch.Tensor):
         self.graphs["images"].replay()
         return self.static_images, self.static_teacher
 
-    def student_step(self, images, teacher):
+    def student_step(self, _static_images: torch.Tensor, _static_teacher: TeacherOutputs):
         self.graphs["student"].replay()
         return self.static_loss_S, self.static_logits_S

@@ -12,15 +12,18 @@ import time
 from pathlib import Path
 
 import torch
-from .progress import progress_bar
+from tqdm import tqdm
 
-from ..data import dataset_info, evaluate, evaluation_loader
+from ..common import eval_mode
+from ..data import dataset_info, evaluation_loader
 from ..models import Generator, build_classifier, check_pairable
 from .checkpoint import CheckpointError, atomic_save, check_finite, load_file, load_weights, save_classifier
-from .config import TrainConfig
+from .config import PretrainConfig, TrainConfig
+from .evaluation import evaluate
 from .loop import zero_shot_knowledge_transfer
 from .metrics import MetricsLog, save_image_grid
-from .steps import GraphedZSKTSteps, ZSKTSteps, cosine_lr
+from .schedules import cosine_lr
+from .steps import GraphedZSKTSteps, ZSKTSteps
 from .teachers import default_teacher_path, pretrain_teacher
 
 GRID_SAMPLES = 64
@@ -42,7 +45,8 @@ def resolve_teacher_checkpoint(config: TrainConfig, progress: bool = True) -> st
             f"are), or train one with `python -m zskt_fast.pretrain --dataset {config.dataset} --arch "
             f"{config.teacher}`, which writes {cached}, where this command looks")
     print(f"pretraining the {config.teacher} teacher on digits (first use; cached at {cached})")
-    result = pretrain_teacher("digits", config.teacher, cached, device=config.device, progress=progress)
+    result = pretrain_teacher(PretrainConfig(dataset="digits", arch=config.teacher, device=config.device), cached,
+                              progress=progress)
     print(f"teacher test accuracy {result['test_acc']:.2f}% ({result['seconds']:.0f} s)")
     return str(cached)
 
@@ -119,7 +123,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = Fal
     log = MetricsLog(run_dir / "metrics.jsonl", keep_until=start if resume else None,
                      tensorboard_dir=str(run_dir / "tensorboard") if config.tensorboard else None)
     accumulator = _Accumulator(device)
-    bar = progress_bar(total=config.iterations, initial=start, desc="zero-shot", unit="it", disable=not progress,
+    bar = tqdm(total=config.iterations, initial=start, desc="zero-shot", unit="it", disable=not progress,
                dynamic_ncols=True)
     clock = {"run_start": time.perf_counter(), "window": time.perf_counter(), "checkpoint": time.perf_counter()}
     student_acc = history[-1]["student_acc"] if history else float("nan")
@@ -156,10 +160,8 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, *, resume: bool = Fal
             student_acc = evaluate(student, loader, device)
             history.append({"iteration": done, "student_acc": student_acc})
             record["student_acc"] = student_acc
-            generator.eval()
-            with torch.no_grad():
+            with torch.no_grad(), eval_mode(generator):
                 images = generator(grid_z.to(device))
-            generator.train()
             save_image_grid(images, run_dir / "images" / f"iter_{done:06d}.png", mean=info.mean, std=info.std)
             bar.write(f"iteration {done}/{config.iterations}: student test accuracy {student_acc:.2f}% "
                       f"(teacher {teacher_acc:.2f}%)")

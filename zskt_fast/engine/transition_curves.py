@@ -1,4 +1,4 @@
-"""Transition curves and the mean transition error (spec section 4, Algorithm 2), all trajectories as one batch.
+"""Transition curves and the mean transition error (Algorithm 2 of the paper), all trajectories as one batch.
 
 From each of N test images on which networks A and B predict the same class i, and toward each other class j, the
 image takes K plain gradient steps x <- x - xi * grad_x CE(A(x), j). Before each update the softmax probability of j is
@@ -7,7 +7,6 @@ run together, in chunks sized to a memory budget.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,7 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .progress import progress_bar
+from tqdm import tqdm
+
+from ..common import check_count, check_positive, eval_mode
+
+DEFAULT_IMAGES = 1000  # N, the paper's
+DEFAULT_STEPS = 100  # K
+DEFAULT_STEP_SIZE = 1.0  # xi
 
 
 @dataclass
@@ -67,25 +72,13 @@ def _batches(data) -> Iterable[torch.Tensor]:
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
-@contextlib.contextmanager
-def _eval_mode(*nets: nn.Module):
-    modes = [net.training for net in nets]
-    try:
-        for net in nets:
-            net.eval()
-        yield
-    finally:
-        for net, mode in zip(nets, modes):
-            net.train(mode)
-
-
 @torch.no_grad()
 def select_matching_images(net_a: nn.Module, net_b: nn.Module, data, n_images: int, device,
                            batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first `n_images` images (in the order given) on which A and B predict the same class:
     (images, their class, their positions). Raises ValueError saying how many were found when too few."""
     chosen, classes, indices, seen = [], [], [], 0
-    with _eval_mode(net_a, net_b):
+    with eval_mode(net_a, net_b):
         for batch in _batches(data):
             for start in range(0, len(batch), batch_size):
                 x = batch[start:start + batch_size].to(device)
@@ -102,7 +95,7 @@ def select_matching_images(net_a: nn.Module, net_b: nn.Module, data, n_images: i
     found = sum(len(c) for c in classes)
     if found < n_images:
         raise ValueError(f"networks A and B predict the same class on only {found} of the {seen} images given; "
-                         f"{n_images} were asked for (lower --n-images)")
+                         f"{n_images} were asked for (ask for fewer)")
     return torch.cat(chosen)[:n_images], torch.cat(classes)[:n_images], torch.cat(indices)[:n_images]
 
 
@@ -134,19 +127,20 @@ def default_memory_budget(device: torch.device) -> int:
     return 2 * 1024 ** 3
 
 
-def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int = 1000, steps: int = 100,
-                      step_size: float = 1.0, device=None, memory_budget: int | None = None,
-                      max_batch: int | None = None, progress: bool = True) -> TransitionCurves:
+def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int = DEFAULT_IMAGES,
+                      steps: int = DEFAULT_STEPS, step_size: float = DEFAULT_STEP_SIZE, device=None,
+                      memory_budget: int | None = None, max_batch: int | None = None,
+                      progress: bool = True) -> TransitionCurves:
     """Algorithm 2 for all N * (C - 1) trajectories at once (in chunks that fit `memory_budget` bytes, or at most
     `max_batch` trajectories). `data`: a tensor of images, an (images, labels) pair, or a loader of (images, labels).
     Both networks are used in eval mode and left in the mode they were in; their parameters receive no gradient."""
-    for name, value in (("n_images", n_images), ("steps", steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if not isinstance(step_size, (int, float)) or not math.isfinite(step_size) or step_size <= 0:
-        raise ValueError(f"step_size must be a number > 0, got {step_size!r}")
-    if max_batch is not None and max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    check_count(n_images, "n_images")
+    check_count(steps, "steps")
+    check_positive(step_size, "step_size")
+    if max_batch is not None:
+        check_count(max_batch, "max_batch")
+    if memory_budget is not None:
+        check_count(memory_budget, "memory_budget")
     if device is None:
         param = next(net_a.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -155,7 +149,7 @@ def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int
     first = next(iter(_batches(data)), None)
     if first is None or len(first) == 0:
         raise ValueError("no images given")
-    with torch.no_grad(), _eval_mode(net_a, net_b):
+    with torch.no_grad(), eval_mode(net_a, net_b):
         probe = first[:1].to(device)
         classes_a, classes_b = _logits(net_a, probe).shape[1], _logits(net_b, probe).shape[1]
     if classes_a != classes_b:
@@ -172,16 +166,16 @@ def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int
     start_images = images.repeat_interleave(num_classes - 1, dim=0)        # [N(C-1), ...]
     flat_targets = targets.flatten()
     total = len(flat_targets)
-    with _eval_mode(net_a, net_b):
+    with eval_mode(net_a, net_b):
         per_trajectory = _bytes_per_trajectory(net_a, images[0].to(device))
     chunk = max(1, (memory_budget or default_memory_budget(device)) // per_trajectory)
     chunk = min(chunk, total, max_batch or total)
 
     p_a = torch.empty(total, steps, device=device)  # filled on the device: no host synchronisation per step
     p_b = torch.empty(total, steps, device=device)
-    bar = progress_bar(total=math.ceil(total / chunk) * steps, desc="transition curves", unit="step",
+    bar = tqdm(total=math.ceil(total / chunk) * steps, desc="transition curves", unit="step",
                        disable=not progress, dynamic_ncols=True)
-    with _eval_mode(net_a, net_b):
+    with eval_mode(net_a, net_b):
         for begin in range(0, total, chunk):
             x = start_images[begin:begin + chunk].to(device)
             target = flat_targets[begin:begin + chunk].to(device)
@@ -205,3 +199,8 @@ def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int
     shape = (n_images, num_classes - 1, steps)
     return TransitionCurves(p_a.view(shape).cpu(), p_b.view(shape).cpu(), targets, sources, indices, steps,
                             float(step_size))
+
+
+def mean_transition_error(net_a: nn.Module, net_b: nn.Module, data, **kwargs) -> float:
+    """MTE(A, B) of Algorithm 2; keyword arguments as transition_curves()."""
+    return transition_curves(net_a, net_b, data, **kwargs).mte

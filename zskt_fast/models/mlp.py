@@ -20,7 +20,6 @@ class MLPClassifier(nn.Module):
         super().__init__()
         if min(in_features, num_classes, hidden, depth) < 1:
             raise ValueError("in_features, num_classes, hidden and depth must be >= 1")
-        self.num_classes = num_classes
         self.net = _layers([in_features] + [hidden] * depth + [num_classes], nn.ReLU)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -32,7 +31,6 @@ class MLPGenerator(nn.Module):
 
     def __init__(self, z_dim: int = 8, out_features: int = 2, hidden: int = 64, depth: int = 2):
         super().__init__()
-        self.z_dim = z_dim
         layers, width = [], z_dim
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(0.2)]

@@ -38,7 +38,6 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet depth must be one of {sorted(self.LAYOUTS)}, got {depth}")
         if num_classes < 1 or in_channels < 1:
             raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
-        self.depth, self.num_classes = depth, num_classes
         self.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         widths, strides = (64, 128, 256, 512), (1, 2, 2, 2)
@@ -49,7 +48,6 @@ class ResNet(nn.Module):
             in_width = width
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.linear = nn.Linear(512, num_classes)
-        self.feature_channels = list(widths)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         f1 = self.layer1(F.relu(self.bn1(self.conv1(x))))

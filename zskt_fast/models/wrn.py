@@ -1,4 +1,4 @@
-"""Wide residual networks (Zagoruyko & Komodakis), pre-activation basic blocks, CIFAR layout (spec section 3).
+"""Wide residual networks (Zagoruyko & Komodakis), pre-activation basic blocks, CIFAR layout.
 
 Parameter names follow the WideResNet whose pretrained teachers the paper's authors released (`conv1`,
 `block{1,2,3}.layer.{i}.{bn1,conv1,bn2,conv2,convShortcut}`, `bn1`, `fc`), so those state dicts load as they are.
@@ -56,14 +56,12 @@ class WideResNet(nn.Module):
                              f"{in_channels}")
         n = (depth - 4) // 6
         widths = [16, 16 * width, 32 * width, 64 * width]
-        self.depth, self.width, self.num_classes = depth, width, num_classes
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.block1 = BlockGroup(n, widths[0], widths[1], 1)
         self.block2 = BlockGroup(n, widths[1], widths[2], 2)
         self.block3 = BlockGroup(n, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
-        self.feature_channels = widths[1:]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):  # He initialisation over fan-out, as the reference WRN code
                 m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))

@@ -1,10 +1,12 @@
 """Public loss ops. Importing this loads the compiled library (a shared object, nothing is compiled) but not Triton."""
+from ._checks import DEFAULT_BETA, DEFAULT_TEMPERATURE, REDUCTIONS
 from ._library import BACKENDS, available_backends, compiled_available, compiled_with_cuda, resolve_backend
 from .attention_transfer import attention_transfer
-from .kl_divergence import REDUCTIONS, kl_divergence
+from .kl_divergence import kl_divergence
 from .zskt_losses import zskt_generator_loss, zskt_student_loss
 
 __all__ = [
-    "BACKENDS", "REDUCTIONS", "attention_transfer", "available_backends", "compiled_available", "compiled_with_cuda",
-    "kl_divergence", "resolve_backend", "zskt_generator_loss", "zskt_student_loss",
+    "BACKENDS", "DEFAULT_BETA", "DEFAULT_TEMPERATURE", "REDUCTIONS", "attention_transfer", "available_backends",
+    "compiled_available", "compiled_with_cuda", "kl_divergence", "resolve_backend", "zskt_generator_loss",
+    "zskt_student_loss",
 ]

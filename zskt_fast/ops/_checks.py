@@ -1,12 +1,17 @@
-"""Argument checks shared by the public loss functions. Every check runs before any kernel does."""
+"""The loss ops' arguments: their defaults and their checks. Public functions run these once, before any kernel."""
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
+from ..common import check_choice, check_positive
+
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+REDUCTIONS = ("mean", "batchmean", "sum", "none")
+# The authors' attention-transfer weight and KL temperature: beta = 250 goes with the KL's "mean" reduction.
+DEFAULT_BETA = 250.0
+DEFAULT_TEMPERATURE = 1.0
 
 
 def _check_tensor(x, name: str) -> None:
@@ -29,6 +34,11 @@ def check_logits(student_logits, teacher_logits) -> None:
     if student_logits.device != teacher_logits.device:
         raise ValueError(f"student_logits and teacher_logits are on different devices: {student_logits.device} vs "
                          f"{teacher_logits.device}")
+
+
+def check_kl_options(temperature, reduction) -> None:
+    check_positive(temperature, "temperature")
+    check_choice(reduction, REDUCTIONS, "reduction")
 
 
 def check_feature_pairs(student_features, teacher_features, *, allow_empty: bool = False) -> None:
@@ -60,16 +70,6 @@ def check_feature_pairs(student_features, teacher_features, *, allow_empty: bool
 def check_same_device(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
     if a.device != b.device:
         raise ValueError(f"{what}: tensors are on different devices ({a.device} vs {b.device})")
-
-
-def check_positive(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
-def check_non_negative(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 def common_dtype(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
-"""The compiled library and the choice of loss backend.
+"""The compiled library, the Triton ops, and the choice of loss backend.
 
 Backends:
-  eager   the spec's formulas in plain PyTorch (`zskt_fast.ops.reference`), any device; also the test reference
+  eager   the formulas in plain PyTorch (`zskt_fast.ops.reference`), any device; also the test reference
   cpu     the C++ kernels of `zskt_fast._C`, CPU tensors
   cuda    the CUDA kernels of `zskt_fast._C`, CUDA tensors, when the extension was built with CUDA
   triton  the Triton kernels, CUDA tensors (CPU tensors too under TRITON_INTERPRET=1)
@@ -9,8 +9,10 @@ Backends:
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -24,6 +26,9 @@ except ImportError as error:  # not built, or built against another torch
 else:
     _LOAD_ERROR = None
 
+# Decided once, at import, without importing Triton: torch.compile cannot trace a module search (torch 2.11).
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
 
 def compiled_available() -> bool:
     """True when `zskt_fast._C` loaded and its ops are registered under `torch.ops.zskt_fast`."""
@@ -32,10 +37,6 @@ def compiled_available() -> bool:
 
 def compiled_with_cuda() -> bool:
     return _C is not None and bool(_C.with_cuda)
-
-
-def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
 
 
 def triton_interpreted() -> bool:
@@ -56,7 +57,7 @@ def _why_unavailable(backend: str, device: torch.device) -> str | None:
             return "zskt_fast._C was built without CUDA kernels (no nvcc at build time, or ZSKT_CUDA=0)"
         return None
     if backend == "triton":
-        if not triton_available():
+        if not TRITON_INSTALLED:
             return "triton is not installed"
         if device.type == "cuda" or (device.type == "cpu" and triton_interpreted()):
             return None
@@ -89,15 +90,55 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Kernels accumulate, and return losses, in float32; float64 inputs stay in float64."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def register_fake_and_autograd(op: str, triton_kernels: str, *, fake_forward, fake_backward, setup_context,
+                               make_backward) -> Callable[[], bool]:
+    """For the forward/backward op pairs of `op` (zskt_fast::OP_forward / OP_backward from the compiled library, and
+    their _triton twins defined in the module `triton_kernels`): the fake kernels (shapes and dtypes of the outputs,
+    for torch.compile and opcheck) and the forward's autograd formula, which calls the backward op.
+
+    The compiled pair is registered now; returns the loader of the Triton pair, to be called before its first use."""
+    def register(suffix: str) -> None:
+        forward, backward = f"zskt_fast::{op}_forward{suffix}", f"zskt_fast::{op}_backward{suffix}"
+        torch.library.register_fake(forward, fake_forward)
+        torch.library.register_fake(backward, fake_backward)
+        backward_op = getattr(torch.ops.zskt_fast, f"{op}_backward{suffix}")
+        torch.library.register_autograd(forward, make_backward(backward_op), setup_context=setup_context)
+
+    if compiled_available():
+        register("")
+    return _triton_op_loader(triton_kernels, lambda: register("_triton"))
 
 
-def register_fused_op(forward_name: str, backward_name: str, *, fake_forward, fake_backward, setup_context,
-                      make_backward) -> None:
-    """Fake kernels for a forward/backward op pair, and the forward's autograd formula built on the backward op."""
-    torch.library.register_fake(forward_name, fake_forward)
-    torch.library.register_fake(backward_name, fake_backward)
-    backward_op = getattr(torch.ops.zskt_fast, backward_name.split("::")[1])
-    torch.library.register_autograd(forward_name, make_backward(backward_op), setup_context=setup_context)
+def _triton_op_loader(kernels_module: str, register: Callable[[], None]) -> Callable[[], bool]:
+    """A function that imports `kernels_module` (which defines Triton ops, and imports Triton) on its first call and
+    then runs `register`. Importing the package stays light; torch.compile runs the loader while tracing (its result
+    is a constant) instead of tracing an import."""
+    loaded = False
+
+    def load() -> bool:
+        nonlocal loaded
+        if not loaded:
+            module = importlib.import_module(kernels_module)
+            if triton_interpreted():
+                # The interpreter's kernels run on real CPU tensors only: keep torch.compile from tracing into them
+                # (on a GPU it does, so that inductor sees the kernels).
+                for op in module.TRITON_OPS:
+                    op.register_torch_dispatch(_functional_mode(), _dispatch_without_decomposing)
+            register()
+            loaded = True
+        return True
+
+    # What torch.compiler.assume_constant_result marks, set here without it: that function imports Dynamo (and with
+    # it inductor and Triton), which `import zskt_fast` must not.
+    load._dynamo_marked_constant = True
+    return load
+
+
+def _functional_mode():
+    from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+    return FunctionalTensorMode
+
+
+def _dispatch_without_decomposing(mode, op, types, args, kwargs):
+    return mode.__torch_dispatch__(op, types, args, kwargs)

@@ -1,19 +1,21 @@
 """KL divergence from the teacher's to the student's softened class distribution.
 
-Public function, its argument checks, and for the compiled backends the fake kernel and autograd formula of
-`torch.ops.zskt_fast.kl_divergence_forward` (kernels: csrc/cpu/kl_divergence.cpp, csrc/cuda/kl_divergence.cu).
+The public function and its checks; for the fused backends, the fake kernels and the autograd formula of
+`torch.ops.zskt_fast.kl_divergence_forward` (kernels: csrc/cpu/kl_divergence.cpp, csrc/cuda/kl_divergence.cu) and of
+`torch.ops.zskt_fast.kl_divergence_forward_triton` (zskt_fast/kernels/triton/kl_divergence.py).
 """
 from __future__ import annotations
 
 import torch
 
+from ..common import accumulation_dtype
 from . import _checks, _library, reference
+from ._checks import DEFAULT_TEMPERATURE
 
-REDUCTIONS = ("mean", "batchmean", "sum", "none")
 
-
-def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
-                  reduction: str = "mean", backend: str = "auto") -> torch.Tensor:
+def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
+                  temperature: float = DEFAULT_TEMPERATURE, reduction: str = "mean",
+                  backend: str = "auto") -> torch.Tensor:
     """KL(softmax(teacher_logits / T) || softmax(student_logits / T)), without a T^2 factor.
 
     reduction: "mean" divides the summed KL by B*C (F.kl_div's default, what the authors used, so beta = 250 keeps its
@@ -21,46 +23,28 @@ def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
     Gradients flow to both logit sets. The result is float32 (float64 for float64 inputs).
     """
     _checks.check_logits(student_logits, teacher_logits)
-    _checks.check_positive(temperature, "temperature")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+    _checks.check_kl_options(temperature, reduction)
     backend = _library.resolve_backend(backend, student_logits.device)
+    return checked_kl_divergence(student_logits, teacher_logits, temperature, reduction, backend)
+
+
+def checked_kl_divergence(student_logits, teacher_logits, temperature: float, reduction: str,
+                          backend: str) -> torch.Tensor:
+    """`kl_divergence` for arguments already checked and a backend already resolved."""
     if backend == "eager":
         return reference.kl_divergence(student_logits, teacher_logits, temperature, reduction)
-    rows = kl_divergence_rows(student_logits, teacher_logits, temperature, backend)
+    student_logits, teacher_logits = _checks.common_dtype(student_logits, teacher_logits)
+    if backend == "triton":
+        _load_triton_ops()
+        forward = torch.ops.zskt_fast.kl_divergence_forward_triton
+    else:
+        forward = torch.ops.zskt_fast.kl_divergence_forward
+    rows = forward(student_logits, teacher_logits, float(temperature))[0]
     return reference.reduce_kl_rows(rows, reduction, student_logits.shape[1])
 
 
-def kl_divergence_rows(student_logits, teacher_logits, temperature: float, backend: str) -> torch.Tensor:
-    """Per-row KL through a fused backend; arguments already checked."""
-    student_logits, teacher_logits = _checks.common_dtype(student_logits, teacher_logits)
-    forward = (torch.ops.zskt_fast.kl_divergence_forward_triton if backend == "triton"
-               else torch.ops.zskt_fast.kl_divergence_forward)
-    return forward(student_logits, teacher_logits, float(temperature))[0]
-
-
-# The Triton implementation is an op of its own (the C++ ops dispatch on the device alone); its kernels module, and
-# with it Triton, is imported on first use.
-@torch.library.custom_op("zskt_fast::kl_divergence_forward_triton", mutates_args=())
-def _forward_triton(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                    temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from zskt_fast.kernels.triton import kl_divergence as kernels
-
-    return kernels.forward(student_logits, teacher_logits, temperature)
-
-
-@torch.library.custom_op("zskt_fast::kl_divergence_backward_triton", mutates_args=())
-def _backward_triton(grad_rows: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                     student_lse: torch.Tensor, teacher_lse: torch.Tensor, kl_rows: torch.Tensor,
-                     temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    from zskt_fast.kernels.triton import kl_divergence as kernels
-
-    return kernels.backward(grad_rows, student_logits, teacher_logits, student_lse, teacher_lse, kl_rows, temperature)
-
-
 def _fake_forward(student_logits, teacher_logits, temperature):
-    rows = student_logits.new_empty((student_logits.shape[0],),
-                                    dtype=_library.accumulation_dtype(student_logits.dtype))
+    rows = student_logits.new_empty((student_logits.shape[0],), dtype=accumulation_dtype(student_logits.dtype))
     return rows, torch.empty_like(rows), torch.empty_like(rows)
 
 
@@ -88,11 +72,6 @@ def _make_backward(backward_op):
     return backward
 
 
-def _register(forward_name: str, backward_name: str) -> None:
-    _library.register_fused_op(forward_name, backward_name, fake_forward=_fake_forward, fake_backward=_fake_backward,
-                               setup_context=_setup_context, make_backward=_make_backward)
-
-
-_register("zskt_fast::kl_divergence_forward_triton", "zskt_fast::kl_divergence_backward_triton")
-if _library.compiled_available():
-    _register("zskt_fast::kl_divergence_forward", "zskt_fast::kl_divergence_backward")
+_load_triton_ops = _library.register_fake_and_autograd(
+    "kl_divergence", "zskt_fast.kernels.triton.kl_divergence", fake_forward=_fake_forward,
+    fake_backward=_fake_backward, setup_context=_setup_context, make_backward=_make_backward)

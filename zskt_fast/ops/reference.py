@@ -1,4 +1,4 @@
-"""The spec's loss formulas in plain PyTorch: the `eager` backend and the reference every kernel is tested against.
+"""The loss formulas in plain PyTorch: the `eager` backend and the reference every kernel is tested against.
 
 These follow the authors' code: KL through `F.kl_div(log_softmax(s / T), softmax(t / T))`, attention maps through
 `F.normalize(A.pow(2).mean(1).flatten(1))`. Inputs are upcast to float32 (float64 stays float64).
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ._checks import DEFAULT_BETA, DEFAULT_TEMPERATURE
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -32,7 +34,8 @@ def reduce_kl_rows(rows: torch.Tensor, reduction: str, num_classes: int) -> torc
     return total / (rows.shape[0] * num_classes)
 
 
-def kl_divergence(student_logits, teacher_logits, temperature: float = 1.0, reduction: str = "mean") -> torch.Tensor:
+def kl_divergence(student_logits, teacher_logits, temperature: float = DEFAULT_TEMPERATURE,
+                  reduction: str = "mean") -> torch.Tensor:
     rows = kl_divergence_rows(student_logits, teacher_logits, temperature)
     return reduce_kl_rows(rows, reduction, student_logits.shape[1])
 
@@ -47,5 +50,5 @@ def attention_transfer_layer(student_features: torch.Tensor, teacher_features: t
     return (attention_map(student_features) - attention_map(teacher_features)).pow(2).mean()
 
 
-def attention_transfer(student_features, teacher_features, beta: float = 250.0) -> torch.Tensor:
+def attention_transfer(student_features, teacher_features, beta: float = DEFAULT_BETA) -> torch.Tensor:
     return beta * sum(attention_transfer_layer(s, t) for s, t in zip(student_features, teacher_features))

@@ -1,5 +1,7 @@
-"""Triton kernels of the attention-transfer op and their launchers (NCHW-contiguous features; other layouts are
-copied to NCHW first and the gradient is returned in the input's layout).
+"""Triton kernels of the attention-transfer op, and their launchers registered as the ops
+`zskt_fast::attention_transfer_{forward,backward}_triton` (torch.library.triton_op: torch.compile sees the kernels).
+They read NCHW-contiguous features; other layouts are copied to NCHW first and the gradient is returned in the input's
+layout. The fake kernels and the autograd formula are registered by `zskt_fast.ops.attention_transfer`.
 
 Forward, three launches per layer: channel means of squares for the student and for the teacher (programs over
 (sample, block of positions), each sweeping the channels), then one program per sample for both norms, the
@@ -11,18 +13,20 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op
+
+from ...common import accumulation_dtype
+from ._launch import accumulator, launcher, num_warps
 
 NORM_EPS = 1e-12  # F.normalize's default
 BLOCK_HW = 256
 ELEMENTS_PER_PROGRAM = 16384
 
 
-def _acc_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 @triton.jit
-def _channel_mean_of_squares_kernel(x_ptr, a_ptr, C, HW, inv_c, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _channel_mean_of_squares_kernel(x_ptr,  # [B, C, HW] features, NCHW-contiguous
+                                    a_ptr,  # [B, HW] out: mean over channels of x^2, ACC
+                                    C, HW, inv_c, BLOCK: tl.constexpr, ACC: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < HW
@@ -35,8 +39,12 @@ def _channel_mean_of_squares_kernel(x_ptr, a_ptr, C, HW, inv_c, BLOCK: tl.conste
 
 
 @triton.jit
-def _normalise_and_compare_kernel(qs_ptr, qt_ptr, ns_ptr, nt_ptr, d_ptr, HW, eps, BLOCK: tl.constexpr,
-                                  ACC: tl.constexpr):
+def _normalise_and_compare_kernel(qs_ptr,  # [B, HW] in: student channel means; out: normalised map q_s, ACC
+                                  qt_ptr,  # [B, HW] the same for the teacher, ACC
+                                  ns_ptr,  # [B] out: L2 norm of the student means, ACC
+                                  nt_ptr,  # [B] out: L2 norm of the teacher means, ACC
+                                  d_ptr,  # [B] out: sum over HW of (q_s - q_t)^2, ACC
+                                  HW, eps, BLOCK: tl.constexpr, ACC: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     sum_s = tl.zeros([BLOCK], ACC)
@@ -65,8 +73,13 @@ def _normalise_and_compare_kernel(qs_ptr, qt_ptr, ns_ptr, nt_ptr, d_ptr, HW, eps
 
 
 @triton.jit
-def _attention_gradient_kernel(g_ptr, x_ptr, q_ptr, qo_ptr, n_ptr, out_ptr, C, HW, channels_per_program, eps,
-                               BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _attention_gradient_kernel(g_ptr,  # [B] upstream gradient of each sample's squared difference, ACC
+                               x_ptr,  # [B, C, HW] this side's features, NCHW-contiguous
+                               q_ptr,  # [B, HW] this side's normalised map, ACC
+                               qo_ptr,  # [B, HW] the other side's normalised map, ACC
+                               n_ptr,  # [B] this side's norm of the channel means, ACC
+                               out_ptr,  # [B, C, HW] out: gradient of x, its dtype
+                               C, HW, channels_per_program, eps, BLOCK: tl.constexpr, ACC: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
     c_start = tl.program_id(0) * channels_per_program
     offs = tl.arange(0, BLOCK)
@@ -92,25 +105,35 @@ def _attention_gradient_kernel(g_ptr, x_ptr, q_ptr, qo_ptr, n_ptr, out_ptr, C, H
             tl.store(out_ptr + row + start + offs, (ga * x).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def forward(student_features: torch.Tensor, teacher_features: torch.Tensor):
+def _block(HW: int) -> int:
+    return min(BLOCK_HW, triton.next_power_of_2(HW))
+
+
+@triton_op("zskt_fast::attention_transfer_forward_triton", mutates_args=())
+def attention_transfer_forward(student_features: torch.Tensor, teacher_features: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sq_diff [B], q_s [B, HW], q_t [B, HW], norm_s [B], norm_t [B]) of [B, C, H, W] maps of one dtype."""
     s, t = student_features.contiguous(), teacher_features.contiguous()
     B, _, H, W = s.shape
     HW = H * W
-    acc = torch.float64 if s.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(s.dtype)
     q_s = torch.empty((B, HW), dtype=acc, device=s.device)
     q_t = torch.empty_like(q_s)
     norm_s, norm_t, sq_diff = (torch.empty(B, dtype=acc, device=s.device) for _ in range(3))
-    block = min(BLOCK_HW, triton.next_power_of_2(HW))
+    block = _block(HW)
     for x, a in ((s, q_s), (t, q_t)):
         C = x.shape[1]
-        _channel_mean_of_squares_kernel[(B, triton.cdiv(HW, block))](x, a, C, HW, 1.0 / C, BLOCK=block,
-                                                                      ACC=_acc_dtype(s.dtype))
-    _normalise_and_compare_kernel[(B,)](q_s, q_t, norm_s, norm_t, sq_diff, HW, NORM_EPS, BLOCK=block,
-                                        ACC=_acc_dtype(s.dtype))
+        launcher(_channel_mean_of_squares_kernel)[(B, triton.cdiv(HW, block))](
+            x, a, C, HW, 1.0 / C, BLOCK=block, ACC=accumulator(s.dtype), num_warps=num_warps(block))
+    launcher(_normalise_and_compare_kernel)[(B,)](q_s, q_t, norm_s, norm_t, sq_diff, HW, NORM_EPS, BLOCK=block,
+                                                  ACC=accumulator(s.dtype), num_warps=num_warps(block))
     return sq_diff, q_s, q_t, norm_s, norm_t
 
 
-def backward(grad_sq_diff, features, attention, other_attention, norm):
+@triton_op("zskt_fast::attention_transfer_backward_triton", mutates_args=())
+def attention_transfer_backward(grad_sq_diff: torch.Tensor, features: torch.Tensor, attention: torch.Tensor,
+                                other_attention: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """Gradient of one side's [B, C, H, W] features, in their dtype and layout."""
     x = features.contiguous()
     B, C, H, W = x.shape
     HW = H * W
@@ -119,10 +142,14 @@ def backward(grad_sq_diff, features, attention, other_attention, norm):
     out = grad if grad.is_contiguous() else torch.empty_like(x, memory_format=torch.contiguous_format)
     channels_per_program = max(1, min(C, triton.cdiv(ELEMENTS_PER_PROGRAM, HW)))
     grid = (triton.cdiv(C, channels_per_program), B)
-    _attention_gradient_kernel[grid](grad_sq_diff.to(acc).contiguous(), x, attention.contiguous(),
-                                     other_attention.to(acc).contiguous(), norm.to(acc).contiguous(), out, C, HW,
-                                     channels_per_program, NORM_EPS, BLOCK=min(BLOCK_HW, triton.next_power_of_2(HW)),
-                                     ACC=_acc_dtype(x.dtype))
+    block = _block(HW)
+    launcher(_attention_gradient_kernel)[grid](grad_sq_diff.to(acc).contiguous(), x, attention.contiguous(),
+                                               other_attention.to(acc).contiguous(), norm.to(acc).contiguous(),
+                                               out, C, HW, channels_per_program, NORM_EPS, BLOCK=block,
+                                               ACC=accumulator(x.dtype), num_warps=num_warps(block))
     if out is not grad:
         grad.copy_(out)
     return grad
+
+
+TRITON_OPS = (attention_transfer_forward, attention_transfer_backward)

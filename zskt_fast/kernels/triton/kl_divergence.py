@@ -1,19 +1,21 @@
-"""Triton kernels of the KL divergence op and their launchers.
+"""Triton kernels of the KL divergence op, and their launchers registered as the ops
+`zskt_fast::kl_divergence_{forward,backward}_triton` (torch.library.triton_op: torch.compile sees the kernels).
 
 One program per row; the class dimension is tiled in blocks of at most 1024, so rows of any length work. Forward:
 three sweeps over the row (max, sum of exponentials, KL), all reading from cache after the first. Backward: one sweep.
+The fake kernels and the autograd formula are registered by `zskt_fast.ops.kl_divergence`.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op
+
+from ...common import accumulation_dtype
+from ._launch import accumulator, launcher, num_warps
 
 MAX_BLOCK = 1024
-
-
-def _acc_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 @triton.jit
@@ -33,8 +35,12 @@ def _row_logsumexp(row_ptr, C, inv_tau, offs, BLOCK: tl.constexpr, ACC: tl.const
 
 
 @triton.jit
-def _kl_forward_kernel(s_ptr, t_ptr, kl_ptr, lse_s_ptr, lse_t_ptr, C, inv_tau, BLOCK: tl.constexpr,
-                       ACC: tl.constexpr):
+def _kl_forward_kernel(s_ptr,  # [B, C] student logits
+                       t_ptr,  # [B, C] teacher logits, same dtype
+                       kl_ptr,  # [B] out: KL of each row, ACC
+                       lse_s_ptr,  # [B] out: logsumexp of the student row / T, ACC
+                       lse_t_ptr,  # [B] out: logsumexp of the teacher row / T, ACC
+                       C, inv_tau, BLOCK: tl.constexpr, ACC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     s_row = s_ptr + row * C
@@ -55,8 +61,15 @@ def _kl_forward_kernel(s_ptr, t_ptr, kl_ptr, lse_s_ptr, lse_t_ptr, C, inv_tau, B
 
 
 @triton.jit
-def _kl_backward_kernel(g_ptr, s_ptr, t_ptr, lse_s_ptr, lse_t_ptr, kl_ptr, gs_ptr, gt_ptr, C, inv_tau,
-                        BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _kl_backward_kernel(g_ptr,  # [B] upstream gradient of each row's KL, ACC
+                        s_ptr,  # [B, C] student logits
+                        t_ptr,  # [B, C] teacher logits
+                        lse_s_ptr,  # [B] from the forward, ACC
+                        lse_t_ptr,  # [B] from the forward, ACC
+                        kl_ptr,  # [B] from the forward, ACC
+                        gs_ptr,  # [B, C] out: gradient of the student logits, input dtype
+                        gt_ptr,  # [B, C] out: gradient of the teacher logits, input dtype
+                        C, inv_tau, BLOCK: tl.constexpr, ACC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     scale = tl.load(g_ptr + row).to(ACC) * inv_tau
@@ -79,24 +92,36 @@ def _block(C: int) -> int:
     return min(MAX_BLOCK, triton.next_power_of_2(C))
 
 
-def forward(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float):
+@triton_op("zskt_fast::kl_divergence_forward_triton", mutates_args=())
+def kl_divergence_forward(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                          temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(kl [B], lse_s [B], lse_t [B]) of [B, C] logits of one dtype."""
     s, t = student_logits.contiguous(), teacher_logits.contiguous()
     B, C = s.shape
-    acc = torch.float64 if s.dtype == torch.float64 else torch.float32
-    kl = torch.empty(B, dtype=acc, device=s.device)
+    kl = torch.empty(B, dtype=accumulation_dtype(s.dtype), device=s.device)
     lse_s, lse_t = torch.empty_like(kl), torch.empty_like(kl)
-    _kl_forward_kernel[(B,)](s, t, kl, lse_s, lse_t, C, 1.0 / temperature, BLOCK=_block(C),
-                             ACC=_acc_dtype(s.dtype))
+    block = _block(C)
+    launcher(_kl_forward_kernel)[(B,)](s, t, kl, lse_s, lse_t, C, 1.0 / temperature, BLOCK=block,
+                                       ACC=accumulator(s.dtype), num_warps=num_warps(block))
     return kl, lse_s, lse_t
 
 
-def backward(grad_rows, student_logits, teacher_logits, lse_s, lse_t, kl, temperature: float):
+@triton_op("zskt_fast::kl_divergence_backward_triton", mutates_args=())
+def kl_divergence_backward(grad_rows: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                           student_lse: torch.Tensor, teacher_lse: torch.Tensor, kl_rows: torch.Tensor,
+                           temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of both [B, C] logit sets, in their dtype, from the [B] upstream gradient and the forward's rows."""
     s, t = student_logits.contiguous(), teacher_logits.contiguous()
     B, C = s.shape
-    acc = kl.dtype
-    grad_s, grad_t = torch.empty((B, C), dtype=s.dtype, device=s.device), torch.empty((B, C), dtype=t.dtype,
-                                                                                      device=t.device)
-    _kl_backward_kernel[(B,)](grad_rows.to(acc).contiguous(), s, t, lse_s.contiguous(), lse_t.contiguous(),
-                              kl.contiguous(), grad_s, grad_t, C, 1.0 / temperature, BLOCK=_block(C),
-                              ACC=_acc_dtype(s.dtype))
+    acc = kl_rows.dtype
+    grad_s = torch.empty((B, C), dtype=s.dtype, device=s.device)
+    grad_t = torch.empty((B, C), dtype=t.dtype, device=t.device)
+    block = _block(C)
+    launcher(_kl_backward_kernel)[(B,)](grad_rows.to(acc).contiguous(), s, t, student_lse.contiguous(),
+                                        teacher_lse.contiguous(), kl_rows.contiguous(), grad_s, grad_t, C,
+                                        1.0 / temperature, BLOCK=block, ACC=accumulator(s.dtype),
+                                        num_warps=num_warps(block))
     return grad_s, grad_t
+
+
+TRITON_OPS = (kl_divergence_forward, kl_divergence_backward)

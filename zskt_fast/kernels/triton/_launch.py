@@ -1,0 +1,26 @@
+"""What every Triton launcher here needs: the accumulation type of an input dtype, warps fitted to a block, and the
+launch wrapper."""
+from __future__ import annotations
+
+import torch
+import triton.language as tl
+from torch.library import wrap_triton
+from triton.runtime.jit import JITFunction
+
+from ...common import accumulation_dtype
+
+
+def accumulator(dtype: torch.dtype):
+    """The Triton type the kernels accumulate in for inputs of `dtype` (float64 for float64, else float32)."""
+    return tl.float64 if accumulation_dtype(dtype) == torch.float64 else tl.float32
+
+
+def num_warps(block: int) -> int:
+    """Four elements per thread of a 1-D block, between 1 and 8 warps."""
+    return max(1, min(8, block // 128))
+
+
+def launcher(kernel):
+    """wrap_triton(kernel), through which torch.compile sees the launch; under TRITON_INTERPRET=1 the kernel itself
+    (the interpreter's kernels run eagerly on CPU tensors, and torch 2.11's wrap_triton refuses them)."""
+    return wrap_triton(kernel) if isinstance(kernel, JITFunction) else kernel
