@@ -8,15 +8,19 @@ ENV_DIR := $(CURDIR)/.venv
 endif
 PY := $(ENV_DIR)/bin/python
 DEPS_STAMP := $(ENV_DIR)/.zskt_fast-deps
+# The pins of the stack to install: requirements.txt (newest supported) or requirements-oldest.txt.
+REQUIREMENTS ?= requirements.txt
+# The oldest supported stack gets a copy of the sources, its own environment and its own build of the extension.
+OLDEST := $(CURDIR)/build/oldest
 
-.PHONY: setup build train test bench clean
+.PHONY: setup build train test test-oldest bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(ENV_DIR)
 
-$(DEPS_STAMP): requirements.txt | $(PY)
+$(DEPS_STAMP): $(REQUIREMENTS) requirements-common.txt | $(PY)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -r $(REQUIREMENTS)
 	touch $@
 
 setup: $(DEPS_STAMP)
@@ -31,6 +35,15 @@ train: build
 
 test: build
 	$(PY) -m pytest -q -ra tests
+
+# The same suite on the oldest supported stack (requirements-oldest.txt: the GPU machine's torch, torchvision and
+# triton), in build/oldest: a copy of the working tree's files (its CMake build is kept between runs) and a venv.
+test-oldest:
+	mkdir -p $(OLDEST)/src
+	find $(OLDEST)/src -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
+	git ls-files -z --cached --others --exclude-standard | \
+	    xargs -0 sh -c 'for f; do [ -e "$$f" ] && cp -p --parents "$$f" $(OLDEST)/src; done' sh
+	$(MAKE) -C $(OLDEST)/src test VIRTUAL_ENV=$(OLDEST)/venv REQUIREMENTS=requirements-oldest.txt
 
 bench: build
 	$(PY) -m pytest -q benchmarks/bench_losses.py --benchmark-json=benchmarks/out/losses.json \

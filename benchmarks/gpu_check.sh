@@ -1,61 +1,137 @@
 #!/usr/bin/env bash
-# GPU check, for a machine with a CUDA GPU and no network: builds the extension, runs the GPU tests (ops and trainer),
-# runs the kernel and trainer benchmarks, and prints short tables last. Exits non-zero when a GPU test fails. The full
-# log goes to ${GPU_CHECK_LOG:-benchmarks/out/gpu_check.log}.
+# The GPU check, for a machine with a CUDA GPU and no network: from a fresh copy of the repository, builds the
+# extension with its CUDA kernels, runs the GPU tests and compute-sanitizer, times the benchmarks, and prints a table
+# of the stages and the benchmark tables last. Every stage runs under its own time limit, inside one overall budget,
+# and reports its outcome on one line, so that one hang cannot eat the run.
 #
-#   bash benchmarks/gpu_check.sh
+#   bash benchmarks/gpu_check.sh             everything, within 470 s (build, GPU tests, memcheck, three benchmarks)
+#   bash benchmarks/gpu_check.sh --quick     build, GPU tests and the loss benchmark, within 230 s (a second try)
+#   bash benchmarks/gpu_check.sh --dry-run   every stage that needs no GPU (the build with ZSKT_CUDA=1 included);
+#                                            the others report "skipped: no GPU"
+# Options: --budget SECONDS (overall time limit). Environment: OUT (results folder, default benchmarks/out), PYTHON
+# (default python3), MAX_JOBS (default: all cores), TORCH_CUDA_ARCH_LIST (default 9.0), GPU_CHECK_LIMIT_<STAGE>
+# (a stage's own limit in seconds, e.g. GPU_CHECK_LIMIT_BUILD=600).
+#
+# Results, at most 8 files under $OUT: gpu_check.log (every command's output), summary.txt (what is printed last),
+# losses_gpu.json, train_gpu.json, mte_gpu.json (pytest-benchmark). Exit status: 0 when every stage that ran passed
+# (and, without --dry-run, a GPU was there), 1 otherwise, 2 for bad options.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p benchmarks/out
-LOG=${GPU_CHECK_LOG:-benchmarks/out/gpu_check.log}
+
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+MODE=full
+DRY_RUN=0
+BUDGET=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) MODE=quick ;;
+    --dry-run) DRY_RUN=1 ;;
+    --budget)
+      if [ $# -lt 2 ] || ! [[ "$2" =~ ^[0-9]+$ ]]; then echo "gpu_check.sh: --budget needs a number of seconds" >&2; exit 2; fi
+      BUDGET=$2; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+OUT=${OUT:-benchmarks/out}
 PY=${PYTHON:-python3}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYTHONUNBUFFERED=1
+if [ -z "$BUDGET" ]; then BUDGET=$([ "$MODE" = quick ] && echo 230 || echo 470); fi
+REPORT_RESERVE=20  # seconds kept for the report at the end
+mkdir -p "$OUT" || { echo "gpu_check.sh: cannot create $OUT" >&2; exit 2; }
+LOG=$OUT/gpu_check.log
+SUMMARY=$OUT/summary.txt
 : > "$LOG"
-log() { echo "== $*" | tee -a "$LOG"; }
+: > "$SUMMARY"
+START=$SECONDS
 status=0
 
-log "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null)"
-log "versions: $($PY -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)' 2>&1 | tail -1); $(date -u +%Y-%m-%dT%H:%MZ)"
+say() { echo "$*" | tee -a "$SUMMARY"; }
+outcome() { say "$(printf '%-16s %-48s %5s s' "$1" "$2" "$3")"; }
 
-log "build (TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:=9.0})"
-export TORCH_CUDA_ARCH_LIST
-if ! ZSKT_CUDA=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e . >>"$LOG" 2>&1; then
-  log "BUILD FAILED (see $LOG)"; tail -30 "$LOG"; exit 1
-fi
-
-log "GPU tests (cuda and triton backends, CUDA graphs)"
-if ! $PY -m pytest -q -ra -m gpu tests >>"$LOG" 2>&1; then status=1; log "GPU TESTS FAILED"; fi
-grep -E "passed|failed" "$LOG" | tail -1
-
-if command -v compute-sanitizer >/dev/null 2>&1; then
-  log "compute-sanitizer memcheck over one forward+backward of the CUDA kernels"
-  if ! compute-sanitizer --tool memcheck --error-exitcode 1 $PY - >>"$LOG" 2>&1 <<'PYEOF'
-import torch, zskt_fast
-g = lambda *s: torch.randn(*s, device="cuda", requires_grad=True)
-for dtype in (torch.float32, torch.bfloat16):
-    s_l, t_l = g(7, 10).to(dtype), g(7, 10).to(dtype)
-    s_f = [g(7, 3, 5, 7).to(dtype), g(7, 16, 17, 3).to(dtype).contiguous(memory_format=torch.channels_last)]
-    t_f = [g(7, 6, 5, 7).to(dtype), g(7, 4, 17, 3).to(dtype)]
-    loss = zskt_fast.zskt_student_loss(s_l, t_l, s_f, t_f, backend="cuda")
-    torch.autograd.grad(loss, [s_l, t_l, *s_f, *t_f])
-torch.cuda.synchronize()
-print("memcheck run finished")
-PYEOF
-  then status=1; log "COMPUTE-SANITIZER REPORTED ERRORS"; else log "memcheck: no errors"; fi
+if [ "$DRY_RUN" = 1 ]; then
+  HAS_GPU=0
+elif "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >>"$LOG" 2>&1; then
+  HAS_GPU=1
 else
-  log "compute-sanitizer not installed: memcheck skipped"
+  HAS_GPU=0
 fi
 
-log "benchmarks"
-$PY -m pytest -q benchmarks/bench_losses.py --benchmark-json=benchmarks/out/losses_gpu.json \
-    --benchmark-columns=min,median,rounds >>"$LOG" 2>&1 || { status=1; log "BENCHMARKS FAILED"; }
-log "trainer benchmark: authors' eager loop against this trainer (AMP, CUDA graphs on and off)"
-ZSKT_BENCH_ITERATIONS=${ZSKT_BENCH_ITERATIONS:-20} $PY -m pytest -q benchmarks/bench_train.py \
-    --benchmark-json=benchmarks/out/train_gpu.json --benchmark-columns=min,median,rounds >>"$LOG" 2>&1 \
-    || { status=1; log "TRAINER BENCHMARK FAILED"; }
-log "transition-curve benchmark: batched against the per-image loop"
-$PY -m pytest -q benchmarks/bench_mte.py -k gpu --benchmark-json=benchmarks/out/mte_gpu.json \
-    --benchmark-columns=min,median,rounds >>"$LOG" 2>&1 || { status=1; log "MTE BENCHMARK FAILED"; }
-$PY benchmarks/report.py benchmarks/out/losses_gpu.json 2>&1 | tee -a "$LOG"
-$PY benchmarks/report.py benchmarks/out/train_gpu.json 2>&1 | tee -a "$LOG"
-$PY benchmarks/report.py benchmarks/out/mte_gpu.json 2>&1 | tee -a "$LOG"
+# stage NAME LIMIT NEEDS_GPU COMMAND...: runs COMMAND under min(LIMIT, what is left of the budget) seconds, its output
+# in the log, and prints one line: ok, FAILED (exit N), TIMED OUT, unavailable (the command's exit status 3: its tool
+# cannot run on this machine), skipped: no GPU, or skipped: out of time.
+stage() {
+  local name=$1 limit=$2 needs_gpu=$3
+  shift 3
+  local override="GPU_CHECK_LIMIT_$(echo "$name" | tr 'a-z-' 'A-Z_')"
+  limit=${!override:-$limit}
+  if [ "$needs_gpu" = 1 ] && [ "$HAS_GPU" = 0 ]; then outcome "$name" "skipped: no GPU" 0; return 0; fi
+  local left=$((BUDGET - (SECONDS - START) - REPORT_RESERVE))
+  if [ "$left" -lt 5 ]; then outcome "$name" "skipped: out of time (budget $BUDGET s)" 0; status=1; return 1; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  local began=$SECONDS rc
+  echo "== stage $name (limit $limit s): $*" >>"$LOG"
+  timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
+  rc=$?
+  local took=$((SECONDS - began))
+  case $rc in
+    0) outcome "$name" "ok" "$took" ;;
+    124|137) outcome "$name" "TIMED OUT after $limit s" "$took"; status=1 ;;
+    3) outcome "$name" "$name unavailable (see $LOG)" "$took" ;;
+    *) outcome "$name" "FAILED (exit $rc; see $LOG)" "$took"; status=1 ;;
+  esac
+  return $rc
+}
+
+# compute-sanitizer over one forward+backward of the CUDA kernels. It refuses the device on some virtualised machines:
+# that is "memcheck unavailable" (exit status 3), not an error of the kernels.
+memcheck() {
+  command -v compute-sanitizer >/dev/null 2>&1 || { echo "compute-sanitizer is not installed"; return 3; }
+  local output rc
+  output=$(compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" benchmarks/memcheck_ops.py 2>&1)
+  rc=$?
+  echo "$output"
+  if [ $rc -ne 0 ] && echo "$output" | grep -qi "device not supported\|unable to find injection library"; then
+    return 3
+  fi
+  return $rc
+}
+export -f memcheck
+export PY
+
+say "gpu_check ($MODE$([ "$DRY_RUN" = 1 ] && echo ', dry run'); budget $BUDGET s; MAX_JOBS $MAX_JOBS; arch $TORCH_CUDA_ARCH_LIST)"
+say "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1 || true)$([ "$HAS_GPU" = 0 ] && echo ' (no GPU used)')"
+say "versions: $(timeout 60 "$PY" -c 'import sys, torch, triton; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)' 2>&1 | tail -1); $(date -u +%Y-%m-%dT%H:%MZ)"
+say "$(printf '%-16s %-48s %5s' stage outcome time)"
+
+if stage build 300 0 env ZSKT_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .; then
+  stage extension 60 0 "$PY" -c "
+from zskt_fast.ops import _library
+assert _library.compiled_with_cuda(), 'zskt_fast._C has no CUDA kernels'
+print('backends on cuda:', _library.available_backends('cuda'))"
+  stage gpu-tests $([ "$MODE" = quick ] && echo 150 || echo 200) 1 \
+    "$PY" -m pytest -q -ra -m gpu -p no:cacheprovider tests
+  [ "$MODE" = full ] && stage memcheck 90 1 bash -c memcheck
+  stage bench-losses $([ "$MODE" = quick ] && echo 60 || echo 120) 1 \
+    "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_losses.py --benchmark-json="$OUT/losses_gpu.json" \
+    --benchmark-columns=min,median,rounds $([ "$MODE" = quick ] && echo "-k float32")
+  if [ "$MODE" = full ]; then
+    stage bench-train 120 1 env ZSKT_BENCH_ITERATIONS="${ZSKT_BENCH_ITERATIONS:-20}" \
+      "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_train.py --benchmark-json="$OUT/train_gpu.json" \
+      --benchmark-columns=min,median,rounds
+    stage bench-mte 90 1 "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_mte.py -k gpu \
+      --benchmark-json="$OUT/mte_gpu.json" --benchmark-columns=min,median,rounds
+  fi
+fi
+
+say "total: $((SECONDS - START)) s of the $BUDGET s budget"
+for json in "$OUT"/losses_gpu.json "$OUT"/train_gpu.json "$OUT"/mte_gpu.json; do
+  if [ -s "$json" ]; then timeout 30 "$PY" benchmarks/report.py "$json" 2>&1 | tee -a "$SUMMARY"; fi
+done
+if [ "$DRY_RUN" = 0 ] && [ "$HAS_GPU" = 0 ]; then
+  say "no GPU is visible: nothing was measured (use --dry-run to rehearse without one)"
+  status=1
+fi
 exit $status

@@ -1,6 +1,7 @@
 """Shared test helpers: which fused backends can run here, tolerances per dtype, and float64 references."""
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -26,6 +27,14 @@ FUSED = [
 ]
 
 
+@functools.cache
+def triton_interpreter_problem() -> str | None:
+    """Why Triton's interpreter cannot run the kernels on this stack (an old Triton with a new numpy), or None."""
+    from triton_interpreter_probe import problem
+
+    return problem()
+
+
 def skip_unless_runnable(backend: str, device: str) -> None:
     if backend == "triton" and device == "cpu" and HAS_CUDA:
         pytest.skip("the Triton interpreter is exercised on machines without a GPU; this one runs Triton on the GPU")
@@ -34,6 +43,8 @@ def skip_unless_runnable(backend: str, device: str) -> None:
     reason = _library._why_unavailable(backend, torch.device(device))
     if reason is not None:
         pytest.skip(f"backend {backend!r} unavailable: {reason}")
+    if backend == "triton" and device == "cpu" and triton_interpreter_problem() is not None:
+        pytest.skip(triton_interpreter_problem())
 
 
 def skip_unsupported_dtype(backend: str, device: str, dtype: torch.dtype) -> None:

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 import zskt_fast
 from zskt_fast.ops import reference
 
-from conftest import as_reference, assert_close_to_reference, make_input, skip_unsupported_dtype
+from conftest import (as_reference, assert_close_to_reference, make_input, skip_unsupported_dtype,
+                      triton_interpreter_problem)
 
 SHAPES = [(1, 1), (1, 10), (7, 10), (128, 10), (3, 1000), (5, 37)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -75,6 +76,8 @@ def test_mean_is_the_authors_f_kl_div():
     s, t = torch.randn(8, 10, dtype=torch.float64), torch.randn(8, 10, dtype=torch.float64)
     expected = F.kl_div(F.log_softmax(s / 2, 1), F.softmax(t / 2, 1))
     for backend in zskt_fast.available_backends("cpu"):
+        if backend == "triton" and triton_interpreter_problem():
+            continue  # an old Triton's interpreter on this stack: the other cases of this file say why
         torch.testing.assert_close(zskt_fast.kl_divergence(s, t, temperature=2.0, backend=backend), expected)
     batchmean = zskt_fast.kl_divergence(s, t, temperature=2.0, reduction="batchmean", backend="eager")
     torch.testing.assert_close(batchmean, expected * 10)

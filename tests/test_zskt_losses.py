@@ -156,9 +156,10 @@ def test_triton_ops_load_inside_a_compiled_region():
     import subprocess
     import sys
 
-    from conftest import HAS_CUDA
+    from conftest import HAS_CUDA, skip_unless_runnable
 
     device = "cuda" if HAS_CUDA else "cpu"
+    skip_unless_runnable("triton", device)
     code = f"""
 import os, sys
 os.environ.setdefault("TRITON_INTERPRET", "0" if {HAS_CUDA} else "1")
