@@ -8,12 +8,15 @@
 
 TORCH_LIBRARY(zskt_fast, m) {
   // kl_rows[b] = sum_c p_t[b,c] (log p_t[b,c] - log p_s[b,c]), p = softmax(logits / temperature);
-  // also returns the row log-sum-exps of logits / temperature for student and teacher.
+  // also returns the row statistics [B, 2] of logits / temperature for student and teacher: the row maximum m and
+  // log sum_c exp(x_c - m). Kept apart (not added into one log-sum-exp) so that log p = (x - m) - log-sum stays exact
+  // for the largest logits when the softmax saturates.
   m.def("kl_divergence_forward(Tensor student_logits, Tensor teacher_logits, float temperature)"
-        " -> (Tensor kl_rows, Tensor student_lse, Tensor teacher_lse)");
+        " -> (Tensor kl_rows, Tensor student_stats, Tensor teacher_stats)");
   // Gradients of sum_b grad_rows[b] * kl_rows[b] with respect to both logit sets.
-  m.def("kl_divergence_backward(Tensor grad_rows, Tensor student_logits, Tensor teacher_logits, Tensor student_lse,"
-        " Tensor teacher_lse, Tensor kl_rows, float temperature) -> (Tensor grad_student, Tensor grad_teacher)");
+  m.def("kl_divergence_backward(Tensor grad_rows, Tensor student_logits, Tensor teacher_logits,"
+        " Tensor student_stats, Tensor teacher_stats, Tensor kl_rows, float temperature)"
+        " -> (Tensor grad_student, Tensor grad_teacher)");
   // sq_diff[b] = sum_hw (q_s[b,hw] - q_t[b,hw])^2 with q the L2-normalised channel mean of squares;
   // also returns q_s, q_t [B, H*W] and the norms of the unnormalised maps [B].
   m.def("attention_transfer_forward(Tensor student_features, Tensor teacher_features)"

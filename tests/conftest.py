@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 
 import torch
 
@@ -10,6 +11,11 @@ import torch
 # Triton is first imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# torch.compile's on-disk caches are keyed on the graph, not on the ops' fake kernels: a cache left by an earlier
+# version of these ops on the same machine could replay code compiled for other output shapes. Each session compiles
+# into its own folder.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="zskt-fast-inductor-"))
+os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], "triton"))
 
 import pytest  # noqa: E402
 

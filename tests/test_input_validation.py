@@ -107,3 +107,32 @@ def test_compiled_kernel_checks_direct_calls():
         torch.ops.zskt_fast.attention_transfer_forward(feats(2, 3, 4, 4), feats(2, 3, 4, 5))
     with pytest.raises(RuntimeError, match="logits must be"):
         torch.ops.zskt_fast.kl_divergence_forward(logits(2, 3, 4), logits(2, 3, 4), 1.0)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: zskt_fast.nn.KLDivergence(temperature=0), "temperature must be a finite number > 0"),
+    (lambda: zskt_fast.nn.KLDivergence(reduction="avg"), "reduction must be one of"),
+    (lambda: zskt_fast.nn.AttentionTransfer(beta=-1), "beta must be a finite number >= 0"),
+    (lambda: zskt_fast.nn.ZSKTStudentLoss(backend="fast"), "backend must be one of"),
+    (lambda: zskt_fast.nn.ZSKTGeneratorLoss(temperature=float("nan")), "temperature must be a finite number > 0"),
+])
+def test_nn_wrappers_check_their_options_when_built(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logits_and_features_of_different_batches(backend):
+    s_f, t_f = good_features()  # batch 4
+    with pytest.raises(ValueError, match="the logits hold 7 samples and the feature maps 4"):
+        zskt_fast.zskt_student_loss(logits(7, C), logits(7, C), s_f, t_f, backend=backend)
+
+
+def test_api_errors_name_arguments_not_command_line_options():
+    from zskt_fast.engine.transition_curves import transition_curves
+    from zskt_fast.models import build_classifier
+
+    net = build_classifier("wrn-10-1", num_classes=5, in_channels=1).eval()
+    with pytest.raises(ValueError) as error:
+        transition_curves(net, net, torch.randn(3, 1, 8, 8), n_images=4, steps=1, progress=False)
+    assert "--" not in str(error.value)

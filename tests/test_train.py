@@ -217,7 +217,7 @@ def test_several_seeds_report_mean_and_std(tmp_path, teacher_cache, capsys):
 ])
 def test_cli_errors(argv, message, capsys, tmp_path, teacher_cache):
     with pytest.raises(SystemExit) as exit_info:
-        train_cli.main(argv + ["--out", str(tmp_path), "--no-progress"])
+        train_cli.main(argv + (["--out", str(tmp_path)] if "--resume" not in argv else []) + ["--no-progress"])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 

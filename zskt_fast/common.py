@@ -1,5 +1,5 @@
 """Helpers every layer of the package uses: argument checks of plain values, the device behind "auto", running
-networks in eval mode, and settings fields that carry their command-line help. Only torch is imported here, so
+networks in eval mode, settings fields that carry their command-line help, and output folders checked before use. Only torch is imported here, so
 kernels, ops, models, data, engine and programs can all use it.
 """
 from __future__ import annotations
@@ -7,7 +7,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
+import tempfile
+import typing
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -84,3 +88,38 @@ def option(default, help: str, **cli):
     """A dataclass field holding a setting's default and the help text of the command-line option made from it;
     `cli` holds argparse keywords (choices=...) and the option's help group (group=...)."""
     return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+def writable_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Creates `path` (and its parents) when missing and checks that files can be written in it, before any work is
+    done for it; raises ValueError naming the path and the reason."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{what} {folder} cannot be written: {error.strerror or error}") from error
+    return folder
+
+
+def settings_from_dict(settings_class, values: dict, source: str):
+    """The dataclass `settings_class` from a dict read from a file (`source`, named in errors): unknown keys are
+    ignored, every known one must have its field's type (an int where a float is expected is fine)."""
+    hints = typing.get_type_hints(settings_class)
+    kept = {}
+    for field in dataclasses.fields(settings_class):
+        if field.name not in values:
+            continue
+        value, annotation = values[field.name], hints[field.name]
+        allowed = typing.get_args(annotation) if typing.get_args(annotation) else (annotation,)
+        allowed = tuple(type(None) if a is None else a for a in allowed)
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        ok = ok or (float in allowed and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            names = " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
+            raise ValueError(f"{source}: {field.name} must be {names}, got {value!r}")
+        kept[field.name] = value
+    return settings_class(**kept)

@@ -103,13 +103,13 @@ def _torchvision_dataset(name: str, root: str, train: bool, download: bool, augm
         how = f"{split}_32x32.mat from http://ufldl.stanford.edu/housenumbers/ placed there"
         make = lambda: datasets.SVHN(root, split=split, download=download, transform=transform)  # noqa: E731
     if not download and not os.path.exists(expected):
-        raise DatasetNotFound(f"{name} not found: looked for {expected}. Pass --download (needs internet) to fetch it "
-                              f"into --data-root {root}, or put {how}.")
+        raise DatasetNotFound(f"{name} not found: looked for {expected}. Ask for a download (download=True, or "
+                              f"--download; needs internet) into the data root {root}, or put {how}.")
     try:
         return make()
     except RuntimeError as error:  # torchvision's integrity check
         raise DatasetNotFound(f"{name} under {root} is incomplete or corrupted ({error}); delete it and pass "
-                              f"--download, or put {how}.") from error
+                              f"ask for a download (download=True, or --download), or put {how}.") from error
 
 
 def load_dataset(name: str, *, train: bool, root: str = DEFAULT_DATA_ROOT, download: bool = False,

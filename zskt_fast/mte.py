@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ._cli import HelpFormatter, errors_as_messages
-from .common import resolve_device
+from .common import resolve_device, writable_folder
 from .data import DATASETS, DEFAULT_DATA_ROOT, dataset_info, evaluation_loader
 from .engine.checkpoint import CheckpointError, load_classifier
 from .engine.evaluation import evaluate
@@ -92,13 +92,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
     nets_a = [(path, None) for path in args.net_a]
     if args.arch_a is not None:
         if len(args.arch_a) != len(args.net_a):
             raise ValueError(f"--arch-a names {len(args.arch_a)} architectures for {len(args.net_a)} --net-a files")
         nets_a = list(zip(args.net_a, args.arch_a))
     names = [Path(path).stem for path in args.net_a]
-    net_b, arch_b, dataset = args.net_b, args.arch_b, args.dataset
+    net_b, arch_b, dataset, data_root = args.net_b, args.arch_b, args.dataset, args.data_root
     if args.run:
         config_path = Path(args.run) / "config.json"
         if not config_path.is_file():
@@ -108,6 +109,8 @@ def _run(args: argparse.Namespace) -> int:
         names.insert(0, f"zero-shot {config['student']}")
         net_b, arch_b = net_b or config["teacher_ckpt"], arch_b or config["teacher"]
         dataset = dataset or config["dataset"]
+        if data_root == DEFAULT_DATA_ROOT:  # not given: the run's (stored resolved)
+            data_root = config.get("data_root", data_root)
     if args.names is not None:
         if len(args.names) != len(nets_a):
             raise ValueError(f"--names gives {len(args.names)} labels for {len(nets_a)} A networks")
@@ -119,13 +122,13 @@ def _run(args: argparse.Namespace) -> int:
     dataset = dataset or "digits"
     info = dataset_info(dataset)
     n_images = IMAGES_PER_DATASET.get(dataset, DEFAULT_IMAGES) if args.n_images is None else args.n_images
-    device = resolve_device(args.device)
-    loader = evaluation_loader(dataset, root=args.data_root, download=args.download)
+    loader = evaluation_loader(dataset, root=data_root, download=args.download)
     shape = {"num_classes": info.num_classes, "in_channels": info.channels}
     teacher = load_classifier(net_b, arch_b, what="network B", **shape).to(device)
     students = [load_classifier(path, arch, what="network A", **shape).to(device) for path, arch in nets_a]
 
-    out = Path(args.out or (Path(args.run) / "mte" if args.run else f"runs/mte-{time.strftime('%Y%m%d-%H%M%S')}"))
+    out = writable_folder(args.out or (Path(args.run) / "mte" if args.run else
+                                       f"runs/mte-{time.strftime('%Y%m%d-%H%M%S')}"))
     budget = int(args.memory_budget * 1024 ** 3) if args.memory_budget else None
     results, rows = {}, []
     b_acc = evaluate(teacher, loader, device)
@@ -137,7 +140,6 @@ def _run(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - start
         results[name] = curves
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        out.mkdir(parents=True, exist_ok=True)  # once the settings have passed transition_curves' checks
         curves.save(out / f"curves_{safe}.npz")
         mean_a, mean_b = curves.mean_curves()
         rows.append({"name": name, "mte": curves.mte, "test_acc_a": evaluate(student, loader, device),

@@ -3,8 +3,20 @@ from __future__ import annotations
 
 from torch import nn
 
-from .ops import (DEFAULT_BETA, DEFAULT_TEMPERATURE, attention_transfer, kl_divergence, zskt_generator_loss,
+from .common import check_choice, check_non_negative
+from .ops import (BACKENDS, DEFAULT_BETA, DEFAULT_TEMPERATURE, attention_transfer, kl_divergence, zskt_generator_loss,
                   zskt_student_loss)
+from .ops._checks import check_kl_options
+
+
+def _check(*, backend: str, beta: float | None = None, temperature: float | None = None,
+           reduction: str | None = None) -> None:
+    """The options a wrapper holds, checked when it is built rather than at its first call."""
+    check_choice(backend, BACKENDS, "backend")
+    if beta is not None:
+        check_non_negative(beta, "beta")
+    if temperature is not None:
+        check_kl_options(temperature, reduction)
 
 
 class KLDivergence(nn.Module):
@@ -12,6 +24,7 @@ class KLDivergence(nn.Module):
 
     def __init__(self, temperature: float = DEFAULT_TEMPERATURE, reduction: str = "mean", backend: str = "auto"):
         super().__init__()
+        _check(backend=backend, temperature=temperature, reduction=reduction)
         self.temperature, self.reduction, self.backend = temperature, reduction, backend
 
     def forward(self, student_logits, teacher_logits):
@@ -27,6 +40,7 @@ class AttentionTransfer(nn.Module):
 
     def __init__(self, beta: float = DEFAULT_BETA, backend: str = "auto"):
         super().__init__()
+        _check(backend=backend, beta=beta)
         self.beta, self.backend = beta, backend
 
     def forward(self, student_features, teacher_features):
@@ -43,6 +57,7 @@ class ZSKTStudentLoss(nn.Module):
     def __init__(self, beta: float = DEFAULT_BETA, temperature: float = DEFAULT_TEMPERATURE, reduction: str = "mean",
                  backend: str = "auto"):
         super().__init__()
+        _check(backend=backend, beta=beta, temperature=temperature, reduction=reduction)
         self.beta, self.temperature, self.reduction, self.backend = beta, temperature, reduction, backend
 
     def forward(self, student_logits, teacher_logits, student_features, teacher_features):
@@ -59,6 +74,7 @@ class ZSKTGeneratorLoss(nn.Module):
 
     def __init__(self, temperature: float = DEFAULT_TEMPERATURE, reduction: str = "mean", backend: str = "auto"):
         super().__init__()
+        _check(backend=backend, temperature=temperature, reduction=reduction)
         self.temperature, self.reduction, self.backend = temperature, reduction, backend
 
     def forward(self, student_logits, teacher_logits):

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ._cli import HelpFormatter, add_options, errors_as_messages, settings_from_args
+from .common import writable_folder
 from .engine.config import PretrainConfig
 from .engine.teachers import default_teacher_path, pretrain_teacher
 
@@ -31,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with errors_as_messages(parser):
         config = settings_from_args(PretrainConfig, args)
-        out = args.out or default_teacher_path(config.dataset, config.arch)
+        out = Path(args.out or default_teacher_path(config.dataset, config.arch))
+        writable_folder(out.parent, "folder of the checkpoint")
+        if out.is_dir():
+            raise ValueError(f"{out} is a folder: give the path of the checkpoint file to write")
         result = pretrain_teacher(config, out, progress=not args.no_progress)
     print(f"{result['arch']} on {result['dataset']}: test accuracy {result['test_acc']:.2f}% after {result['epochs']} "
           f"epochs ({result['seconds']:.0f} s); checkpoint written to {result['path']}")

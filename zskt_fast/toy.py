@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ._cli import HelpFormatter, errors_as_messages
-from .common import check_count, eval_mode
+from .common import check_count, eval_mode, writable_folder
 from .engine.config import StepSettings
 from .engine.loop import zero_shot_knowledge_transfer
 from .engine.steps import ZSKTSteps
@@ -201,11 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         check_count(args.classes, "--classes", minimum=2, maximum=10)
         for name in ("iterations", "n_student_steps", "snapshots"):
             check_count(getattr(args, name), "--" + name.replace("_", "-"))
-    start = time.perf_counter()
-    result = run_toy(num_classes=args.classes, iterations=args.iterations, seed=args.seed, snapshots=args.snapshots,
-                     n_student_steps=args.n_student_steps, progress=not args.no_progress)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+        out = writable_folder(args.out)
+        start = time.perf_counter()
+        result = run_toy(num_classes=args.classes, iterations=args.iterations, seed=args.seed,
+                         snapshots=args.snapshots, n_student_steps=args.n_student_steps, progress=not args.no_progress)
     written = save_figures(result, out)
     chance = 1 / args.classes
     summary = {"classes": args.classes, "iterations": args.iterations, "seed": args.seed,

@@ -15,7 +15,10 @@ from pathlib import Path
 from ._cli import HelpFormatter, add_options, errors_as_messages, settings_from_args
 from .engine.checkpoint import CheckpointError
 from .engine.config import ALGORITHM, DATA, OUTPUTS, SPEED, TrainConfig
-from .engine.trainer import train
+from .common import writable_folder
+from .engine.trainer import RunInterrupted, check_run, check_run_folder, train
+
+RUN_INDEX = "run.json"  # in the parent folder: the settings of every seed, for --resume of the whole run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", default=None,
                      help="output folder (one seedN subfolder per seed); default runs/DATASET-TEACHER-STUDENT-TIME")
     out.add_argument("--resume", default=None, metavar="RUN_DIR",
-                     help="continue a killed run from its last checkpoint (a seedN folder); its saved settings apply")
+                     help="continue a killed or interrupted run from its last checkpoint, with its saved settings (no "
+                          "other option may be given): a seedN folder continues that seed, the folder holding the "
+                          "seedN folders continues every unfinished seed and then writes the mean ± std summary")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace the run files in --out (by default a folder holding a run is refused)")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -44,31 +51,76 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} ± {statistics.pstdev(values):.2f}"
 
 
+def _options_given(parser: argparse.ArgumentParser, args: argparse.Namespace, allowed: set[str]) -> list[str]:
+    """The options set to something other than their default, except `allowed` (destinations)."""
+    return [action.option_strings[0] for action in parser._actions
+            if action.option_strings and action.dest not in allowed and action.dest != "help"
+            and getattr(args, action.dest) != action.default]
+
+
+def _plan(args: argparse.Namespace) -> tuple[Path, list[tuple[TrainConfig | None, Path, bool]]]:
+    """(the parent folder, [(config, seed folder, resume)]) for a new run or for --resume: a seedN folder continues
+    that seed; a parent folder continues each unfinished seed of its run.json (starting those that never wrote a
+    checkpoint) and keeps the finished ones."""
+    if not args.resume:
+        # every setting of every seed checked before any work
+        configs = [settings_from_args(TrainConfig, args, seed=seed).resolved() for seed in args.seeds]
+        first = configs[0]
+        out = Path(args.out or f"runs/{first.dataset}-{first.teacher}-{first.student}-"
+                               f"{time.strftime('%Y%m%d-%H%M%S')}")
+        plan = [(config, out / f"seed{config.seed}", False) for config in configs]
+        for config, folder, _ in plan:  # nothing is created before every seed has passed its checks
+            check_run(config)
+            check_run_folder(folder, overwrite=args.overwrite, create=False)
+        writable_folder(out)
+        (out / RUN_INDEX).write_text(json.dumps({"seeds": [c.to_dict() for c in configs]}, indent=2))
+        return out, plan
+    folder = Path(args.resume)
+    if (folder / "config.json").is_file():
+        return folder.parent, [(None, folder, True)]
+    if not (folder / RUN_INDEX).is_file():
+        raise CheckpointError(f"cannot resume {folder}: no config.json there (the seedN folder of a run), nor the "
+                              f"{RUN_INDEX} of a run's parent folder")
+    seeds = [TrainConfig.from_dict(values, source=str(folder / RUN_INDEX))
+             for values in json.loads((folder / RUN_INDEX).read_text())["seeds"]]
+    plan = []
+    for config in seeds:
+        seed_dir = folder / f"seed{config.seed}"
+        plan.append((config, seed_dir, (seed_dir / "checkpoint.pt").is_file()))
+    return folder, plan
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds has repeats: {args.seeds}")
-    interrupted = (f"continue from the last checkpoint with {parser.prog} --resume RUN_DIR/seedN (a run folder "
-                   f"holding checkpoint.pt)")
-    with errors_as_messages(parser, interrupted=interrupted):
-        if args.resume:
-            if not Path(args.resume, "config.json").is_file():
-                raise CheckpointError(f"--resume {args.resume}: no config.json there; give the seedN folder of a run")
-            summaries = [train(TrainConfig(), args.resume, resume=True, progress=not args.no_progress)]
-            out = Path(args.resume).parent
-        else:
-            # every setting of every seed checked before any work
-            configs = [settings_from_args(TrainConfig, args, seed=seed).resolved() for seed in args.seeds]
-            first = configs[0]
-            out = Path(args.out or f"runs/{first.dataset}-{first.teacher}-{first.student}-"
-                                   f"{time.strftime('%Y%m%d-%H%M%S')}")
-            summaries = []
-            for config in configs:
-                print(f"seed {config.seed}: {config.teacher} -> {config.student} on {config.dataset}, "
-                      f"{config.iterations} iterations, {config.device}, amp {config.amp}, "
-                      f"CUDA graphs {'on' if config.cuda_graphs else 'off'}; writing {out / f'seed{config.seed}'}")
-                summaries.append(train(config, out / f"seed{config.seed}", progress=not args.no_progress))
+    if args.resume:
+        extra = _options_given(parser, args, allowed={"resume", "no_progress"})
+        if extra:
+            parser.error(f"--resume continues a run with its saved settings, which cannot change: drop "
+                         f"{', '.join(extra)}")
+    progress = not args.no_progress
+    with errors_as_messages(parser):
+        out, plan = _plan(args)
+        summaries = []
+        try:
+            for config, seed_dir, resume in plan:
+                if (seed_dir / "summary.json").is_file() and args.resume:
+                    summaries.append(json.loads((seed_dir / "summary.json").read_text()))
+                    print(f"seed folder {seed_dir}: finished already")
+                    continue
+                if config is not None:
+                    print(f"seed {config.seed}: {config.teacher} -> {config.student} on {config.dataset}, "
+                          f"{config.iterations} iterations, {config.device}, amp {config.amp}, "
+                          f"CUDA graphs {'on' if config.cuda_graphs else 'off'}; writing {seed_dir}")
+                # A seed of a resumed parent that never wrote a checkpoint starts again from nothing.
+                summaries.append(train(config, seed_dir, resume=resume, progress=progress,
+                                       overwrite=args.overwrite or bool(args.resume)))
+        except RunInterrupted as stopped:
+            target = out if len(plan) > 1 else stopped.run_dir
+            parser.exit(128 + stopped.signum, f"\n{parser.prog}: {stopped}\ncontinue with: {parser.prog} --resume "
+                                              f"{target}\n")
 
     for s in summaries:
         print(f"seed {s['seed']}: teacher test accuracy {s['teacher_acc']:.2f}%, student test accuracy "

@@ -15,15 +15,23 @@
 namespace zskt {
 namespace {
 
-// Row log-sum-exp of x / temperature: max first so that exp never overflows.
+// Row statistics of x / temperature: the maximum m (so that exp never overflows) and log sum_c exp(x_c - m). Kept
+// apart so that log p_c = (x_c - m) - log-sum loses nothing for the largest logits when the softmax saturates.
 template <typename scalar_t, typename acc_t>
-acc_t row_logsumexp(const scalar_t* x, int64_t C, acc_t inv_tau) {
+void row_stats(const scalar_t* x, int64_t C, acc_t inv_tau, acc_t* stats) {
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   for (int64_t c = 0; c < C; ++c) m = std::max(m, static_cast<acc_t>(x[c]) * inv_tau);
-  if (std::isinf(m)) return m;  // all -inf (or a +inf): let the caller see a non-finite value
   acc_t sum = 0;
-  for (int64_t c = 0; c < C; ++c) sum += std::exp(static_cast<acc_t>(x[c]) * inv_tau - m);
-  return m + std::log(sum);
+  if (!std::isinf(m)) {  // all -inf (or a +inf): let the caller see a non-finite value
+    for (int64_t c = 0; c < C; ++c) sum += std::exp(static_cast<acc_t>(x[c]) * inv_tau - m);
+  }
+  stats[0] = m;
+  stats[1] = std::isinf(m) ? acc_t(0) : std::log(sum);
+}
+
+template <typename scalar_t, typename acc_t>
+acc_t log_prob(scalar_t x, acc_t inv_tau, const acc_t* stats) {
+  return (static_cast<acc_t>(x) * inv_tau - stats[0]) - stats[1];
 }
 
 int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)); }
@@ -38,55 +46,57 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const a
   const int64_t B = s.size(0), C = s.size(1);
   const auto acc_type = accumulation_type(s);
   auto kl = at::empty({B}, s.options().dtype(acc_type));
-  auto lse_s = at::empty({B}, kl.options());
-  auto lse_t = at::empty({B}, kl.options());
+  auto stats_s = at::empty({B, 2}, kl.options());
+  auto stats_t = at::empty({B, 2}, kl.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "kl_divergence_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
     const scalar_t* tp = t.const_data_ptr<scalar_t>();
     acc_t* klp = kl.mutable_data_ptr<acc_t>();
-    acc_t* lsp = lse_s.mutable_data_ptr<acc_t>();
-    acc_t* ltp = lse_t.mutable_data_ptr<acc_t>();
+    acc_t* ssp = stats_s.mutable_data_ptr<acc_t>();
+    acc_t* stp = stats_t.mutable_data_ptr<acc_t>();
     const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
     at::parallel_for(0, B, row_grain(C), [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* sr = sp + b * C;
         const scalar_t* tr = tp + b * C;
-        const acc_t ls = row_logsumexp(sr, C, inv_tau);
-        const acc_t lt = row_logsumexp(tr, C, inv_tau);
+        acc_t* ss = ssp + 2 * b;
+        acc_t* st = stp + 2 * b;
+        row_stats(sr, C, inv_tau, ss);
+        row_stats(tr, C, inv_tau, st);
         acc_t sum = 0;
         for (int64_t c = 0; c < C; ++c) {
-          const acc_t log_pt = static_cast<acc_t>(tr[c]) * inv_tau - lt;
-          const acc_t log_ps = static_cast<acc_t>(sr[c]) * inv_tau - ls;
+          const acc_t log_pt = log_prob(tr[c], inv_tau, st);
+          const acc_t log_ps = log_prob(sr[c], inv_tau, ss);
           const acc_t pt = std::exp(log_pt);
           // p_t log p_t is 0 where p_t underflows to 0 (xlogy convention, as F.kl_div).
           sum += pt == acc_t(0) ? acc_t(0) : pt * (log_pt - log_ps);
         }
         klp[b] = sum;
-        lsp[b] = ls;
-        ltp[b] = lt;
       }
     });
   });
-  return {kl, lse_s, lse_t};
+  return {kl, stats_s, stats_t};
 }
 
 std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cpu(const at::Tensor& grad_rows,
                                                              const at::Tensor& student_logits,
                                                              const at::Tensor& teacher_logits,
-                                                             const at::Tensor& student_lse,
-                                                             const at::Tensor& teacher_lse, const at::Tensor& kl_rows,
+                                                             const at::Tensor& student_stats,
+                                                             const at::Tensor& teacher_stats,
+                                                             const at::Tensor& kl_rows,
                                                              double temperature) {
   check_logit_pair(student_logits, teacher_logits);
   const int64_t B = student_logits.size(0), C = student_logits.size(1);
-  TORCH_CHECK(grad_rows.numel() == B && student_lse.numel() == B && teacher_lse.numel() == B && kl_rows.numel() == B,
-              "zskt_fast: kl_divergence_backward expects [B] row statistics");
+  TORCH_CHECK(grad_rows.numel() == B && student_stats.numel() == 2 * B && teacher_stats.numel() == 2 * B &&
+                  kl_rows.numel() == B,
+              "zskt_fast: kl_divergence_backward expects [B] rows and [B, 2] row statistics");
   const auto s = student_logits.contiguous();
   const auto t = teacher_logits.contiguous();
   const auto acc_type = kl_rows.scalar_type();
   const auto g = grad_rows.to(acc_type).contiguous();
-  const auto ls = student_lse.to(acc_type).contiguous();
-  const auto lt = teacher_lse.to(acc_type).contiguous();
+  const auto ss = student_stats.to(acc_type).contiguous();
+  const auto st = teacher_stats.to(acc_type).contiguous();
   const auto klr = kl_rows.contiguous();
   auto grad_s = at::empty({B, C}, s.options());
   auto grad_t = at::empty({B, C}, t.options());
@@ -96,8 +106,8 @@ std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cpu(const at::Tensor& 
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
     const scalar_t* tp = t.const_data_ptr<scalar_t>();
     const acc_t* gp = g.const_data_ptr<acc_t>();
-    const acc_t* lsp = ls.const_data_ptr<acc_t>();
-    const acc_t* ltp = lt.const_data_ptr<acc_t>();
+    const acc_t* ssp = ss.const_data_ptr<acc_t>();
+    const acc_t* stp = st.const_data_ptr<acc_t>();
     const acc_t* klp = klr.const_data_ptr<acc_t>();
     scalar_t* gsp = grad_s.mutable_data_ptr<scalar_t>();
     scalar_t* gtp = grad_t.mutable_data_ptr<scalar_t>();
@@ -106,8 +116,8 @@ std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cpu(const at::Tensor& 
       for (int64_t b = begin; b < end; ++b) {
         const acc_t scale = gp[b] * inv_tau;
         for (int64_t c = 0; c < C; ++c) {
-          const acc_t log_pt = static_cast<acc_t>(tp[b * C + c]) * inv_tau - ltp[b];
-          const acc_t log_ps = static_cast<acc_t>(sp[b * C + c]) * inv_tau - lsp[b];
+          const acc_t log_pt = log_prob(tp[b * C + c], inv_tau, stp + 2 * b);
+          const acc_t log_ps = log_prob(sp[b * C + c], inv_tau, ssp + 2 * b);
           const acc_t pt = std::exp(log_pt);
           const acc_t ps = std::exp(log_ps);
           gsp[b * C + c] = static_cast<scalar_t>(scale * (ps - pt));

@@ -10,12 +10,13 @@ enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
 // Every launcher enqueues on `stream` (a cudaStream_t), never synchronises, and returns the launch error code
 // (cudaError_t as int, 0 on success).
 
-// Row statistics: kl[b], lse_s[b], lse_t[b] (accumulation type: double for Float64, else float).
+// kl[b] and the row statistics stats_s, stats_t [B, 2] = (max of x / T, log sum exp(x / T - max)) (accumulation
+// type: double for Float64, else float).
 int launch_kl_forward(DType dtype, const void* student, const void* teacher, int64_t B, int64_t C, double inv_tau,
-                      void* kl, void* lse_s, void* lse_t, void* stream);
+                      void* kl, void* stats_s, void* stats_t, void* stream);
 // grad_s, grad_t [B, C] in the input dtype from the [B] upstream gradient and the forward's row statistics.
 int launch_kl_backward(DType dtype, const void* grad_rows, const void* student, const void* teacher,
-                       const void* lse_s, const void* lse_t, const void* kl, int64_t B, int64_t C, double inv_tau,
+                       const void* stats_s, const void* stats_t, const void* kl, int64_t B, int64_t C, double inv_tau,
                        void* grad_s, void* grad_t, void* stream);
 
 // NCHW-contiguous features. a_s, a_t [B, HW] receive the channel means of squares, then q; norms [B]; sq_diff [B].

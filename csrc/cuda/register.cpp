@@ -41,20 +41,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cuda(const 
   const auto t = teacher_logits.contiguous();
   const int64_t B = s.size(0), C = s.size(1);
   auto kl = at::empty({B}, s.options().dtype(accumulation_type(s)));
-  auto lse_s = at::empty_like(kl);
-  auto lse_t = at::empty_like(kl);
+  auto stats_s = at::empty({B, 2}, kl.options());
+  auto stats_t = at::empty({B, 2}, kl.options());
   check_launch(cuda::launch_kl_forward(to_dtype(s.scalar_type()), s.const_data_ptr(), t.const_data_ptr(), B, C,
-                                       1.0 / temperature, kl.mutable_data_ptr(), lse_s.mutable_data_ptr(),
-                                       lse_t.mutable_data_ptr(), current_stream()),
+                                       1.0 / temperature, kl.mutable_data_ptr(), stats_s.mutable_data_ptr(),
+                                       stats_t.mutable_data_ptr(), current_stream()),
                "kl_divergence_forward");
-  return {kl, lse_s, lse_t};
+  return {kl, stats_s, stats_t};
 }
 
 std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cuda(const at::Tensor& grad_rows,
                                                               const at::Tensor& student_logits,
                                                               const at::Tensor& teacher_logits,
-                                                              const at::Tensor& student_lse,
-                                                              const at::Tensor& teacher_lse, const at::Tensor& kl_rows,
+                                                              const at::Tensor& student_stats,
+                                                              const at::Tensor& teacher_stats,
+                                                              const at::Tensor& kl_rows,
                                                               double temperature) {
   check_logit_pair(student_logits, teacher_logits);
   const c10::cuda::CUDAGuard guard(student_logits.device());
@@ -62,11 +63,12 @@ std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cuda(const at::Tensor&
   const auto t = teacher_logits.contiguous();
   const int64_t B = s.size(0), C = s.size(1);
   const auto acc = accumulation_type(s);
-  TORCH_CHECK(grad_rows.numel() == B && student_lse.numel() == B && teacher_lse.numel() == B && kl_rows.numel() == B,
-              "zskt_fast: kl_divergence_backward expects [B] row statistics");
+  TORCH_CHECK(grad_rows.numel() == B && student_stats.numel() == 2 * B && teacher_stats.numel() == 2 * B &&
+                  kl_rows.numel() == B,
+              "zskt_fast: kl_divergence_backward expects [B] rows and [B, 2] row statistics");
   const auto g = grad_rows.to(acc).contiguous();
-  const auto ls = student_lse.to(acc).contiguous();
-  const auto lt = teacher_lse.to(acc).contiguous();
+  const auto ls = student_stats.to(acc).contiguous();
+  const auto lt = teacher_stats.to(acc).contiguous();
   const auto kl = kl_rows.to(acc).contiguous();
   auto grad_s = at::empty({B, C}, s.options());
   auto grad_t = at::empty({B, C}, t.options());

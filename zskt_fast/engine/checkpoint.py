@@ -6,8 +6,10 @@ package writes (the same layout plus metadata), or a plain state dict.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
+import pickle
 import tempfile
 from collections.abc import Mapping
 
@@ -37,9 +39,13 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            why = "read-only file system" if error.errno == errno.EROFS else "disk full"
+            kept = " (the previous file there is intact)" if os.path.exists(path) else ""
+            raise CheckpointError(f"cannot write {path}: {why}{kept}") from error
         raise
 
 
@@ -48,19 +54,26 @@ def load_file(path: str | os.PathLike, map_location="cpu"):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # unpickling and format errors have many types
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: {str(error).splitlines()[0]}. "
-                              f"If it holds Python objects besides tensors, re-save just its weights with "
-                              f"torch.save(checkpoint['state_dict'], path).") from error
+        lines = str(error).strip().splitlines()
+        message = f"cannot read checkpoint {path}: {type(error).__name__}" + (f": {lines[0]}" if lines else "")
+        if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error):
+            message += (". It holds Python objects besides tensors: re-save just its weights with "
+                        "torch.save(checkpoint['state_dict'], path)")
+        else:
+            message += " (not a complete PyTorch file: truncated, or of another format)"
+        raise CheckpointError(message) from error
 
 
-def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+def check_finite(state: Mapping[str, torch.Tensor], source: str, hint: str = "") -> None:
     for key, value in state.items():
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
-            raise CheckpointError(f"{source}: {key} holds NaN or infinite values")
+            raise CheckpointError(f"{source}: {key} holds NaN or infinite values{hint}")
 
 
 def extract_state_dict(obj, source: str) -> dict[str, torch.Tensor]:
@@ -84,12 +97,14 @@ def load_weights(net: nn.Module, path: str | os.PathLike, *, what: str = "networ
     """Loads a classifier file into `net` after checking that every key and shape fits; returns the whole file's dict
     (metadata included). Raises CheckpointError listing the first missing, unexpected and mismatched keys."""
     path = os.fspath(path)
-    return _load_into(net, load_file(path), path, what)
+    return load_into(net, load_file(path), path, what)
 
 
-def _load_into(net: nn.Module, obj, path: str, what: str) -> dict:
+def load_into(net: nn.Module, obj, path: str, what: str) -> dict:
+    """`load_weights` for a file already read with `load_file`."""
     state = extract_state_dict(obj, path)
-    check_finite(state, path)
+    check_finite(state, path, hint="; the file cannot be used: delete or replace it (a missing cached teacher is "
+                                   "pretrained again)")
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -111,6 +126,7 @@ def save_classifier(net: nn.Module, path: str | os.PathLike, **metadata) -> None
         if isinstance(value, float) and not math.isfinite(value):
             raise CheckpointError(f"metadata {key} is not finite: {value}")
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    check_finite(state, f"not writing {os.fspath(path)}")
     atomic_save({"state_dict": state, **metadata}, path)
 
 
@@ -124,5 +140,5 @@ def load_classifier(path: str | os.PathLike, arch: str | None, *, num_classes: i
     if not arch:
         raise CheckpointError(f"{path} does not record its architecture: name it (for example wrn-16-1)")
     net = build_classifier(arch, num_classes=num_classes, in_channels=in_channels)
-    _load_into(net, obj, os.fspath(path), what)
+    load_into(net, obj, os.fspath(path), what)
     return net

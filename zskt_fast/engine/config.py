@@ -10,11 +10,13 @@ depends on the data set or the machine and checks every value, before any work s
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch
 
-from ..common import check_choice, check_count, check_non_negative, check_positive, option, resolve_device
+from ..common import (check_choice, check_count, check_non_negative, check_positive, option, resolve_device,
+                      settings_from_dict)
 from ..data import DATASETS, DEFAULT_DATA_ROOT
 from ..models import ARCHITECTURE_HELP
 from ..ops import BACKENDS, DEFAULT_BETA, DEFAULT_TEMPERATURE
@@ -44,10 +46,10 @@ def per_dataset(index: int) -> str:
 def check_cuda_graphs(amp: str, device: torch.device) -> None:
     """CUDA graphs replay captured GPU work: they need a CUDA device and a step without host decisions."""
     if device.type != "cuda":
-        raise ValueError("CUDA graphs need a CUDA device; use --no-cuda-graphs on the CPU")
+        raise ValueError("CUDA graphs need a CUDA device: set cuda_graphs off (--no-cuda-graphs) on the CPU")
     if amp == "fp16":
         raise ValueError("CUDA graphs cannot replay fp16 training (its loss scaler checks for overflow on the host "
-                         "after each step): use --amp bf16 or --no-cuda-graphs")
+                         "after each step): use amp bf16 (--amp bf16), or set cuda_graphs off (--no-cuda-graphs)")
 
 
 @dataclass
@@ -142,6 +144,10 @@ class TrainConfig(StepSettings):
         device = resolve_device(c.device)
         c.device = str(device)
         c._resolve_steps(device)
+        # Stored resolved, so that a resumed run or `mte --run` finds them from any working folder.
+        c.data_root = os.path.abspath(os.path.expanduser(c.data_root))
+        if c.teacher_ckpt:
+            c.teacher_ckpt = os.path.abspath(os.path.expanduser(c.teacher_ckpt))
         if c.cuda_graphs is None:
             c.cuda_graphs = device.type == "cuda" and c.amp != "fp16"
         if c.cuda_graphs:
@@ -152,9 +158,12 @@ class TrainConfig(StepSettings):
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+    def from_dict(cls, values: dict, source: str = "settings") -> TrainConfig:
+        """The config saved by `to_dict` (a run's config.json); raises ValueError naming `source` and the field when a
+        value has the wrong type."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: expected a JSON object of settings, got {type(values).__name__}")
+        return settings_from_dict(cls, values, source)
 
 
 def default_pretrain_lr(dataset: str, arch: str) -> float:

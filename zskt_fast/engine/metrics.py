@@ -10,15 +10,23 @@ import torch
 import torch.nn.functional as F
 
 
+def _complete_before(line: str, iteration: int) -> bool:
+    """A whole record (not a line torn by a kill or a full disk) of an iteration up to `iteration`."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("iteration", 0) <= iteration
+
+
 class MetricsLog:
     """Appends one JSON object per line. On resume, records past the checkpoint's iteration (written by the run that
-    was killed) are dropped so that the log reads as one uninterrupted run."""
+    was killed) and a torn last line are dropped, so that the log reads as one uninterrupted run."""
 
     def __init__(self, path: str | os.PathLike, *, keep_until: int | None = None, tensorboard_dir: str | None = None):
         self.path = Path(path)
         if keep_until is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("iteration", 0) <= keep_until]
+            kept = [line for line in self.path.read_text().splitlines() if _complete_before(line, keep_until)]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif keep_until is None:
             self.path.write_text("")

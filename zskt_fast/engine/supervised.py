@@ -1,6 +1,7 @@
 """Supervised training of a teacher: SGD with Nesterov momentum and weight decay, cosine schedule per step."""
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -32,7 +33,7 @@ def train_classifier(net: nn.Module, train_set: Dataset, test_batches, config: P
     net.to(device).train()
     start = time.perf_counter()
     bar = tqdm(range(config.epochs), desc="pretraining", unit="epoch", disable=not progress, dynamic_ncols=True)
-    for _ in bar:
+    for epoch in bar:
         loss_sum = torch.zeros((), device=device)
         for images, labels in loader:
             for group in optimizer.param_groups:
@@ -44,6 +45,10 @@ def train_classifier(net: nn.Module, train_set: Dataset, test_batches, config: P
             optimizer.step()
             loss_sum += loss.detach()
             step += 1
-        bar.set_postfix(loss=f"{loss_sum.item() / len(loader):.4f}")
+        mean_loss = loss_sum.item() / len(loader)
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"pretraining diverged: the loss of epoch {epoch + 1} is {mean_loss}; lower the "
+                                     f"learning rate (lr {config.lr}). Nothing was written.")
+        bar.set_postfix(loss=f"{mean_loss:.4f}")
     accuracy = evaluate(net, test_batches, device)
     return {"test_acc": accuracy, "seconds": time.perf_counter() - start, "steps": total_steps}

@@ -45,27 +45,28 @@ def checked_kl_divergence(student_logits, teacher_logits, temperature: float, re
 
 def _fake_forward(student_logits, teacher_logits, temperature):
     rows = student_logits.new_empty((student_logits.shape[0],), dtype=accumulation_dtype(student_logits.dtype))
-    return rows, torch.empty_like(rows), torch.empty_like(rows)
+    stats = rows.new_empty((student_logits.shape[0], 2))  # per row: max of logits / T, log-sum-exp past the max
+    return rows, stats, torch.empty_like(stats)
 
 
-def _fake_backward(grad_rows, student_logits, teacher_logits, student_lse, teacher_lse, kl_rows, temperature):
+def _fake_backward(grad_rows, student_logits, teacher_logits, student_stats, teacher_stats, kl_rows, temperature):
     shape = student_logits.shape
     return student_logits.new_empty(shape), teacher_logits.new_empty(shape)
 
 
 def _setup_context(ctx, inputs, output):
     student_logits, teacher_logits, temperature = inputs
-    rows, student_lse, teacher_lse = output
-    ctx.save_for_backward(student_logits, teacher_logits, student_lse, teacher_lse, rows)
+    rows, student_stats, teacher_stats = output
+    ctx.save_for_backward(student_logits, teacher_logits, student_stats, teacher_stats, rows)
     ctx.temperature = temperature
-    ctx.mark_non_differentiable(student_lse, teacher_lse)
+    ctx.mark_non_differentiable(student_stats, teacher_stats)
 
 
 def _make_backward(backward_op):
-    def backward(ctx, grad_rows, _grad_student_lse, _grad_teacher_lse):
-        student_logits, teacher_logits, student_lse, teacher_lse, rows = ctx.saved_tensors
-        grad_student, grad_teacher = backward_op(grad_rows, student_logits, teacher_logits, student_lse, teacher_lse,
-                                                 rows, ctx.temperature)
+    def backward(ctx, grad_rows, _grad_student_stats, _grad_teacher_stats):
+        student_logits, teacher_logits, student_stats, teacher_stats, rows = ctx.saved_tensors
+        grad_student, grad_teacher = backward_op(grad_rows, student_logits, teacher_logits, student_stats,
+                                                 teacher_stats, rows, ctx.temperature)
         return (grad_student if ctx.needs_input_grad[0] else None,
                 grad_teacher if ctx.needs_input_grad[1] else None, None)
 

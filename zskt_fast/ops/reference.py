@@ -1,6 +1,7 @@
 """The loss formulas in plain PyTorch: the `eager` backend and the reference every kernel is tested against.
 
-These follow the authors' code: KL through `F.kl_div(log_softmax(s / T), softmax(t / T))`, attention maps through
+These follow the authors' code: KL through `F.kl_div(log_softmax(s / T), softmax(t / T))` (the teacher side as
+log-probabilities, which is the same value with gradients that stay finite when a probability underflows), attention maps through
 `F.normalize(A.pow(2).mean(1).flatten(1))`. Inputs are upcast to float32 (float64 stays float64).
 """
 from __future__ import annotations
@@ -16,10 +17,13 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
 
 
 def kl_divergence_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL_b = sum_c p_t (log p_t - log p_s) for every row b."""
+    """KL_b = sum_c p_t (log p_t - log p_s) for every row b.
+
+    The teacher side enters as log-probabilities (log_target): the value is the same as with probabilities, but where
+    a teacher probability underflows to 0 its gradient stays finite (p_t * (log p_t - log p_s + 1), not 0 * log 0)."""
     log_p_student = F.log_softmax(_upcast(student_logits) / temperature, dim=1)
-    p_teacher = F.softmax(_upcast(teacher_logits) / temperature, dim=1)
-    return F.kl_div(log_p_student, p_teacher, reduction="none").sum(dim=1)
+    log_p_teacher = F.log_softmax(_upcast(teacher_logits) / temperature, dim=1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(dim=1)
 
 
 def reduce_kl_rows(rows: torch.Tensor, reduction: str, num_classes: int) -> torch.Tensor:

@@ -25,6 +25,9 @@ def zskt_student_loss(student_logits, teacher_logits, student_features, teacher_
     check_non_negative(beta, "beta")
     if student_features:
         _checks.check_same_device(student_logits, student_features[0], "logits and feature maps")
+        if student_features[0].shape[0] != student_logits.shape[0]:
+            raise ValueError(f"the logits hold {student_logits.shape[0]} samples and the feature maps "
+                             f"{student_features[0].shape[0]}: they must come from the same batch")
     backend = _library.resolve_backend(backend, student_logits.device)
     kl = checked_kl_divergence(student_logits, teacher_logits, temperature, reduction, backend)
     if beta == 0 or not student_features:

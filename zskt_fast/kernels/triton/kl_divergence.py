@@ -19,7 +19,9 @@ MAX_BLOCK = 1024
 
 
 @triton.jit
-def _row_logsumexp(row_ptr, C, inv_tau, offs, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _row_stats(row_ptr, C, inv_tau, offs, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """(m, log sum exp(x / T - m)) of a row, m its maximum of x / T: kept apart so that log p = (x / T - m) - log-sum
+    stays exact for the largest logits when the softmax saturates."""
     running_max = tl.full([BLOCK], float("-inf"), ACC)
     for start in range(0, C, BLOCK):
         mask = start + offs < C
@@ -31,41 +33,43 @@ def _row_logsumexp(row_ptr, C, inv_tau, offs, BLOCK: tl.constexpr, ACC: tl.const
         mask = start + offs < C
         x = tl.load(row_ptr + start + offs, mask=mask, other=float("-inf")).to(ACC) * inv_tau
         total += tl.where(mask, tl.exp(x - m), 0.0)
-    return m + tl.log(tl.sum(total, axis=0))
+    return m, tl.log(tl.sum(total, axis=0))
 
 
 @triton.jit
 def _kl_forward_kernel(s_ptr,  # [B, C] student logits
                        t_ptr,  # [B, C] teacher logits, same dtype
                        kl_ptr,  # [B] out: KL of each row, ACC
-                       lse_s_ptr,  # [B] out: logsumexp of the student row / T, ACC
-                       lse_t_ptr,  # [B] out: logsumexp of the teacher row / T, ACC
+                       stats_s_ptr,  # [B, 2] out: (max, log-sum) of the student row / T, ACC
+                       stats_t_ptr,  # [B, 2] out: the same of the teacher row, ACC
                        C, inv_tau, BLOCK: tl.constexpr, ACC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     s_row = s_ptr + row * C
     t_row = t_ptr + row * C
-    lse_s = _row_logsumexp(s_row, C, inv_tau, offs, BLOCK, ACC)
-    lse_t = _row_logsumexp(t_row, C, inv_tau, offs, BLOCK, ACC)
+    m_s, log_sum_s = _row_stats(s_row, C, inv_tau, offs, BLOCK, ACC)
+    m_t, log_sum_t = _row_stats(t_row, C, inv_tau, offs, BLOCK, ACC)
     total = tl.zeros([BLOCK], ACC)
     for start in range(0, C, BLOCK):
         mask = start + offs < C
-        log_pt = tl.load(t_row + start + offs, mask=mask, other=0.0).to(ACC) * inv_tau - lse_t
-        log_ps = tl.load(s_row + start + offs, mask=mask, other=0.0).to(ACC) * inv_tau - lse_s
+        log_pt = (tl.load(t_row + start + offs, mask=mask, other=0.0).to(ACC) * inv_tau - m_t) - log_sum_t
+        log_ps = (tl.load(s_row + start + offs, mask=mask, other=0.0).to(ACC) * inv_tau - m_s) - log_sum_s
         p_t = tl.exp(log_pt)
         # p_t log p_t = 0 where p_t underflows to 0, as in F.kl_div
         total += tl.where(mask & (p_t > 0), p_t * (log_pt - log_ps), 0.0)
     tl.store(kl_ptr + row, tl.sum(total, axis=0))
-    tl.store(lse_s_ptr + row, lse_s)
-    tl.store(lse_t_ptr + row, lse_t)
+    tl.store(stats_s_ptr + 2 * row, m_s)
+    tl.store(stats_s_ptr + 2 * row + 1, log_sum_s)
+    tl.store(stats_t_ptr + 2 * row, m_t)
+    tl.store(stats_t_ptr + 2 * row + 1, log_sum_t)
 
 
 @triton.jit
 def _kl_backward_kernel(g_ptr,  # [B] upstream gradient of each row's KL, ACC
                         s_ptr,  # [B, C] student logits
                         t_ptr,  # [B, C] teacher logits
-                        lse_s_ptr,  # [B] from the forward, ACC
-                        lse_t_ptr,  # [B] from the forward, ACC
+                        stats_s_ptr,  # [B, 2] from the forward, ACC
+                        stats_t_ptr,  # [B, 2] from the forward, ACC
                         kl_ptr,  # [B] from the forward, ACC
                         gs_ptr,  # [B, C] out: gradient of the student logits, input dtype
                         gt_ptr,  # [B, C] out: gradient of the teacher logits, input dtype
@@ -73,14 +77,14 @@ def _kl_backward_kernel(g_ptr,  # [B] upstream gradient of each row's KL, ACC
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     scale = tl.load(g_ptr + row).to(ACC) * inv_tau
-    lse_s = tl.load(lse_s_ptr + row)
-    lse_t = tl.load(lse_t_ptr + row)
+    m_s, log_sum_s = tl.load(stats_s_ptr + 2 * row), tl.load(stats_s_ptr + 2 * row + 1)
+    m_t, log_sum_t = tl.load(stats_t_ptr + 2 * row), tl.load(stats_t_ptr + 2 * row + 1)
     kl = tl.load(kl_ptr + row)
     for start in range(0, C, BLOCK):
         mask = start + offs < C
         idx = row * C + start + offs
-        log_pt = tl.load(t_ptr + idx, mask=mask, other=0.0).to(ACC) * inv_tau - lse_t
-        log_ps = tl.load(s_ptr + idx, mask=mask, other=0.0).to(ACC) * inv_tau - lse_s
+        log_pt = (tl.load(t_ptr + idx, mask=mask, other=0.0).to(ACC) * inv_tau - m_t) - log_sum_t
+        log_ps = (tl.load(s_ptr + idx, mask=mask, other=0.0).to(ACC) * inv_tau - m_s) - log_sum_s
         p_t = tl.exp(log_pt)
         grad_s = scale * (tl.exp(log_ps) - p_t)
         grad_t = tl.where(p_t > 0, scale * p_t * ((log_pt - log_ps) - kl), 0.0)
@@ -95,20 +99,21 @@ def _block(C: int) -> int:
 @triton_op("zskt_fast::kl_divergence_forward_triton", mutates_args=())
 def kl_divergence_forward(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                           temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(kl [B], lse_s [B], lse_t [B]) of [B, C] logits of one dtype."""
+    """(kl [B], stats_s [B, 2], stats_t [B, 2]) of [B, C] logits of one dtype."""
     s, t = student_logits.contiguous(), teacher_logits.contiguous()
     B, C = s.shape
     kl = torch.empty(B, dtype=accumulation_dtype(s.dtype), device=s.device)
-    lse_s, lse_t = torch.empty_like(kl), torch.empty_like(kl)
+    stats_s = torch.empty((B, 2), dtype=kl.dtype, device=s.device)
+    stats_t = torch.empty_like(stats_s)
     block = _block(C)
-    launcher(_kl_forward_kernel)[(B,)](s, t, kl, lse_s, lse_t, C, 1.0 / temperature, BLOCK=block,
+    launcher(_kl_forward_kernel)[(B,)](s, t, kl, stats_s, stats_t, C, 1.0 / temperature, BLOCK=block,
                                        ACC=accumulator(s.dtype), num_warps=num_warps(block))
-    return kl, lse_s, lse_t
+    return kl, stats_s, stats_t
 
 
 @triton_op("zskt_fast::kl_divergence_backward_triton", mutates_args=())
 def kl_divergence_backward(grad_rows: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                           student_lse: torch.Tensor, teacher_lse: torch.Tensor, kl_rows: torch.Tensor,
+                           student_stats: torch.Tensor, teacher_stats: torch.Tensor, kl_rows: torch.Tensor,
                            temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of both [B, C] logit sets, in their dtype, from the [B] upstream gradient and the forward's rows."""
     s, t = student_logits.contiguous(), teacher_logits.contiguous()
@@ -117,8 +122,8 @@ def kl_divergence_backward(grad_rows: torch.Tensor, student_logits: torch.Tensor
     grad_s = torch.empty((B, C), dtype=s.dtype, device=s.device)
     grad_t = torch.empty((B, C), dtype=t.dtype, device=t.device)
     block = _block(C)
-    launcher(_kl_backward_kernel)[(B,)](grad_rows.to(acc).contiguous(), s, t, student_lse.contiguous(),
-                                        teacher_lse.contiguous(), kl_rows.contiguous(), grad_s, grad_t, C,
+    launcher(_kl_backward_kernel)[(B,)](grad_rows.to(acc).contiguous(), s, t, student_stats.contiguous(),
+                                        teacher_stats.contiguous(), kl_rows.contiguous(), grad_s, grad_t, C,
                                         1.0 / temperature, BLOCK=block, ACC=accumulator(s.dtype),
                                         num_warps=num_warps(block))
     return grad_s, grad_t
