@@ -104,7 +104,7 @@ class PackageLoop:
         self.iterations, self.done = iterations, 0
         if graphs:
             self.steps.set_learning_rates(0, iterations)
-            self.steps.capture()
+            self.steps.capture(generator_passes=N_S)
 
     def run(self, n):
         zero_shot_knowledge_transfer(self.steps, iterations=self.iterations, n_generator_steps=N_G,

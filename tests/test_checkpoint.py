@@ -73,7 +73,7 @@ def test_nan_missing_and_unreadable_files(tmp_path):
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_file(tmp_path / "junk.pt")
     torch.save({"epoch": 3}, tmp_path / "nostate.pt")
-    with pytest.raises(CheckpointError, match="neither a state dict"):
+    with pytest.raises(CheckpointError, match="holds no weights where they are looked for"):
         load_weights(net, tmp_path / "nostate.pt")
 
 
@@ -89,3 +89,55 @@ def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path):
         atomic_save({"x": Unpicklable()}, path)
     assert torch.equal(load_file(path)["x"], torch.ones(3))
     assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temporary file left behind
+
+
+def _authors_zero_shot_file(path, student, generator):
+    """A last.pth.tar of the authors' zero-shot runs: the student under 'student_state_dict', the generator inside
+    their loader ('generator.' prefix) as one Sequential 'layers' (layers.1 is a parameter-free reshape)."""
+    def their_name(key):
+        part, rest = key.split(".", 1)
+        if part == "project":
+            return f"generator.layers.0.{rest}"
+        index, rest = rest.split(".", 1)
+        return f"generator.layers.{int(index) + 2}.{rest}"
+
+    torch.save({"args": argparse.Namespace(dataset="CIFAR10", n_student_iter=10), "n_pseudo_batches": 80000,
+                "generator_state_dict": {their_name(k): v for k, v in generator.state_dict().items()},
+                "student_state_dict": student.state_dict(),
+                "optimizer_generator": {"state": {}, "param_groups": []},
+                "optimizer_student": {"state": {}, "param_groups": []},
+                "scheduler_generator": {"last_epoch": 80000}, "scheduler_student": {"last_epoch": 80000},
+                "test_acc": 0.83}, path)
+
+
+def test_the_authors_zero_shot_run_file_loads_student_and_generator(tmp_path):
+    from zskt_fast.engine.checkpoint import load_classifier, load_generator
+    from zskt_fast.models import Generator
+
+    student = _randomised(build_classifier("wrn-16-1"))
+    generator = _randomised(Generator(z_dim=100, image_size=32, channels=3))
+    for norm in generator.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.running_var.abs_()
+    path = tmp_path / "last.pth.tar"
+    _authors_zero_shot_file(path, student, generator)
+    loaded = load_classifier(path, "wrn-16-1", num_classes=10, in_channels=3)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in student.state_dict().items())
+    rebuilt = load_generator(path)
+    assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in generator.state_dict().items())
+    z = torch.randn(4, 100)
+    torch.testing.assert_close(rebuilt.eval()(z), generator.eval()(z))
+    with pytest.raises(CheckpointError, match=r"does not fit the generator.*shape mismatches.*project.weight"):
+        load_generator(path, Generator(z_dim=64, image_size=32, channels=3))
+
+
+def test_our_generator_file_loads(tmp_path):
+    from zskt_fast.engine.checkpoint import load_generator
+    from zskt_fast.models import Generator
+
+    generator = _randomised(Generator(z_dim=16, image_size=8, channels=1))
+    atomic_save({"state_dict": generator.state_dict(), "z_dim": 16, "image_size": 8, "channels": 1},
+                tmp_path / "generator.pt")
+    rebuilt = load_generator(tmp_path / "generator.pt")
+    assert rebuilt.z_dim == 16 and all(torch.equal(rebuilt.state_dict()[k], v)
+                                        for k, v in generator.state_dict().items())

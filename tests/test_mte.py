@@ -27,16 +27,20 @@ def _images(n=40, seed=1):
     return torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def reference_curves(net_a, net_b, images, n_images, steps, step_size):
-    """Algorithm 2 one image and one target class at a time, as the spec states it."""
+def reference_curves(net_a, net_b, images, n_images, steps, step_size, labels=None, order=None):
+    """Algorithm 2 one image and one target class at a time, as the paper states it; with `labels`, the source class
+    is the label (the authors' code); `order` is the order in which the images are tried."""
     p_a, p_b, chosen = [], [], 0
-    for x0 in images:
+    for index in (range(len(images)) if order is None else order):
+        x0 = images[index]
         if chosen == n_images:
             break
         with torch.no_grad():
             i = net_a(x0[None])[0].argmax(1).item()
             if net_b(x0[None])[0].argmax(1).item() != i:
                 continue
+            if labels is not None:
+                i = int(labels[index])
         chosen += 1
         num_classes = net_a(x0[None])[0].shape[1]
         rows_a, rows_b = [], []
@@ -180,3 +184,26 @@ def test_cli_errors(short_run, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         mte.main(run + argv + ["--no-progress", "--steps", "1"] if "--steps" not in argv else run + argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["agreed", "label"])
+@pytest.mark.parametrize("shuffle_seed", [None, 3])
+def test_source_class_and_order_of_the_authors_code(source, shuffle_seed):
+    """--source label takes the data set's label as the source class, --shuffle-seed a seeded random order of the
+    images; both against the one-image-at-a-time loop."""
+    net_a, net_b = _nets()
+    images = _images()
+    labels = torch.randint(0, 5, (len(images),), generator=torch.Generator().manual_seed(9))
+    curves = transition_curves(net_a, net_b, (images, labels), n_images=4, steps=3, step_size=0.5, source=source,
+                               shuffle_seed=shuffle_seed, progress=False)
+    order = None if shuffle_seed is None else torch.randperm(40, generator=torch.Generator().manual_seed(shuffle_seed))
+    ref_a, ref_b = reference_curves(net_a, net_b, images, 4, 3, 0.5, labels=labels if source == "label" else None,
+                                    order=order)
+    torch.testing.assert_close(curves.p_a.double(), ref_a, rtol=0, atol=1e-6)
+    torch.testing.assert_close(curves.p_b.double(), ref_b, rtol=0, atol=1e-6)
+    expected_indices = (order if order is not None else torch.arange(40))
+    assert all(int(i) in expected_indices.tolist() for i in curves.indices)
+    if source == "label":
+        assert torch.equal(curves.sources, labels[curves.indices])
+    with pytest.raises(ValueError, match="source 'label' needs labels"):
+        transition_curves(net_a, net_b, images, n_images=2, steps=1, source="label", progress=False)

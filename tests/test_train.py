@@ -1,4 +1,5 @@
 """The trainer: Algorithm 1's loop semantics, backends agreeing, resume equivalence, outputs, CLI errors."""
+import copy
 import json
 
 import pytest
@@ -41,8 +42,8 @@ class RecordingSteps:
         self.calls.append(("generator", z))
         return self.steps.generator_step(z)
 
-    def images_and_teacher(self, z):
-        images, teacher = self.steps.images_and_teacher(z)
+    def images_and_teacher(self, z, generator_passes=1):
+        images, teacher = self.steps.images_and_teacher(z, generator_passes)
         self.calls.append(("images", z, images, teacher))
         return images, teacher
 
@@ -261,3 +262,56 @@ def test_resume_refuses_a_checkpoint_with_nan(tmp_path, teacher_cache, capsys):
         train_cli.main(["--resume", str(tmp_path / "run"), "--no-progress"])
     assert exit_info.value.code == 2
     assert "(student): fc.weight holds NaN or infinite values" in capsys.readouterr().err
+
+
+def test_images_pass_gives_the_generator_the_batchnorm_updates_of_n_train_mode_passes(float64_default):
+    """The authors' loop recomputes G(z) in train mode before each of the n_S student steps; one pass with the
+    closed-form update leaves every BatchNorm statistic as n explicit passes do."""
+    steps = _tiny_steps()
+    steps.generator.double()
+    steps.teacher.double()
+    explicit = copy.deepcopy(steps.generator)
+    z = steps.sample_noise().double()
+    steps.images_and_teacher(z, 5)
+    with torch.no_grad():
+        for _ in range(5):
+            explicit(z)
+    for (name, ours), theirs in zip(steps.generator.state_dict().items(), explicit.state_dict().values()):
+        if "running" in name or "num_batches" in name:
+            torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14, msg=name)
+    momenta = [m.momentum for m in steps.generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert momenta and all(m == 0.1 for m in momenta)  # restored
+
+
+def test_generator_batchnorm_counts_n_g_plus_n_s_updates_per_iteration():
+    steps = _tiny_steps()
+    zero_shot_knowledge_transfer(steps, iterations=2, n_generator_steps=1, n_student_steps=10)
+    assert steps.generator.body[0].num_batches_tracked.item() == 2 * (1 + 10)
+
+
+def test_normalisation_follows_the_teacher_file(tmp_path, teacher_cache, capsys):
+    """The run normalises with what the teacher file records (ours record it), else the data set's default (the
+    authors' constants for CIFAR-10); --mean/--std override; the run's config and student.pt record what was used."""
+    from zskt_fast.data import dataset_info
+    from zskt_fast.engine.checkpoint import load_file
+
+    cached = next((teacher_cache / "teachers").glob("digits-wrn-16-2.pt"))
+    assert load_file(cached)["normalisation"] == {"mean": [0.3053], "std": [0.3758]}
+    recorded = load_file(cached)
+    recorded["normalisation"] = {"mean": [0.5], "std": [0.25]}
+    torch.save(recorded, tmp_path / "recorded.pt")
+    torch.save(recorded["state_dict"], tmp_path / "plain.pt")
+    for teacher, expected in (("recorded.pt", ([0.5], [0.25])), ("plain.pt", ([0.3053], [0.3758]))):
+        folder = tmp_path / f"run-{teacher}"
+        train(_config(iterations=2, eval_every=2, teacher_ckpt=str(tmp_path / teacher)), folder, progress=False)
+        config = json.loads((folder / "config.json").read_text())
+        assert (config["mean"], config["std"]) == expected, teacher
+        assert load_file(folder / "student.pt")["normalisation"] == {"mean": expected[0], "std": expected[1]}
+    folder = tmp_path / "override"
+    train(_config(iterations=2, eval_every=2, teacher_ckpt=str(tmp_path / "recorded.pt"), mean=[0.1], std=[0.2]),
+          folder, progress=False)
+    assert json.loads((folder / "config.json").read_text())["std"] == [0.2]
+    with pytest.raises(SystemExit):
+        train_cli.main(["--mean", "0.1", "0.2", "--std", "0.3", "0.4", "--out", str(tmp_path / "x"), "--no-progress"])
+    assert "1 channel(s): mean and std need 1 value(s) each, got 2 and 2" in capsys.readouterr().err
+    assert dataset_info("cifar10").std == (0.2023, 0.1994, 0.2010)  # the authors' constants

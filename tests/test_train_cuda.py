@@ -35,7 +35,7 @@ def test_graph_replay_equals_eager_steps(float64_default):
         steps = _steps(cls, torch.float64, backend="eager")
         if cls is GraphedZSKTSteps:
             steps.set_learning_rates(0, 4)
-            steps.capture()
+            steps.capture(generator_passes=3)
         zero_shot_knowledge_transfer(steps, iterations=4, n_generator_steps=1, n_student_steps=3)
         torch.cuda.synchronize()
         results.append(_state(steps))
@@ -60,7 +60,7 @@ def test_amp_and_graph_variants_train(amp, graphs):
     steps = _steps(GraphedZSKTSteps if graphs else ZSKTSteps, amp=amp, channels_last=True)
     if graphs:
         steps.set_learning_rates(0, 5)
-        steps.capture()
+        steps.capture(generator_passes=2)
     before = _state(steps)
     losses = []
     zero_shot_knowledge_transfer(steps, iterations=5, n_generator_steps=1, n_student_steps=2,
@@ -79,3 +79,22 @@ def test_cli_on_the_gpu_uses_amp_and_graphs(tmp_path, teacher_cache):
     assert config["device"] == "cuda" and config["cuda_graphs"] is True
     summary = json.loads((tmp_path / "seed0" / "summary.json").read_text())
     assert summary["student_acc"] > 10
+
+
+def test_graph_replay_gives_the_generator_the_batchnorm_updates_of_n_passes(float64_default):
+    """Under CUDA-graph replay the images pass updates the generator's BatchNorm statistics as n_S train-mode passes
+    would, as in eager mode."""
+    steps = _steps(GraphedZSKTSteps, torch.float64, backend="eager")
+    steps.set_learning_rates(0, 4)
+    steps.capture(generator_passes=4)
+    z = steps.sample_noise()
+    norm = steps.generator.body[0]
+    before = norm.running_mean.clone(), norm.num_batches_tracked.clone()
+    steps.images_and_teacher(z, 4)
+    with torch.no_grad():
+        batch_mean = steps.generator.project(z).view(z.shape[0], 128, 8, 8).mean((0, 2, 3))
+    expected = (0.9 ** 4) * before[0] + (1 - 0.9 ** 4) * batch_mean
+    torch.testing.assert_close(norm.running_mean, expected, rtol=1e-9, atol=1e-12)
+    assert norm.num_batches_tracked.item() == before[1].item() + 4
+    with pytest.raises(ValueError, match="captured for 4 generator passes"):
+        steps.images_and_teacher(z, 3)

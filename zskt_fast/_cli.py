@@ -45,6 +45,9 @@ def add_options(parser: argparse.ArgumentParser, settings_class, *, skip: tuple[
         target = parser if group is None else groups.setdefault(group, parser.add_argument_group(group))
         flag = "--" + field.name.replace("_", "-")
         value_type = _value_type(hints[field.name])
+        if typing.get_origin(value_type) is list:
+            (value_type,) = typing.get_args(value_type)
+            cli.setdefault("nargs", "+")
         if value_type is bool:
             target.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
         else:

@@ -115,7 +115,7 @@ def settings_from_dict(settings_class, values: dict, source: str):
             continue
         value, annotation = values[field.name], hints[field.name]
         allowed = typing.get_args(annotation) if typing.get_args(annotation) else (annotation,)
-        allowed = tuple(type(None) if a is None else a for a in allowed)
+        allowed = tuple(type(None) if a is None else typing.get_origin(a) or a for a in allowed)
         ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
         ok = ok or (float in allowed and isinstance(value, int) and not isinstance(value, bool))
         if not ok:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from ._cli import HelpFormatter, errors_as_messages
 from .common import resolve_device, writable_folder
-from .data import DATASETS, DEFAULT_DATA_ROOT, dataset_info, evaluation_loader
+from .data import DATASETS, DEFAULT_DATA_ROOT, dataset_info, evaluation_loader, normalisation_of
 from .engine.checkpoint import CheckpointError, load_classifier
 from .engine.evaluation import evaluate
-from .engine.transition_curves import (DEFAULT_IMAGES, DEFAULT_STEP_SIZE, DEFAULT_STEPS, TransitionCurves,
+from .engine.transition_curves import (DEFAULT_IMAGES, DEFAULT_STEP_SIZE, DEFAULT_STEPS, SOURCES, TransitionCurves,
                                        mean_transition_error, select_matching_images, transition_curves)
 from .models import ARCHITECTURE_HELP
 
@@ -70,12 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                                      "else digits)")
     p.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help="folder holding CIFAR-10 / SVHN")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 / SVHN into --data-root")
+    p.add_argument("--mean", type=float, nargs="+", default=None,
+                   help="per-channel normalisation mean; default: the one network B's file records, else the data "
+                        "set's (for CIFAR-10 and SVHN the authors' constants)")
+    p.add_argument("--std", type=float, nargs="+", default=None, help="per-channel normalisation std, with --mean")
     p.add_argument("--n-images", type=int, default=None,
                    help=f"N images on which A and B agree, the first ones of the test set; default: {DEFAULT_IMAGES} "
                         f"(the paper's), 300 for digits")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="K gradient steps per trajectory")
     p.add_argument("--step-size", type=float, default=DEFAULT_STEP_SIZE,
                    help="xi: x <- x - xi * grad_x CE(A(x), j)")
+    p.add_argument("--source", choices=SOURCES, default="agreed",
+                   help="source class i of an image: the class A and B both predict (the paper's Algorithm 2), or the "
+                        "data set's label (the authors' code)")
+    p.add_argument("--shuffle-seed", type=int, default=None,
+                   help="take the first agreeing images in an order drawn with this seed (the authors' code takes a "
+                        "seeded random order) instead of the test set's order")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--memory-budget", type=float, default=None, metavar="GB",
                    help="memory for one batch of trajectories; default: half the free GPU memory, 2 GB on the CPU")
@@ -122,10 +132,13 @@ def _run(args: argparse.Namespace) -> int:
     dataset = dataset or "digits"
     info = dataset_info(dataset)
     n_images = IMAGES_PER_DATASET.get(dataset, DEFAULT_IMAGES) if args.n_images is None else args.n_images
-    loader = evaluation_loader(dataset, root=data_root, download=args.download)
     shape = {"num_classes": info.num_classes, "in_channels": info.channels}
     teacher = load_classifier(net_b, arch_b, what="network B", **shape).to(device)
     students = [load_classifier(path, arch, what="network A", **shape).to(device) for path, arch in nets_a]
+    # The images are normalised as network B (the teacher) was trained: its file's record, else the data set's.
+    mean, std = normalisation_of(dataset, args.mean, args.std) if args.mean or args.std else \
+        teacher.normalisation or normalisation_of(dataset)
+    loader = evaluation_loader(dataset, root=data_root, download=args.download, normalisation=(mean, std))
 
     out = writable_folder(args.out or (Path(args.run) / "mte" if args.run else
                                        f"runs/mte-{time.strftime('%Y%m%d-%H%M%S')}"))
@@ -136,6 +149,7 @@ def _run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         curves = transition_curves(student, teacher, loader, n_images=n_images, steps=args.steps,
                                    step_size=args.step_size, device=device, memory_budget=budget,
+                                   source=args.source, shuffle_seed=args.shuffle_seed,
                                    progress=not args.no_progress)
         seconds = time.perf_counter() - start
         results[name] = curves
@@ -147,7 +161,9 @@ def _run(args: argparse.Namespace) -> int:
                      "curves": f"curves_{safe}.npz"})
     plot_curves(results, out / "transition_curves.png", f"B ({arch_b})")
     summary = {"net_b": str(net_b), "arch_b": arch_b, "test_acc_b": b_acc, "dataset": dataset, "n_images": n_images,
-               "steps": args.steps, "step_size": args.step_size, "results": rows}
+               "steps": args.steps, "step_size": args.step_size, "source": args.source,
+               "normalisation": {"mean": list(mean), "std": list(std)},
+               "shuffle_seed": args.shuffle_seed, "results": rows}
     (out / "mte.json").write_text(json.dumps(summary, indent=2))
 
     print(f"B: {net_b} ({arch_b}, test accuracy {b_acc:.2f}%); {dataset}, N = {n_images}, K = {args.steps}, "

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..models import build_classifier
+from ..models import Generator, build_classifier
 
 
 class CheckpointError(ValueError):
@@ -76,15 +76,70 @@ def check_finite(state: Mapping[str, torch.Tensor], source: str, hint: str = "")
             raise CheckpointError(f"{source}: {key} holds NaN or infinite values{hint}")
 
 
-def extract_state_dict(obj, source: str) -> dict[str, torch.Tensor]:
-    """The weights inside a loaded file, with any DataParallel `module.` prefix removed."""
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{source} holds neither a state dict nor a dict with a 'state_dict' entry")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return dict(obj)
+# Where a classifier's weights sit in a file: ours and the authors' teachers ('state_dict'), the authors' zero-shot
+# runs ('student_state_dict'), other trainers ('model').
+CLASSIFIER_KEYS = ("state_dict", "student_state_dict", "model")
+
+
+def _strip_prefix(state: Mapping, prefix: str) -> dict:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def extract_state_dict(obj, source: str, keys: tuple[str, ...] = CLASSIFIER_KEYS) -> dict[str, torch.Tensor]:
+    """The weights inside a loaded file (the first of `keys` that holds a state dict, else the file itself), with
+    any DataParallel `module.` prefix removed."""
+    if isinstance(obj, Mapping):
+        for key in keys:
+            if _is_state_dict(obj.get(key)):
+                obj = obj[key]
+                break
+    if not _is_state_dict(obj):
+        found = ", ".join(map(repr, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"{source} holds no weights where they are looked for: a state dict, or a dict with "
+                              f"one of {', '.join(map(repr, keys))}; it holds {found or 'nothing'}")
+    return _strip_prefix(obj, "module.")
+
+
+def authors_generator_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The authors' generator parameter names mapped to ours: their zero-shot runs save the generator inside a loader
+    ('generator.' prefix), as one nn.Sequential 'layers': layers.0 (the linear projection) is our `project`, and
+    layers.k for k >= 2 is our `body.(k-2)` (layers.1 is the reshape, which has no parameters)."""
+    state = _strip_prefix(state, "generator.")
+    mapped = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "layers" and len(parts) > 2 and parts[1].isdigit():
+            index = int(parts[1])
+            key = ".".join(["project"] + parts[2:]) if index == 0 else ".".join(["body", str(index - 2)] + parts[2:])
+        mapped[key] = value
+    return mapped
+
+
+def load_generator(path: str | os.PathLike, generator: nn.Module | None = None) -> nn.Module:
+    """A generator from a file: this package's generator.pt, or the authors' zero-shot run file (last.pth.tar, its
+    'generator_state_dict', their parameter names mapped to ours). Without `generator`, one is built to fit the
+    weights (noise size, image size and channels read from them). Raises CheckpointError listing the first missing,
+    unexpected and mis-shaped keys when the file does not fit."""
+    path = os.fspath(path)
+    obj = load_file(path)
+    state = extract_state_dict(obj, path, keys=("generator_state_dict", "state_dict"))
+    if any(k.startswith(("layers.", "generator.layers.")) for k in state):
+        state = authors_generator_state(state)
+    if generator is None:
+        project, last_conv = state.get("project.weight"), state.get("body.9.weight")
+        if project is None or last_conv is None:
+            raise CheckpointError(f"{path} holds no generator of the paper's shape (no project.weight / "
+                                  f"body.9.weight among {_first(state)})")
+        side = int(round((project.shape[0] / 128) ** 0.5))
+        generator = Generator(z_dim=project.shape[1], image_size=4 * side, channels=last_conv.shape[0])
+    load_into(generator, state, path, "generator")
+    return generator
 
 
 def _first(items, n: int = 5) -> str:
@@ -101,7 +156,7 @@ def load_weights(net: nn.Module, path: str | os.PathLike, *, what: str = "networ
 
 
 def load_into(net: nn.Module, obj, path: str, what: str) -> dict:
-    """`load_weights` for a file already read with `load_file`."""
+    """`load_weights` for a file already read with `load_file` (or the state dict taken from one)."""
     state = extract_state_dict(obj, path)
     check_finite(state, path, hint="; the file cannot be used: delete or replace it (a missing cached teacher is "
                                    "pretrained again)")
@@ -130,10 +185,19 @@ def save_classifier(net: nn.Module, path: str | os.PathLike, **metadata) -> None
     atomic_save({"state_dict": state, **metadata}, path)
 
 
+def recorded_normalisation(obj) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) a classifier file records (this package's files do; the authors' do not), else None."""
+    record = obj.get("normalisation") if isinstance(obj, Mapping) else None
+    if isinstance(record, Mapping) and record.get("mean") is not None and record.get("std") is not None:
+        return tuple(map(float, record["mean"])), tuple(map(float, record["std"]))
+    return None
+
+
 def load_classifier(path: str | os.PathLike, arch: str | None, *, num_classes: int, in_channels: int,
                     what: str = "network") -> nn.Module:
     """Builds the classifier a file holds and loads it. `arch` may be omitted for files that record theirs (those
-    written by this package do); the authors' files do not."""
+    written by this package do); the authors' files do not. The normalisation the file records, if any, is kept as
+    the network's `normalisation` attribute ((mean, std), else None)."""
     obj = load_file(path)
     recorded = obj.get("arch") if isinstance(obj, Mapping) else None
     arch = arch or recorded
@@ -141,4 +205,5 @@ def load_classifier(path: str | os.PathLike, arch: str | None, *, num_classes: i
         raise CheckpointError(f"{path} does not record its architecture: name it (for example wrn-16-1)")
     net = build_classifier(arch, num_classes=num_classes, in_channels=in_channels)
     load_into(net, obj, os.fspath(path), what)
+    net.normalisation = recorded_normalisation(obj)
     return net

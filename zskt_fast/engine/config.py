@@ -17,7 +17,7 @@ import torch
 
 from ..common import (check_choice, check_count, check_non_negative, check_positive, option, resolve_device,
                       settings_from_dict)
-from ..data import DATASETS, DEFAULT_DATA_ROOT
+from ..data import DATASETS, DEFAULT_DATA_ROOT, normalisation_of
 from ..models import ARCHITECTURE_HELP
 from ..ops import BACKENDS, DEFAULT_BETA, DEFAULT_TEMPERATURE
 
@@ -101,6 +101,10 @@ class TrainConfig(StepSettings):
     teacher: str | None = option(None, f"teacher architecture: {ARCHITECTURE_HELP}; default per dataset: "
                                        f"{per_dataset(0)}", group=DATA)
     student: str | None = option(None, f"student architecture; default: {per_dataset(1)}", group=DATA)
+    mean: list[float] | None = option(
+        None, "per-channel mean the images are normalised with; default: the one the teacher file records, else the "
+              "data set's (for CIFAR-10 and SVHN the authors' constants)", group=DATA)
+    std: list[float] | None = option(None, "per-channel std, with --mean; default as --mean", group=DATA)
     teacher_ckpt: str | None = option(
         None, "teacher weights: the authors' last.pth.tar, a file from zskt_fast.pretrain or a plain state dict; "
               "default: the cached pretrained teacher ($ZSKT_FAST_CACHE or ~/.cache/zskt_fast/teachers/"
@@ -130,6 +134,9 @@ class TrainConfig(StepSettings):
         """A copy with every None/auto filled in for this data set and machine; raises ValueError on bad values."""
         c = dataclasses.replace(self)
         check_choice(c.dataset, DATASETS, "dataset")
+        if c.mean is not None or c.std is not None:
+            mean, std = normalisation_of(c.dataset, c.mean, c.std)
+            c.mean, c.std = list(mean), list(std)
         teacher, student, iterations, eval_every, log_every = DATASET_DEFAULTS[c.dataset]
         c.teacher = (c.teacher or teacher).lower()
         c.student = (c.student or student).lower()

@@ -22,7 +22,7 @@ def zero_shot_knowledge_transfer(steps: ZSKTSteps, *, iterations: int, n_generat
         z = steps.sample_noise()                                # one z for every step of this iteration
         for _ in range(n_generator_steps):
             loss_G = steps.generator_step(z)                    # ascend KL(T || S) through G
-        images, teacher = steps.images_and_teacher(z)           # G fixed from here on: images and T(x) once
+        images, teacher = steps.images_and_teacher(z, n_student_steps)  # G fixed from here on: images, T(x) once
         for _ in range(n_student_steps):
             loss_S, student_logits = steps.student_step(images, teacher)  # descend KL + beta * sum AT
         if on_iteration_end is not None:

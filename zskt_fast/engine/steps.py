@@ -18,6 +18,25 @@ from .config import AMP_DTYPES, StepSettings, check_cuda_graphs
 from .schedules import cosine_lr
 
 
+@contextlib.contextmanager
+def repeated_batchnorm_updates(net: nn.Module, passes: int):
+    """One train-mode forward pass inside the block updates each BatchNorm's running statistics as `passes` passes
+    over the same batch would: n updates r <- (1 - m) r + m s with the same batch statistic s give
+    r <- (1 - m)^n r + (1 - (1 - m)^n) s, one update with momentum 1 - (1 - m)^n; num_batches_tracked grows by n.
+    Plain tensor work on the device, so it is captured in a CUDA graph like the pass itself."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+             and m.track_running_stats and m.momentum is not None] if passes > 1 else []
+    momenta = [m.momentum for m in norms]
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = 1.0 - (1.0 - momentum) ** passes
+    try:
+        yield
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+            norm.num_batches_tracked.add_(passes - 1)
+
+
 @dataclass
 class TeacherOutputs:
     logits: torch.Tensor
@@ -76,9 +95,13 @@ class ZSKTSteps:
         return loss.detach()
 
     @torch.no_grad()
-    def images_and_teacher(self, z: torch.Tensor) -> tuple[torch.Tensor, TeacherOutputs]:
-        """G(z) once per iteration (G does not change during the student steps) and the teacher's outputs on it."""
-        with self.autocast():
+    def images_and_teacher(self, z: torch.Tensor, generator_passes: int = 1) -> tuple[torch.Tensor, TeacherOutputs]:
+        """G(z) once per iteration (G does not change during the student steps) and the teacher's outputs on it.
+
+        The generator's BatchNorm running statistics take the updates of `generator_passes` train-mode passes over z
+        (the authors' code recomputes G(z) before each of the n_S student steps: pass n_S to match it); the images
+        are those of one pass, which is all that n passes of an unchanged G over the same z give."""
+        with self.autocast(), repeated_batchnorm_updates(self.generator, generator_passes):
             images = self.generator(z)
             logits, features = self.teacher(images)
         return images, TeacherOutputs(logits, features if self.use_attention else [])
@@ -168,9 +191,11 @@ class GraphedZSKTSteps(ZSKTSteps):
                 tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
         return tensors
 
-    def capture(self, warmup_steps: int = 3) -> None:
+    def capture(self, warmup_steps: int = 3, generator_passes: int = 1) -> None:
         """Warm up on a side stream (as capture requires), capture the three graphs, then put every parameter, buffer
-        and optimiser state back as it was, so that capturing changes nothing in the run."""
+        and optimiser state back as it was, so that capturing changes nothing in the run. `generator_passes` is
+        images_and_teacher's (the loop's n_S), fixed in the captured graph."""
+        self.generator_passes = generator_passes
         fresh_optimizers = not any(self.optimizer_G.state) and not any(self.optimizer_S.state)
         saved = [t.detach().clone() for t in self._tensors_to_restore()]
         noise_state = self.noise.get_state()
@@ -180,7 +205,7 @@ class GraphedZSKTSteps(ZSKTSteps):
         with torch.cuda.stream(side):
             for _ in range(warmup_steps):
                 super().generator_step(self.static_z)
-                images, teacher = super().images_and_teacher(self.static_z)
+                images, teacher = super().images_and_teacher(self.static_z, generator_passes)
                 super().student_step(images, teacher)
         torch.cuda.current_stream().wait_stream(side)
 
@@ -190,7 +215,7 @@ class GraphedZSKTSteps(ZSKTSteps):
         with torch.cuda.graph(self.graphs["generator"]):
             self.static_loss_G = super().generator_step(self.static_z)
         with torch.cuda.graph(self.graphs["images"]):
-            self.static_images, self.static_teacher = super().images_and_teacher(self.static_z)
+            self.static_images, self.static_teacher = super().images_and_teacher(self.static_z, generator_passes)
         with torch.cuda.graph(self.graphs["student"]):
             self.static_loss_S, self.static_logits_S = super().student_step(self.static_images, self.static_teacher)
 
@@ -218,7 +243,10 @@ class GraphedZSKTSteps(ZSKTSteps):
         self.graphs["generator"].replay()
         return self.static_loss_G
 
-    def images_and_teacher(self, _static_z: torch.Tensor):
+    def images_and_teacher(self, _static_z: torch.Tensor, generator_passes: int = 1):
+        if generator_passes != self.generator_passes:
+            raise ValueError(f"the images pass was captured for {self.generator_passes} generator passes (n_S) and is "
+                             f"asked for {generator_passes}: capture(generator_passes={generator_passes})")
         self.graphs["images"].replay()
         return self.static_images, self.static_teacher
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import dataset_info, evaluation_loader, load_dataset
+from ..data import dataset_info, evaluation_loader, load_dataset, normalisation_of
 from ..models import build_classifier
 from .checkpoint import save_classifier
 from .config import PretrainConfig
@@ -29,6 +29,7 @@ def pretrain_teacher(config: PretrainConfig, out: str | os.PathLike, *, progress
     metadata."""
     config = config.resolved()
     info = dataset_info(config.dataset)
+    mean, std = normalisation_of(config.dataset)
     train_set = load_dataset(config.dataset, train=True, root=config.data_root, download=config.download,
                              augment=True)
     loader = evaluation_loader(config.dataset, root=config.data_root, download=config.download)
@@ -37,6 +38,7 @@ def pretrain_teacher(config: PretrainConfig, out: str | os.PathLike, *, progress
     result = train_classifier(net, train_set, loader, config, device=config.device, progress=progress)
     metadata = {"arch": config.arch, "dataset": config.dataset, "test_acc": result["test_acc"],
                 "epochs": config.epochs, "seed": config.seed,
+                "normalisation": {"mean": list(mean), "std": list(std)},
                 "recipe": f"SGD nesterov lr {config.lr} wd {config.weight_decay} {config.schedule}, batch "
                           f"{config.batch_size}, augmentation {info.augmentation}"}
     save_classifier(net, out, **metadata)

@@ -21,9 +21,10 @@ import torch
 from tqdm import tqdm
 
 from ..common import eval_mode, writable_folder
-from ..data import dataset_info, evaluation_loader
+from ..data import dataset_info, evaluation_loader, normalisation_of
 from ..models import Generator, build_classifier, check_pairable
-from .checkpoint import CheckpointError, atomic_save, check_finite, load_file, load_into, save_classifier
+from .checkpoint import (CheckpointError, atomic_save, check_finite, load_file, load_into, recorded_normalisation,
+                         save_classifier)
 from .config import PretrainConfig, TrainConfig
 from .evaluation import evaluate
 from .loop import zero_shot_knowledge_transfer
@@ -202,9 +203,18 @@ def check_run(config: TrainConfig) -> _Checked:
     teacher file (read once, kept for the run). Nothing is created or pretrained."""
     config = config.resolved()
     info = dataset_info(config.dataset)
-    loader = evaluation_loader(config.dataset, root=config.data_root, download=config.download)
-    teacher_path, pretrain_first = find_teacher(config)
+    try:
+        teacher_path, pretrain_first = find_teacher(config)
+    except CheckpointError:
+        evaluation_loader(config.dataset, root=config.data_root, download=config.download)  # the more basic error
+        raise
     teacher_file = None if pretrain_first else (teacher_path, load_file(teacher_path))
+    if config.mean is None:  # the normalisation the teacher was trained with, as its file records it
+        recorded = recorded_normalisation(teacher_file[1]) if teacher_file else None
+        mean, std = recorded or normalisation_of(config.dataset)
+        config.mean, config.std = list(mean), list(std)
+    loader = evaluation_loader(config.dataset, root=config.data_root, download=config.download,
+                               normalisation=(config.mean, config.std))
     _check_networks(config, info, teacher_file)
     return _Checked(config, info, loader, teacher_path, pretrain_first, teacher_file)
 
@@ -283,7 +293,7 @@ def _run(config: TrainConfig, info, device: torch.device, run_dir: Path, loader,
             window_start = start
     if config.cuda_graphs:
         steps.set_learning_rates(start, config.iterations)
-        steps.capture()
+        steps.capture(generator_passes=config.n_student_steps)
 
     grid_z = torch.randn(GRID_SAMPLES, config.z_dim, generator=torch.Generator().manual_seed(config.seed + 1))
     log = MetricsLog(run_dir / "metrics.jsonl", keep_until=start if state is not None else None,
@@ -329,7 +339,7 @@ def _run(config: TrainConfig, info, device: torch.device, run_dir: Path, loader,
             record["student_acc"] = student_acc
             with torch.no_grad(), eval_mode(generator):
                 images = generator(grid_z.to(device))
-            save_image_grid(images, run_dir / "images" / f"iter_{done:06d}.png", mean=info.mean, std=info.std)
+            save_image_grid(images, run_dir / "images" / f"iter_{done:06d}.png", mean=config.mean, std=config.std)
             bar.write(f"iteration {done}/{config.iterations}: student test accuracy {student_acc:.2f}% "
                       f"(teacher {teacher_acc:.2f}%)")
         if record is not None:
@@ -358,7 +368,8 @@ def _run(config: TrainConfig, info, device: torch.device, run_dir: Path, loader,
     if not finished:
         return {"stopped_at": stop}
     write_checkpoint(config.iterations)
-    metadata = {"arch": config.student, "dataset": config.dataset, "teacher": config.teacher}
+    metadata = {"arch": config.student, "dataset": config.dataset, "teacher": config.teacher,
+                "normalisation": {"mean": config.mean, "std": config.std}}
     save_classifier(student, run_dir / "student.pt", test_acc=student_acc, **metadata)
     atomic_save({"state_dict": {k: v.cpu() for k, v in generator.state_dict().items()}, "z_dim": config.z_dim,
                  "image_size": info.image_size, "channels": info.channels}, run_dir / "generator.pt")

@@ -18,8 +18,9 @@ from torch import nn
 
 from tqdm import tqdm
 
-from ..common import check_count, check_positive, eval_mode
+from ..common import check_choice, check_count, check_positive, eval_mode
 
+SOURCES = ("agreed", "label")  # the source class of a trajectory: A's and B's common prediction, or the label
 DEFAULT_IMAGES = 1000  # N, the paper's
 DEFAULT_STEPS = 100  # K
 DEFAULT_STEP_SIZE = 1.0  # xi
@@ -59,34 +60,62 @@ def _logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _batches(data) -> Iterable[torch.Tensor]:
-    """Images from a tensor, an (images, labels) pair, or an iterable of (images, labels) / images batches."""
+def _batches(data) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(images, labels or None) from a tensor, an (images, labels) pair, or an iterable of (images, labels) / images
+    batches."""
     if isinstance(data, torch.Tensor):
-        yield data
+        yield data, None
         return
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor) and \
             isinstance(data[1], torch.Tensor) and data[0].dim() >= 2:
-        yield data[0]
+        yield data[0], data[1]
         return
     for batch in data:
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+        if isinstance(batch, (tuple, list)):
+            yield batch[0], batch[1] if len(batch) > 1 else None
+        else:
+            yield batch, None
+
+
+def _in_order(data, shuffle_seed: int | None) -> Iterable[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+    """(images, labels, positions in the data) batches: in the data's order, or, with `shuffle_seed`, all images in
+    the order of torch.randperm seeded with it."""
+    if shuffle_seed is None:
+        seen = 0
+        for images, labels in _batches(data):
+            yield images, labels, torch.arange(seen, seen + len(images))
+            seen += len(images)
+        return
+    parts = list(_batches(data))
+    images = torch.cat([p[0] for p in parts])
+    labels = None if any(p[1] is None for p in parts) else torch.cat([p[1] for p in parts])
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(shuffle_seed))
+    yield images[order], None if labels is None else labels[order], order
 
 
 @torch.no_grad()
 def select_matching_images(net_a: nn.Module, net_b: nn.Module, data, n_images: int, device,
-                           batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The first `n_images` images (in the order given) on which A and B predict the same class:
-    (images, their class, their positions). Raises ValueError saying how many were found when too few."""
+                           batch_size: int = 500, *, source: str = "agreed",
+                           shuffle_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first `n_images` images (in the order given, or a seeded random order) on which A and B predict the same
+    class: (images, their source class, their positions in the data). The source class is that prediction
+    (source="agreed", the paper's Algorithm 2) or the data set's label (source="label", the authors' code). Raises
+    ValueError saying how many were found when too few."""
+    check_choice(source, SOURCES, "source")
     chosen, classes, indices, seen = [], [], [], 0
     with eval_mode(net_a, net_b):
-        for batch in _batches(data):
+        for batch, labels, positions in _in_order(data, shuffle_seed):
+            if source == "label" and labels is None:
+                raise ValueError("source 'label' needs labels: give (images, labels) or a loader of such batches")
             for start in range(0, len(batch), batch_size):
                 x = batch[start:start + batch_size].to(device)
                 pred_a, pred_b = _logits(net_a, x).argmax(1), _logits(net_b, x).argmax(1)
                 match = (pred_a == pred_b).nonzero().flatten()
                 chosen.append(x[match].cpu())
-                classes.append(pred_a[match].cpu())
-                indices.append(match.cpu() + seen + start)
+                source_class = pred_a[match].cpu() if source == "agreed" else labels[start:start + batch_size][
+                    match.cpu()].long()
+                classes.append(source_class)
+                indices.append(positions[start:start + batch_size][match.cpu()])
                 if sum(len(c) for c in classes) >= n_images:
                     break
             seen += len(batch)
@@ -129,12 +158,18 @@ def default_memory_budget(device: torch.device) -> int:
 
 def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int = DEFAULT_IMAGES,
                       steps: int = DEFAULT_STEPS, step_size: float = DEFAULT_STEP_SIZE, device=None,
-                      memory_budget: int | None = None, max_batch: int | None = None,
-                      progress: bool = True) -> TransitionCurves:
+                      memory_budget: int | None = None, max_batch: int | None = None, source: str = "agreed",
+                      shuffle_seed: int | None = None, progress: bool = True) -> TransitionCurves:
     """Algorithm 2 for all N * (C - 1) trajectories at once (in chunks that fit `memory_budget` bytes, or at most
     `max_batch` trajectories). `data`: a tensor of images, an (images, labels) pair, or a loader of (images, labels).
+    The N images are the first on which A and B agree, in the data's order or (`shuffle_seed`) a seeded random order;
+    the source class i of an image is their common prediction (source="agreed", the paper's Algorithm 2) or its label
+    (source="label", what the authors' code does).
     Both networks are used in eval mode and left in the mode they were in; their parameters receive no gradient."""
     check_count(n_images, "n_images")
+    check_choice(source, SOURCES, "source")
+    if shuffle_seed is not None:
+        check_count(shuffle_seed, "shuffle_seed", minimum=0)
     check_count(steps, "steps")
     check_positive(step_size, "step_size")
     if max_batch is not None:
@@ -146,7 +181,7 @@ def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
 
-    first = next(iter(_batches(data)), None)
+    first = next(iter(_batches(data)), (None, None))[0]
     if first is None or len(first) == 0:
         raise ValueError("no images given")
     with torch.no_grad(), eval_mode(net_a, net_b):
@@ -158,7 +193,8 @@ def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int
     num_classes = classes_a
     if num_classes < 2:
         raise ValueError("transition curves need at least 2 classes")
-    images, sources, indices = select_matching_images(net_a, net_b, data, n_images, device)
+    images, sources, indices = select_matching_images(net_a, net_b, data, n_images, device, source=source,
+                                                      shuffle_seed=shuffle_seed)
 
     # Trajectory t = n * (C - 1) + k starts from image n and heads for class (i_n + k + 1) % C.
     offsets = torch.arange(1, num_classes)
