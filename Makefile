@@ -49,6 +49,9 @@ bench: build
 	$(PY) -m pytest -q benchmarks/bench_losses.py --benchmark-json=benchmarks/out/losses.json \
 	    --benchmark-columns=min,median,mean,stddev,rounds
 	$(PY) benchmarks/report.py benchmarks/out/losses.json
+	$(PY) -m pytest -q benchmarks/bench_kl_divergence.py --benchmark-json=benchmarks/out/kl.json \
+	    --benchmark-columns=min,median,mean,stddev,rounds
+	$(PY) benchmarks/report.py benchmarks/out/kl.json
 	$(PY) -m pytest -q benchmarks/bench_train.py --benchmark-json=benchmarks/out/train.json \
 	    --benchmark-columns=min,median,mean,stddev,rounds
 	$(PY) benchmarks/report.py benchmarks/out/train.json

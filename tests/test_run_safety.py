@@ -284,3 +284,11 @@ def test_a_teacher_holding_nan_says_what_to_do(tmp_path, teacher_cache, capsys):
     torch.save(state, bad)
     code, err = _cli(["--teacher-ckpt", str(bad), "--out", str(tmp_path / "o"), "--no-progress"], capsys)
     assert code == 2 and "fc.weight holds NaN" in err and "delete or replace it" in err
+
+
+@pytest.mark.parametrize("where", ["/proc/zskt-fast-out", "/dev/null/out"])
+def test_output_folders_that_cannot_be_made_are_refused_before_any_work(where, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        toy.main(["--iterations", "100000", "--out", where, "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and where in err and "Traceback" not in err

@@ -15,20 +15,12 @@
 #include <vector>
 
 #include "../checks.h"
+#include "multiversion.h"
 
 namespace zskt {
 namespace {
 
 constexpr double kNormEps = 1e-12;  // F.normalize's default
-
-// The per-sample loops are compiled twice, for AVX2 and for the baseline x86-64, and the loader picks the one the
-// processor runs (GCC function multiversioning): AVX2 halves the time of these loops, and a build must still run on
-// processors without it.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ZSKT_MULTIVERSION __attribute__((target_clones("avx2", "default")))
-#else
-#define ZSKT_MULTIVERSION
-#endif
 
 struct Features {
   at::Tensor tensor;  // NCHW-contiguous or channels_last-contiguous

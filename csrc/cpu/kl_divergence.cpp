@@ -1,5 +1,8 @@
 // KL divergence between the softened class distributions of teacher and student, CPU kernel.
-// One parallel loop over rows; each row is read a few times while it sits in L1. Only [B] and [B, C] buffers.
+//
+// Per row: one pass for both maxima, one for both sums of exponentials, one for the KL; the gradients in one pass.
+// The passes are plain loops over contiguous rows that the compiler vectorises, exp included. Parallel over rows; a
+// row's result does not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -11,27 +14,118 @@
 #include <tuple>
 
 #include "../checks.h"
+#include "multiversion.h"
+
+// glibc's vector exp (libmvec, reached through libm), declared for the vectoriser: glibc's own headers declare it only
+// under -ffast-math, whose reassociation would undo the order of the subtractions below.
+extern "C" float expf(float) noexcept __attribute__((simd("notinbranch")));
+extern "C" double exp(double) noexcept __attribute__((simd("notinbranch")));
 
 namespace zskt {
 namespace {
 
-// Row statistics of x / temperature: the maximum m (so that exp never overflows) and log sum_c exp(x_c - m). Kept
-// apart so that log p_c = (x_c - m) - log-sum loses nothing for the largest logits when the softmax saturates.
+inline float exp_of(float x) { return expf(x); }
+inline double exp_of(double x) { return exp(x); }
+
+// Independent partial results in a few lanes, combined in a fixed order at the end: the compiler vectorises the lanes
+// without reordering any one sum, and a row's result does not depend on how rows are spread over threads.
+constexpr int kLanes = 8;
+
+// Row statistics of x / temperature are kept as the maximum m and log sum_c exp(x_c - m), apart, so that
+// log p_c = (x_c - m) - log-sum loses nothing for the largest logits when the softmax saturates.
+template <typename acc_t>
+struct RowStats {
+  acc_t m_s, log_sum_s, m_t, log_sum_t;
+};
+
 template <typename scalar_t, typename acc_t>
-void row_stats(const scalar_t* x, int64_t C, acc_t inv_tau, acc_t* stats) {
-  acc_t m = -std::numeric_limits<acc_t>::infinity();
-  for (int64_t c = 0; c < C; ++c) m = std::max(m, static_cast<acc_t>(x[c]) * inv_tau);
-  acc_t sum = 0;
-  if (!std::isinf(m)) {  // all -inf (or a +inf): let the caller see a non-finite value
-    for (int64_t c = 0; c < C; ++c) sum += std::exp(static_cast<acc_t>(x[c]) * inv_tau - m);
+ZSKT_MULTIVERSION void row_maxima(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, int64_t C,
+                                  acc_t inv_tau, acc_t& m_s, acc_t& m_t) {
+  acc_t ms[kLanes], mt[kLanes];
+  for (int l = 0; l < kLanes; ++l) ms[l] = mt[l] = -std::numeric_limits<acc_t>::infinity();
+  int64_t c = 0;
+  for (; c + kLanes <= C; c += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      ms[l] = std::max(ms[l], static_cast<acc_t>(s[c + l]) * inv_tau);
+      mt[l] = std::max(mt[l], static_cast<acc_t>(t[c + l]) * inv_tau);
+    }
   }
-  stats[0] = m;
-  stats[1] = std::isinf(m) ? acc_t(0) : std::log(sum);
+  for (; c < C; ++c) {
+    ms[0] = std::max(ms[0], static_cast<acc_t>(s[c]) * inv_tau);
+    mt[0] = std::max(mt[0], static_cast<acc_t>(t[c]) * inv_tau);
+  }
+  m_s = ms[0];
+  m_t = mt[0];
+  for (int l = 1; l < kLanes; ++l) {
+    m_s = std::max(m_s, ms[l]);
+    m_t = std::max(m_t, mt[l]);
+  }
 }
 
 template <typename scalar_t, typename acc_t>
-acc_t log_prob(scalar_t x, acc_t inv_tau, const acc_t* stats) {
-  return (static_cast<acc_t>(x) * inv_tau - stats[0]) - stats[1];
+ZSKT_MULTIVERSION void row_sums(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, int64_t C,
+                                acc_t inv_tau, acc_t m_s, acc_t m_t, acc_t& sum_s, acc_t& sum_t) {
+  acc_t ss[kLanes] = {}, st[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= C; c += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      ss[l] += exp_of(static_cast<acc_t>(s[c + l]) * inv_tau - m_s);
+      st[l] += exp_of(static_cast<acc_t>(t[c + l]) * inv_tau - m_t);
+    }
+  }
+  for (; c < C; ++c) {
+    ss[0] += exp_of(static_cast<acc_t>(s[c]) * inv_tau - m_s);
+    st[0] += exp_of(static_cast<acc_t>(t[c]) * inv_tau - m_t);
+  }
+  sum_s = 0;
+  sum_t = 0;
+  for (int l = 0; l < kLanes; ++l) {
+    sum_s += ss[l];
+    sum_t += st[l];
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+inline acc_t log_prob(scalar_t x, acc_t inv_tau, acc_t m, acc_t log_sum) {
+  return (static_cast<acc_t>(x) * inv_tau - m) - log_sum;
+}
+
+// KL = sum_c p_t,c (log p_t,c - log p_s,c); p_t log p_t is 0 where p_t underflows to 0 (xlogy, as F.kl_div).
+template <typename scalar_t, typename acc_t>
+ZSKT_MULTIVERSION acc_t row_kl(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, int64_t C,
+                               acc_t inv_tau, RowStats<acc_t> st) {
+  acc_t kl[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= C; c += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const acc_t log_pt = log_prob(t[c + l], inv_tau, st.m_t, st.log_sum_t);
+      const acc_t log_ps = log_prob(s[c + l], inv_tau, st.m_s, st.log_sum_s);
+      const acc_t pt = exp_of(log_pt);
+      kl[l] += pt == acc_t(0) ? acc_t(0) : pt * (log_pt - log_ps);
+    }
+  }
+  for (; c < C; ++c) {
+    const acc_t log_pt = log_prob(t[c], inv_tau, st.m_t, st.log_sum_t);
+    const acc_t log_ps = log_prob(s[c], inv_tau, st.m_s, st.log_sum_s);
+    const acc_t pt = exp_of(log_pt);
+    kl[0] += pt == acc_t(0) ? acc_t(0) : pt * (log_pt - log_ps);
+  }
+  acc_t total = 0;
+  for (int l = 0; l < kLanes; ++l) total += kl[l];
+  return total;
+}
+
+template <typename scalar_t, typename acc_t>
+ZSKT_MULTIVERSION void row_gradients(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, int64_t C,
+                                     acc_t inv_tau, RowStats<acc_t> st, acc_t kl, acc_t scale,
+                                     scalar_t* __restrict__ grad_s, scalar_t* __restrict__ grad_t) {
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t log_ps = log_prob(s[c], inv_tau, st.m_s, st.log_sum_s);
+    const acc_t log_pt = log_prob(t[c], inv_tau, st.m_t, st.log_sum_t);
+    const acc_t pt = exp_of(log_pt);
+    grad_s[c] = static_cast<scalar_t>(scale * (exp_of(log_ps) - pt));
+    grad_t[c] = static_cast<scalar_t>(pt == acc_t(0) ? acc_t(0) : scale * pt * ((log_pt - log_ps) - kl));
+  }
 }
 
 int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)); }
@@ -60,19 +154,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const a
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* sr = sp + b * C;
         const scalar_t* tr = tp + b * C;
-        acc_t* ss = ssp + 2 * b;
-        acc_t* st = stp + 2 * b;
-        row_stats(sr, C, inv_tau, ss);
-        row_stats(tr, C, inv_tau, st);
-        acc_t sum = 0;
-        for (int64_t c = 0; c < C; ++c) {
-          const acc_t log_pt = log_prob(tr[c], inv_tau, st);
-          const acc_t log_ps = log_prob(sr[c], inv_tau, ss);
-          const acc_t pt = std::exp(log_pt);
-          // p_t log p_t is 0 where p_t underflows to 0 (xlogy convention, as F.kl_div).
-          sum += pt == acc_t(0) ? acc_t(0) : pt * (log_pt - log_ps);
-        }
-        klp[b] = sum;
+        acc_t m_s, m_t, sum_s = 0, sum_t = 0;
+        row_maxima(sr, tr, C, inv_tau, m_s, m_t);
+        const bool finite = !std::isinf(m_s) && !std::isinf(m_t);
+        if (finite) row_sums(sr, tr, C, inv_tau, m_s, m_t, sum_s, sum_t);
+        // All -inf (or a +inf) in a row: a NaN KL, so that the caller sees a non-finite value.
+        const RowStats<acc_t> stats{m_s, finite ? std::log(sum_s) : acc_t(0), m_t, finite ? std::log(sum_t) : acc_t(0)};
+        klp[b] = finite ? row_kl(sr, tr, C, inv_tau, stats) : std::numeric_limits<acc_t>::quiet_NaN();
+        ssp[2 * b] = stats.m_s;
+        ssp[2 * b + 1] = stats.log_sum_s;
+        stp[2 * b] = stats.m_t;
+        stp[2 * b + 1] = stats.log_sum_t;
       }
     });
   });
@@ -114,15 +206,9 @@ std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cpu(const at::Tensor& 
     const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
     at::parallel_for(0, B, row_grain(C), [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        const acc_t scale = gp[b] * inv_tau;
-        for (int64_t c = 0; c < C; ++c) {
-          const acc_t log_pt = log_prob(tp[b * C + c], inv_tau, stp + 2 * b);
-          const acc_t log_ps = log_prob(sp[b * C + c], inv_tau, ssp + 2 * b);
-          const acc_t pt = std::exp(log_pt);
-          const acc_t ps = std::exp(log_ps);
-          gsp[b * C + c] = static_cast<scalar_t>(scale * (ps - pt));
-          gtp[b * C + c] = static_cast<scalar_t>(pt == acc_t(0) ? acc_t(0) : scale * pt * ((log_pt - log_ps) - klp[b]));
-        }
+        const RowStats<acc_t> stats{ssp[2 * b], ssp[2 * b + 1], stp[2 * b], stp[2 * b + 1]};
+        row_gradients(sp + b * C, tp + b * C, C, inv_tau, stats, klp[b], gp[b] * inv_tau, gsp + b * C,
+                      gtp + b * C);
       }
     });
   });
