@@ -1,6 +1,7 @@
 // KL divergence between the softened class distributions of teacher and student, CPU kernel.
 //
-// Per row: one pass for both maxima, one for both sums of exponentials, one for the KL; the gradients in one pass.
+// Per row: one pass for both maxima, one for both sums of exponentials (keeping the teacher's), one for the KL; the
+// gradients in one pass.
 // The passes are plain loops over contiguous rows that the compiler vectorises, exp included. Parallel over rows; a
 // row's result does not depend on the thread count.
 #include <ATen/ATen.h>
@@ -12,6 +13,7 @@
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <vector>
 
 #include "../checks.h"
 #include "multiversion.h"
@@ -62,20 +64,24 @@ ZSKT_MULTIVERSION void row_maxima(const scalar_t* __restrict__ s, const scalar_t
   }
 }
 
+// Also keeps exp(x_t - m_t) of each class in `exp_t`, for the KL pass (p_t = exp_t / sum_t: one exp fewer).
 template <typename scalar_t, typename acc_t>
 ZSKT_MULTIVERSION void row_sums(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, int64_t C,
-                                acc_t inv_tau, acc_t m_s, acc_t m_t, acc_t& sum_s, acc_t& sum_t) {
+                                acc_t inv_tau, acc_t m_s, acc_t m_t, acc_t* __restrict__ exp_t, acc_t& sum_s,
+                                acc_t& sum_t) {
   acc_t ss[kLanes] = {}, st[kLanes] = {};
   int64_t c = 0;
   for (; c + kLanes <= C; c += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
       ss[l] += exp_of(static_cast<acc_t>(s[c + l]) * inv_tau - m_s);
-      st[l] += exp_of(static_cast<acc_t>(t[c + l]) * inv_tau - m_t);
+      exp_t[c + l] = exp_of(static_cast<acc_t>(t[c + l]) * inv_tau - m_t);
+      st[l] += exp_t[c + l];
     }
   }
   for (; c < C; ++c) {
     ss[0] += exp_of(static_cast<acc_t>(s[c]) * inv_tau - m_s);
-    st[0] += exp_of(static_cast<acc_t>(t[c]) * inv_tau - m_t);
+    exp_t[c] = exp_of(static_cast<acc_t>(t[c]) * inv_tau - m_t);
+    st[0] += exp_t[c];
   }
   sum_s = 0;
   sum_t = 0;
@@ -93,21 +99,21 @@ inline acc_t log_prob(scalar_t x, acc_t inv_tau, acc_t m, acc_t log_sum) {
 // KL = sum_c p_t,c (log p_t,c - log p_s,c); p_t log p_t is 0 where p_t underflows to 0 (xlogy, as F.kl_div).
 template <typename scalar_t, typename acc_t>
 ZSKT_MULTIVERSION acc_t row_kl(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, int64_t C,
-                               acc_t inv_tau, RowStats<acc_t> st) {
+                               acc_t inv_tau, RowStats<acc_t> st, const acc_t* __restrict__ exp_t, acc_t sum_t) {
   acc_t kl[kLanes] = {};
   int64_t c = 0;
   for (; c + kLanes <= C; c += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
       const acc_t log_pt = log_prob(t[c + l], inv_tau, st.m_t, st.log_sum_t);
       const acc_t log_ps = log_prob(s[c + l], inv_tau, st.m_s, st.log_sum_s);
-      const acc_t pt = exp_of(log_pt);
+      const acc_t pt = exp_t[c + l] / sum_t;
       kl[l] += pt == acc_t(0) ? acc_t(0) : pt * (log_pt - log_ps);
     }
   }
   for (; c < C; ++c) {
     const acc_t log_pt = log_prob(t[c], inv_tau, st.m_t, st.log_sum_t);
     const acc_t log_ps = log_prob(s[c], inv_tau, st.m_s, st.log_sum_s);
-    const acc_t pt = exp_of(log_pt);
+    const acc_t pt = exp_t[c] / sum_t;
     kl[0] += pt == acc_t(0) ? acc_t(0) : pt * (log_pt - log_ps);
   }
   acc_t total = 0;
@@ -151,16 +157,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const a
     acc_t* stp = stats_t.mutable_data_ptr<acc_t>();
     const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
     at::parallel_for(0, B, row_grain(C), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> exp_t(C);
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* sr = sp + b * C;
         const scalar_t* tr = tp + b * C;
         acc_t m_s, m_t, sum_s = 0, sum_t = 0;
         row_maxima(sr, tr, C, inv_tau, m_s, m_t);
         const bool finite = !std::isinf(m_s) && !std::isinf(m_t);
-        if (finite) row_sums(sr, tr, C, inv_tau, m_s, m_t, sum_s, sum_t);
+        if (finite) row_sums(sr, tr, C, inv_tau, m_s, m_t, exp_t.data(), sum_s, sum_t);
         // All -inf (or a +inf) in a row: a NaN KL, so that the caller sees a non-finite value.
         const RowStats<acc_t> stats{m_s, finite ? std::log(sum_s) : acc_t(0), m_t, finite ? std::log(sum_t) : acc_t(0)};
-        klp[b] = finite ? row_kl(sr, tr, C, inv_tau, stats) : std::numeric_limits<acc_t>::quiet_NaN();
+        klp[b] = finite ? row_kl(sr, tr, C, inv_tau, stats, exp_t.data(), sum_t)
+                        : std::numeric_limits<acc_t>::quiet_NaN();
         ssp[2 * b] = stats.m_s;
         ssp[2 * b + 1] = stats.log_sum_s;
         stp[2 * b] = stats.m_t;
