@@ -69,8 +69,10 @@ def _plan(args: argparse.Namespace) -> tuple[Path, list[tuple[TrainConfig | None
         out = Path(args.out or f"runs/{first.dataset}-{first.teacher}-{first.student}-"
                                f"{time.strftime('%Y%m%d-%H%M%S')}")
         plan = [(config, out / f"seed{config.seed}", False) for config in configs]
-        for config, folder, _ in plan:  # nothing is created before every seed has passed its checks
-            check_run(config)
+        # Nothing is created before the checks pass. The seeds share data, networks and teacher: one check_run covers
+        # them all (it reads the data set and the teacher file).
+        check_run(first)
+        for _, folder, _ in plan:
             check_run_folder(folder, overwrite=args.overwrite, create=False)
         writable_folder(out)
         (out / RUN_INDEX).write_text(json.dumps({"seeds": [c.to_dict() for c in configs]}, indent=2))
