@@ -18,9 +18,14 @@ OLDEST := $(CURDIR)/build/oldest
 $(PY):
 	$(PYTHON) -m venv $(ENV_DIR)
 
+# With CUDA_FROM=ENV, the CUDA runtime wheels (3 GB) are not installed again but shared from that environment.
 $(DEPS_STAMP): $(REQUIREMENTS) requirements-common.txt | $(PY)
+ifdef CUDA_FROM
+	$(PY) tools/install_sharing_cuda.py $(REQUIREMENTS) --cuda-from $(CUDA_FROM)
+else
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r $(REQUIREMENTS)
+endif
 	touch $@
 
 setup: $(DEPS_STAMP)
@@ -37,13 +42,15 @@ test: build
 	$(PY) -m pytest -q -ra tests
 
 # The same suite on the oldest supported stack (requirements-oldest.txt: the GPU machine's torch, torchvision and
-# triton), in build/oldest: a copy of the working tree's files (its CMake build is kept between runs) and a venv.
-test-oldest:
+# triton), in build/oldest: a copy of the working tree's files (its CMake build is kept between runs) and a venv that
+# shares the CUDA runtime wheels of the main environment (both stacks are CUDA 13 builds; CPU tests never call them).
+test-oldest: setup
 	mkdir -p $(OLDEST)/src
 	find $(OLDEST)/src -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
 	git ls-files -z --cached --others --exclude-standard | \
 	    xargs -0 sh -c 'for f; do [ -e "$$f" ] && cp -p --parents "$$f" $(OLDEST)/src; done' sh
-	$(MAKE) -C $(OLDEST)/src test VIRTUAL_ENV=$(OLDEST)/venv REQUIREMENTS=requirements-oldest.txt
+	$(MAKE) -C $(OLDEST)/src test VIRTUAL_ENV=$(OLDEST)/venv REQUIREMENTS=requirements-oldest.txt \
+	    CUDA_FROM=$(ENV_DIR)
 
 bench: build
 	$(PY) -m pytest -q benchmarks/bench_losses.py --benchmark-json=benchmarks/out/losses.json \
