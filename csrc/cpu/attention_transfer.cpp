@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "convert.h"
 #include "multiversion.h"
 
 namespace zskt {
@@ -108,10 +109,12 @@ int64_t sample_grain(int64_t work_per_sample) {
 
 // The gradient for one sample: g_q = 2 (q - q_other) grad; g_a = (g_q - q <q, g_q>) / ||a||, or g_q / eps where
 // ||a|| <= eps and the normalisation divides by the constant eps; dA[c, hw] = g_a[hw] * 2 A[c, hw] / C.
+// A bfloat16 / float16 gradient is computed in float into `row` and narrowed once per row (see convert.h).
 template <typename scalar_t, typename acc_t>
 ZSKT_MULTIVERSION void sample_gradient(const scalar_t* __restrict__ x, scalar_t* __restrict__ out,
                                        const acc_t* __restrict__ q, const acc_t* __restrict__ q_other, acc_t two_grad,
-                                       acc_t norm, int64_t C, int64_t HW, bool channels_last, acc_t* __restrict__ ga) {
+                                       acc_t norm, int64_t C, int64_t HW, bool channels_last, acc_t* __restrict__ ga,
+                                       acc_t* __restrict__ row) {
   acc_t dot = 0;
 #pragma omp simd reduction(+ : dot)
   for (int64_t hw = 0; hw < HW; ++hw) {
@@ -128,14 +131,26 @@ ZSKT_MULTIVERSION void sample_gradient(const scalar_t* __restrict__ x, scalar_t*
   if (channels_last) {
     for (int64_t hw = 0; hw < HW; ++hw) {
       const acc_t w = ga[hw];
+      if (kWidened<scalar_t>) {
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) out[hw * C + c] = static_cast<scalar_t>(w * static_cast<acc_t>(x[hw * C + c]));
+        for (int64_t c = 0; c < C; ++c) row[c] = w * static_cast<acc_t>(x[hw * C + c]);
+        convert(row, out + hw * C, C);
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) out[hw * C + c] = static_cast<scalar_t>(w * static_cast<acc_t>(x[hw * C + c]));
+      }
     }
   } else {
     for (int64_t c = 0; c < C; ++c) {
+      if (kWidened<scalar_t>) {
 #pragma omp simd
-      for (int64_t hw = 0; hw < HW; ++hw)
-        out[c * HW + hw] = static_cast<scalar_t>(ga[hw] * static_cast<acc_t>(x[c * HW + hw]));
+        for (int64_t hw = 0; hw < HW; ++hw) row[hw] = ga[hw] * static_cast<acc_t>(x[c * HW + hw]);
+        convert(row, out + c * HW, HW);
+      } else {
+#pragma omp simd
+        for (int64_t hw = 0; hw < HW; ++hw)
+          out[c * HW + hw] = static_cast<scalar_t>(ga[hw] * static_cast<acc_t>(x[c * HW + hw]));
+      }
     }
   }
 }
@@ -185,10 +200,10 @@ void backward_kernel(const Features& x, const at::Tensor& g, const at::Tensor& q
   const acc_t* qop = qo.const_data_ptr<acc_t>();
   const acc_t* np = n.const_data_ptr<acc_t>();
   at::parallel_for(0, B, sample_grain(C * HW), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> ga(HW);
+    std::vector<acc_t> ga(HW), row(kWidened<scalar_t> ? std::max(C, HW) : 0);
     for (int64_t b = begin; b < end; ++b)
       sample_gradient(xp + b * C * HW, op + b * C * HW, qp + b * HW, qop + b * HW, 2 * gp[b], np[b], C, HW,
-                      x.channels_last, ga.data());
+                      x.channels_last, ga.data(), row.data());
   });
 }
 

@@ -1,7 +1,7 @@
 // KL divergence between the softened class distributions of teacher and student, CPU kernel.
 //
 // Per row: one pass for both maxima, one for both sums of exponentials (keeping the teacher's), one for the KL; the
-// gradients in one pass.
+// gradients in one pass. bfloat16 / float16 rows are widened to float first, the gradients narrowed at the end.
 // The passes are plain loops over contiguous rows that the compiler vectorises, exp included. Parallel over rows; a
 // row's result does not depend on the thread count.
 #include <ATen/ATen.h>
@@ -13,9 +13,11 @@
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
+#include "convert.h"
 #include "multiversion.h"
 
 // glibc's vector exp (libmvec, reached through libm), declared for the vectoriser: glibc's own headers declare it only
@@ -134,6 +136,21 @@ ZSKT_MULTIVERSION void row_gradients(const scalar_t* __restrict__ s, const scala
   }
 }
 
+// bfloat16 and float16 rows are widened to float once, into a per-thread buffer, and the gradients narrowed once: the
+// passes above then run on float vectors (a conversion inside each pass keeps the compiler from vectorising it).
+// One row's forward.
+template <typename scalar_t, typename acc_t>
+void forward_row(const scalar_t* sr, const scalar_t* tr, int64_t C, acc_t inv_tau, acc_t* exp_t, acc_t& kl,
+                 RowStats<acc_t>& stats) {
+  acc_t m_s, m_t, sum_s = 0, sum_t = 0;
+  row_maxima(sr, tr, C, inv_tau, m_s, m_t);
+  const bool finite = !std::isinf(m_s) && !std::isinf(m_t);
+  if (finite) row_sums(sr, tr, C, inv_tau, m_s, m_t, exp_t, sum_s, sum_t);
+  // All -inf (or a +inf) in a row: a NaN KL, so that the caller sees a non-finite value.
+  stats = RowStats<acc_t>{m_s, finite ? std::log(sum_s) : acc_t(0), m_t, finite ? std::log(sum_t) : acc_t(0)};
+  kl = finite ? row_kl(sr, tr, C, inv_tau, stats, exp_t, sum_t) : std::numeric_limits<acc_t>::quiet_NaN();
+}
+
 int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const at::Tensor& student_logits,
@@ -157,18 +174,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const a
     acc_t* stp = stats_t.mutable_data_ptr<acc_t>();
     const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
     at::parallel_for(0, B, row_grain(C), [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> exp_t(C);
+      std::vector<acc_t> exp_t(C), wide(kWidened<scalar_t> ? 2 * C : 0);
       for (int64_t b = begin; b < end; ++b) {
-        const scalar_t* sr = sp + b * C;
-        const scalar_t* tr = tp + b * C;
-        acc_t m_s, m_t, sum_s = 0, sum_t = 0;
-        row_maxima(sr, tr, C, inv_tau, m_s, m_t);
-        const bool finite = !std::isinf(m_s) && !std::isinf(m_t);
-        if (finite) row_sums(sr, tr, C, inv_tau, m_s, m_t, exp_t.data(), sum_s, sum_t);
-        // All -inf (or a +inf) in a row: a NaN KL, so that the caller sees a non-finite value.
-        const RowStats<acc_t> stats{m_s, finite ? std::log(sum_s) : acc_t(0), m_t, finite ? std::log(sum_t) : acc_t(0)};
-        klp[b] = finite ? row_kl(sr, tr, C, inv_tau, stats, exp_t.data(), sum_t)
-                        : std::numeric_limits<acc_t>::quiet_NaN();
+        RowStats<acc_t> stats;
+        if (kWidened<scalar_t>) {
+          convert(sp + b * C, wide.data(), C);
+          convert(tp + b * C, wide.data() + C, C);
+          forward_row(wide.data(), wide.data() + C, C, inv_tau, exp_t.data(), klp[b], stats);
+        } else {
+          forward_row(sp + b * C, tp + b * C, C, inv_tau, exp_t.data(), klp[b], stats);
+        }
         ssp[2 * b] = stats.m_s;
         ssp[2 * b + 1] = stats.log_sum_s;
         stp[2 * b] = stats.m_t;
@@ -213,10 +228,20 @@ std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cpu(const at::Tensor& 
     scalar_t* gtp = grad_t.mutable_data_ptr<scalar_t>();
     const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
     at::parallel_for(0, B, row_grain(C), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> wide(kWidened<scalar_t> ? 4 * C : 0);
       for (int64_t b = begin; b < end; ++b) {
         const RowStats<acc_t> stats{ssp[2 * b], ssp[2 * b + 1], stp[2 * b], stp[2 * b + 1]};
-        row_gradients(sp + b * C, tp + b * C, C, inv_tau, stats, klp[b], gp[b] * inv_tau, gsp + b * C,
-                      gtp + b * C);
+        if (kWidened<scalar_t>) {
+          acc_t *ws = wide.data(), *wt = ws + C, *gs = wt + C, *gt = gs + C;
+          convert(sp + b * C, ws, C);
+          convert(tp + b * C, wt, C);
+          row_gradients(ws, wt, C, inv_tau, stats, klp[b], gp[b] * inv_tau, gs, gt);
+          convert(gs, gsp + b * C, C);
+          convert(gt, gtp + b * C, C);
+        } else {
+          row_gradients(sp + b * C, tp + b * C, C, inv_tau, stats, klp[b], gp[b] * inv_tau, gsp + b * C,
+                        gtp + b * C);
+        }
       }
     });
   });

@@ -4,7 +4,7 @@
 #pragma once
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ZSKT_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#define ZSKT_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define ZSKT_MULTIVERSION
 #endif
