@@ -22,6 +22,9 @@ from ..models import ARCHITECTURE_HELP
 from ..ops import BACKENDS, DEFAULT_BETA, DEFAULT_TEMPERATURE
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
+# torch.compile modes; those that capture CUDA graphs of their own cannot run inside ours.
+COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
+COMPILE_MODES_WITH_GRAPHS = ("reduce-overhead", "max-autotune")
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Per data set: (teacher, student, iterations, evaluate every, log every). CIFAR-10 and SVHN follow the authors' runs;
@@ -43,8 +46,12 @@ def per_dataset(index: int) -> str:
                      for name, values in DATASET_DEFAULTS.items())
 
 
-def check_cuda_graphs(amp: str, device: torch.device) -> None:
+def check_cuda_graphs(amp: str, device: torch.device, compile: str = "off") -> None:
     """CUDA graphs replay captured GPU work: they need a CUDA device and a step without host decisions."""
+    if compile in COMPILE_MODES_WITH_GRAPHS:
+        raise ValueError(f"compile mode {compile} captures CUDA graphs of its own, which cannot run inside this "
+                         "trainer's: use compile max-autotune-no-cudagraphs (--compile max-autotune-no-cudagraphs) "
+                         "with them, or set cuda_graphs off (--no-cuda-graphs)")
     if device.type != "cuda":
         raise ValueError("CUDA graphs need a CUDA device: set cuda_graphs off (--no-cuda-graphs) on the CPU")
     if amp == "fp16":
@@ -63,6 +70,8 @@ class StepSettings:
     grad_clip: float = option(5.0, "gradient-norm clip of both networks", group=ALGORITHM)
     backend: str = option("auto", "loss kernels: eager PyTorch, C++ cpu, cuda, triton, or auto (fastest for the "
                                   "device)", group=SPEED, choices=BACKENDS)
+    compile: str = option("off", "torch.compile the three steps (networks, fused losses, clipping and Adam) with "
+                                 "this mode; off: eager steps", group=SPEED, choices=COMPILE_MODES)
     # Steps built directly run as written; the trainer's defaults (TrainConfig) pick these for the device.
     amp: str = "off"
     channels_last: bool | None = False
@@ -81,6 +90,7 @@ class StepSettings:
         check_non_negative(self.beta, "beta")
         check_choice(self.amp, AMP_CHOICES, "amp")
         check_choice(self.backend, BACKENDS, "backend")
+        check_choice(self.compile, COMPILE_MODES, "compile")
         on_gpu = device.type == "cuda"
         if self.amp == "auto":
             self.amp = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "off"
@@ -119,7 +129,8 @@ class TrainConfig(StepSettings):
                       group=SPEED, choices=AMP_CHOICES)
     channels_last: bool | None = option(None, "channels_last memory format; default: on for CUDA", group=SPEED)
     cuda_graphs: bool | None = option(None, "capture the generator and student steps as CUDA graphs; default: on "
-                                            "for CUDA", group=SPEED)
+                                            "for CUDA (off with fp16 and with compile modes that capture their own)",
+                                      group=SPEED)
     eval_every: int | None = option(None, f"test the student and save an image grid every this many iterations; "
                                           f"default: {per_dataset(3)}", group=OUTPUTS)
     log_every: int | None = option(None, f"metrics-log interval; default: {per_dataset(4)}", group=OUTPUTS)
@@ -156,9 +167,9 @@ class TrainConfig(StepSettings):
         if c.teacher_ckpt:
             c.teacher_ckpt = os.path.abspath(os.path.expanduser(c.teacher_ckpt))
         if c.cuda_graphs is None:
-            c.cuda_graphs = device.type == "cuda" and c.amp != "fp16"
+            c.cuda_graphs = device.type == "cuda" and c.amp != "fp16" and c.compile not in COMPILE_MODES_WITH_GRAPHS
         if c.cuda_graphs:
-            check_cuda_graphs(c.amp, device)
+            check_cuda_graphs(c.amp, device, c.compile)
         return c
 
     def to_dict(self) -> dict:

@@ -1,9 +1,10 @@
-"""The three kinds of work in one iteration of Algorithm 1, eager or replayed from CUDA graphs.
+"""The three kinds of work in one iteration of Algorithm 1, eager, compiled, or replayed from CUDA graphs.
 
-`ZSKTSteps` runs them eagerly (any device). `GraphedZSKTSteps` captures each one once as a CUDA graph over static
-buffers and replays it: the generator step, the images-and-teacher pass, and the student step. Capture needs
-host-synchronisation-free steps, hence capturable Adam with a tensor learning rate (the cosine schedule fills it in
-place) and clipping whose scale stays on the device.
+`ZSKTSteps` runs them eagerly (any device), or, with the `compile` setting, through torch.compile: the networks and
+fused losses of each step as one graph (fullgraph), clipping and the Adam update as another. `GraphedZSKTSteps`
+captures each one once as a CUDA graph over static buffers and replays it: the generator step, the images-and-teacher
+pass, and the student step (compiled or not). Capture needs host-synchronisation-free steps, hence capturable Adam with
+a tensor learning rate (the cosine schedule fills it in place) and clipping whose scale stays on the device.
 """
 from __future__ import annotations
 
@@ -69,9 +70,23 @@ class ZSKTSteps:
         self.amp_dtype = amp_dtype
         # The attention features take part only when beta > 0; with beta = 0 the networks need not pair.
         self.use_attention = settings.beta > 0
+        self._generator_loss, self._images_and_teacher, self._student_loss = (
+            self._compiled(fn, fullgraph=True) for fn in (self.generator_loss, self.images_and_teacher_outputs,
+                                                          self.student_loss))
+        self._update_G, self._update_S = (
+            self._compiled(lambda o=optimizer, p=list(net.parameters()): self.clip_and_update(p, o), fullgraph=False)
+            for net, optimizer in ((generator, self.optimizer_G), (student, self.optimizer_S)))
+
+    def _compiled(self, fn, fullgraph: bool):
+        return fn if self.settings.compile == "off" else torch.compile(fn, mode=self.settings.compile,
+                                                                       fullgraph=fullgraph)
 
     def _adam(self, net: nn.Module, lr: float) -> torch.optim.Adam:
-        return torch.optim.Adam(net.parameters(), lr=lr)
+        if self.settings.compile == "off":
+            return torch.optim.Adam(net.parameters(), lr=lr)
+        # A tensor learning rate: the cosine schedule changes it in place instead of recompiling the update.
+        return torch.optim.Adam(net.parameters(), lr=torch.tensor(lr, device=self.device),
+                                capturable=self.device.type == "cuda")
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -85,36 +100,50 @@ class ZSKTSteps:
 
     def generator_step(self, z: torch.Tensor) -> torch.Tensor:
         """One Adam step of G on -KL(T(G(z)) || S(G(z))); the gradient flows through both networks into G only."""
-        with self.autocast():
-            images = self.generator(z)
-            student_logits, _ = self.student(images)
-            teacher_logits, _ = self.teacher(images)
-            loss = zskt_generator_loss(student_logits, teacher_logits, temperature=self.settings.temperature,
-                                       backend=self.settings.backend)
-        self._optimise(loss, self.generator, self.optimizer_G, self.scaler_G, only_this_net=True)
+        loss = self._generator_loss(z)
+        self._optimise(loss, self.generator, self.optimizer_G, self.scaler_G, self._update_G, only_this_net=True)
         return loss.detach()
 
-    @torch.no_grad()
     def images_and_teacher(self, z: torch.Tensor, generator_passes: int = 1) -> tuple[torch.Tensor, TeacherOutputs]:
         """G(z) once per iteration (G does not change during the student steps) and the teacher's outputs on it.
 
         The generator's BatchNorm running statistics take the updates of `generator_passes` train-mode passes over z
         (the authors' code recomputes G(z) before each of the n_S student steps: pass n_S to match it); the images
         are those of one pass, which is all that n passes of an unchanged G over the same z give."""
-        with self.autocast(), repeated_batchnorm_updates(self.generator, generator_passes):
-            images = self.generator(z)
-            logits, features = self.teacher(images)
-        return images, TeacherOutputs(logits, features if self.use_attention else [])
+        with repeated_batchnorm_updates(self.generator, generator_passes):
+            images, logits, features = self._images_and_teacher(z)
+        return images, TeacherOutputs(logits, features)
 
     def student_step(self, images: torch.Tensor, teacher: TeacherOutputs) -> tuple[torch.Tensor, torch.Tensor]:
         """One Adam step of S on KL(T || S) + beta * sum_l AT_l; returns the loss and the student's logits."""
+        loss, logits = self._student_loss(images, teacher.logits, teacher.features)
+        self._optimise(loss, self.student, self.optimizer_S, self.scaler_S, self._update_S)
+        return loss.detach(), logits.detach()
+
+    # -- the forward work of each step: what torch.compile compiles as one graph -------------------------------------
+    def generator_loss(self, z: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            images = self.generator(z)
+            student_logits, _ = self.student(images)
+            teacher_logits, _ = self.teacher(images)
+            return zskt_generator_loss(student_logits, teacher_logits, temperature=self.settings.temperature,
+                                       backend=self.settings.backend)
+
+    @torch.no_grad()
+    def images_and_teacher_outputs(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        with self.autocast():
+            images = self.generator(z)
+            logits, features = self.teacher(images)
+        return images, logits, features if self.use_attention else []
+
+    def student_loss(self, images: torch.Tensor, teacher_logits: torch.Tensor,
+                     teacher_features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast():
             logits, features = self.student(images)
-            loss = zskt_student_loss(logits, teacher.logits, features if self.use_attention else [], teacher.features,
+            loss = zskt_student_loss(logits, teacher_logits, features if self.use_attention else [], teacher_features,
                                      beta=self.settings.beta, temperature=self.settings.temperature,
                                      backend=self.settings.backend)
-        self._optimise(loss, self.student, self.optimizer_S, self.scaler_S)
-        return loss.detach(), logits.detach()
+        return loss, logits
 
     def set_learning_rates(self, iteration: int, iterations: int) -> None:
         for optimizer, base in ((self.optimizer_G, self.settings.generator_lr),
@@ -127,21 +156,25 @@ class ZSKTSteps:
                     group["lr"] = lr
 
     # -- shared mechanics --------------------------------------------------------------------------------------------
-    def _optimise(self, loss: torch.Tensor, net: nn.Module, optimizer: torch.optim.Optimizer, scaler,
+    def clip_and_update(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+        torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip, foreach=True)
+        optimizer.step()
+
+    def _optimise(self, loss: torch.Tensor, net: nn.Module, optimizer: torch.optim.Optimizer, scaler, update,
                   only_this_net: bool = False) -> None:
         params = list(net.parameters())
         optimizer.zero_grad(set_to_none=True)
         scaled = scaler.scale(loss) if scaler is not None else loss
         # inputs= keeps autograd from computing the weight gradients of the other networks in the generator step.
         scaled.backward(inputs=params if only_this_net else None)
-        if scaler is not None:
-            scaler.unscale_(optimizer)
+        if scaler is None:
+            update()
+            return
+        # fp16: the scaler decides on the host whether to step, so this part stays eager.
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip, foreach=True)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
 
     def state_dict(self) -> dict:
         return {
@@ -176,7 +209,7 @@ class GraphedZSKTSteps(ZSKTSteps):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        check_cuda_graphs(self.settings.amp, self.device)
+        check_cuda_graphs(self.settings.amp, self.device, self.settings.compile)
         self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
 
     def _adam(self, net: nn.Module, lr: float) -> torch.optim.Adam:
