@@ -52,19 +52,21 @@ test-oldest: setup
 	$(MAKE) -C $(OLDEST)/src test VIRTUAL_ENV=$(OLDEST)/venv REQUIREMENTS=requirements-oldest.txt \
 	    CUDA_FROM=$(ENV_DIR)
 
+# The CPU benchmarks: every op in three modes over its sweeps (ops.json), training (train.json), transition curves
+# (mte.json); the tables are printed and the plots drawn into $(BENCH_OUT)/plots. pytest's own tables go to the logs.
+BENCH_OUT ?= benchmarks/out
+BENCH_OPS := benchmarks/bench_memory_bandwidth.py benchmarks/bench_kl_divergence.py \
+    benchmarks/bench_attention_transfer.py benchmarks/bench_zskt_losses.py
 bench: build
-	$(PY) -m pytest -q benchmarks/bench_losses.py --benchmark-json=benchmarks/out/losses.json \
-	    --benchmark-columns=min,median,mean,stddev,rounds
-	$(PY) benchmarks/report.py benchmarks/out/losses.json
-	$(PY) -m pytest -q benchmarks/bench_kl_divergence.py --benchmark-json=benchmarks/out/kl.json \
-	    --benchmark-columns=min,median,mean,stddev,rounds
-	$(PY) benchmarks/report.py benchmarks/out/kl.json
-	$(PY) -m pytest -q benchmarks/bench_train.py --benchmark-json=benchmarks/out/train.json \
-	    --benchmark-columns=min,median,mean,stddev,rounds
-	$(PY) benchmarks/report.py benchmarks/out/train.json
-	$(PY) -m pytest -q benchmarks/bench_mte.py --benchmark-json=benchmarks/out/mte.json \
-	    --benchmark-columns=min,median,rounds
-	$(PY) benchmarks/report.py benchmarks/out/mte.json
+	mkdir -p $(BENCH_OUT)
+	$(PY) -m pytest -q -p no:cacheprovider $(BENCH_OPS) --benchmark-json=$(BENCH_OUT)/ops.json \
+	    > $(BENCH_OUT)/ops.log 2>&1 || (tail -30 $(BENCH_OUT)/ops.log; exit 1)
+	$(PY) -m pytest -q -p no:cacheprovider benchmarks/bench_train.py --benchmark-json=$(BENCH_OUT)/train.json \
+	    > $(BENCH_OUT)/train.log 2>&1 || (tail -30 $(BENCH_OUT)/train.log; exit 1)
+	$(PY) -m pytest -q -p no:cacheprovider benchmarks/bench_mte.py --benchmark-json=$(BENCH_OUT)/mte.json \
+	    > $(BENCH_OUT)/mte.log 2>&1 || (tail -30 $(BENCH_OUT)/mte.log; exit 1)
+	$(PY) benchmarks/report.py $(BENCH_OUT)/ops.json $(BENCH_OUT)/train.json $(BENCH_OUT)/mte.json \
+	    --plots $(BENCH_OUT)/plots
 
 clean:
 	rm -rf build zskt_fast/_C*.so *.egg-info

@@ -1,50 +1,45 @@
-"""kl_divergence alone, forward + gradient of both logit sets, over class counts from CIFAR to LLM vocabularies.
+"""kl_divergence alone: forward, backward and full, over batch size at CIFAR's 10 classes and over class counts from
+CIFAR to LLM vocabularies (B x C of 1.3M to 2.1M elements; the GPU adds larger points).
 
-eager     F.kl_div(log_softmax(s / T), log_softmax(t / T), log_target=True), what a user would write
+eager     F.kl_div(log_softmax(s), log_softmax(t), log_target=True), what a user would write
 compile   torch.compile of that eager code
 cpu/cuda/triton   the fused op
-
-B x C is about 1.3M to 2.1M elements (the GPU adds a 8M-element point); memory floor: read both logit sets, write
-both gradients.
+Gradients of both logit sets, as the generator step needs. Memory floor: read both logit sets (forward); read both,
+write both gradients (backward, full). See harness.py for the modes, the timer and the memory measurement.
 """
 import pytest
 import torch
 import torch.nn.functional as F
 
 import zskt_fast
-from zskt_fast.ops import _library
+from harness import BACKENDS, DTYPES, MODES, dtype_name, loss_function, measure, mode_function, pick, randn
 
-HAS_CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if HAS_CUDA else "cpu"
-SHAPES = [(128, 10), (1024, 1000), (64, 32000), (16, 128256)] + ([(64, 128256)] if HAS_CUDA else [])
-BACKENDS = ["eager", "compile"] + [b for b in ("cpu", "cuda", "triton") if b in _library.available_backends(DEVICE)]
+BATCH_SWEEP = [(b, 10) for b in pick([4], [32, 128, 512, 1024], [32, 128, 512, 1024, 4096], short=[128, 4096])]
+CLASS_SWEEP = pick([], [(1024, 1000), (64, 32000), (16, 128256)],
+                   [(1024, 1000), (64, 32000), (16, 128256), (64, 128256), (256, 128256)],
+                   short=[(64, 32000), (256, 128256)])
+POINTS = [("batch", s) for s in BATCH_SWEEP] + [("classes", s) for s in CLASS_SWEEP]
 
 
 def eager_kl(s, t):
     return F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="batchmean", log_target=True)
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def fused_kl(s, t, backend):
+    return zskt_fast.kl_divergence(s, t, reduction="batchmean", backend=backend)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_name)
+@pytest.mark.parametrize("point", POINTS, ids=lambda p: f"{p[0]}-{p[1][0]}x{p[1][1]}")
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_kl_divergence_forward_backward(benchmark, backend, shape):
+def test_kl_divergence(benchmark, backend, mode, point, dtype):
+    sweep, (batch, classes) = point
     gen = torch.Generator().manual_seed(0)
-    s = torch.randn(shape, generator=gen).to(DEVICE).requires_grad_()
-    t = torch.randn(shape, generator=gen).to(DEVICE).requires_grad_()
-    if backend == "eager":
-        loss_fn = eager_kl
-    elif backend == "compile":
-        loss_fn = torch.compile(eager_kl, fullgraph=True)
-    else:
-        def loss_fn(a, b):
-            return zskt_fast.kl_divergence(a, b, reduction="batchmean", backend=backend)
-
-    def step():
-        grads = torch.autograd.grad(loss_fn(s, t), [s, t])
-        if HAS_CUDA:
-            torch.cuda.synchronize()
-        return grads
-
-    benchmark.group = f"kl_divergence fwd+bwd {DEVICE} {shape[0]}x{shape[1]}"
-    benchmark.extra_info.update(backend=backend, batch=shape[0], classes=shape[1], device=DEVICE,
-                                floor_bytes=4 * s.numel() * 4, threads=torch.get_num_threads())
-    benchmark.pedantic(step, warmup_rounds=3, rounds=20 if DEVICE == "cpu" else 100, iterations=1)
+    s = randn(batch, classes, dtype=dtype, grad=True, generator=gen)
+    t = randn(batch, classes, dtype=dtype, grad=True, generator=gen)
+    fn = mode_function(mode, loss_function(backend, eager_kl, fused_kl), (s, t), [s, t])
+    size = s.numel() * s.element_size()
+    measure(benchmark, fn, group=f"kl_divergence {mode} {dtype_name(dtype)} by {sweep}", op="kl_divergence",
+            backend=backend, mode=mode, dtype=dtype_name(dtype), sweep=sweep, batch=batch, classes=classes,
+            x=batch if sweep == "batch" else classes, floor_bytes=2 * size if mode == "forward" else 4 * size)

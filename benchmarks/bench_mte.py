@@ -1,8 +1,8 @@
 """Transition curves, batched (zskt_fast.mte) against the per-image, per-class loop of the authors' code (written out
 from its description: batch 1, a full backward through A for each step).
 
-CPU case: N = 100 images, K = 20 steps, WRN-16-1 (A) against WRN-16-2 (B) on the digits test set (8x8), both briefly
-trained so that they agree on most images. GPU case (also run where a GPU exists): N = 1000, K = 100, WRN-16-1 against
+CPU case: N = 100 images, K = 20 steps (ZSKT_BENCH_SMOKE=1: N = 4, K = 2), WRN-16-1 (A) against WRN-16-2 (B) on
+the digits test set (8x8), both briefly trained so that they agree on most images. GPU case (also run where a GPU exists): N = 1000, K = 100, WRN-16-1 against
 WRN-40-2 at 32x32 on random images around ten random prototypes, the networks fitted to them for a few steps so
 that they agree on most (the first 1000 on which they agree are used); the per-image loop
 runs on the first 10 of them and is scaled by images, since all 1000 would take hours.
@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from harness import SMOKE
 from zskt_fast.engine.transition_curves import select_matching_images, transition_curves
 from zskt_fast.models import build_classifier
 
@@ -51,11 +52,13 @@ def _digits_case():
         torch.manual_seed(0)
         net = build_classifier(arch, in_channels=1)
         train_classifier(net, load_dataset("digits", train=True, augment=True), evaluation_loader("digits"),
-                         PretrainConfig(epochs=3).resolved(), progress=False)
+                         PretrainConfig(epochs=1 if SMOKE else 3).resolved(), progress=False)
         nets.append(net.eval())
     images = load_dataset("digits", train=False).tensors[0]
-    return {"name": "cpu: digits 8x8, WRN-16-1 vs WRN-16-2, N=100, K=20", "nets": nets, "images": images,
-            "device": torch.device("cpu"), "n_images": 100, "steps": 20, "loop_images": 100}
+    n_images, steps = (4, 2) if SMOKE else (100, 20)
+    return {"name": f"cpu: digits 8x8, WRN-16-1 vs WRN-16-2, N={n_images}, K={steps}", "nets": nets,
+            "images": images, "device": torch.device("cpu"), "n_images": n_images, "steps": steps,
+            "loop_images": n_images}
 
 
 def _fit_to_shared_labels(nets, images, labels, device, steps=100):

@@ -7,11 +7,19 @@ authors-eager  the authors' loop as released: plain float32 eager PyTorch, G(z) 
                of the student computed in the generator step, CosineAnnealingLR.
 zskt_fast      this package's trainer steps: images and teacher outputs once per iteration, fused loss ops, no weight
                gradients for networks that are not updated; on CUDA also AMP bf16, channels_last and CUDA graphs.
+compiled       the same steps through torch.compile (--compile MODE); on CUDA mode default inside this trainer's CUDA
+               graphs, and mode reduce-overhead (inductor's own graphs) without them. ZSKT_BENCH_AUTOTUNE=1 adds
+               max-autotune-no-cudagraphs inside our graphs (its autotuning takes minutes).
+The set-up column is the time from building the steps to the end of the first iteration: compilation (and capture),
+reported apart from the step time.
 
     pytest benchmarks/bench_train.py --benchmark-json=benchmarks/out/train.json && python benchmarks/report.py ...
-ZSKT_BENCH_ITERATIONS sets the iterations timed per round (default 1 on the CPU, 20 on a GPU).
+ZSKT_BENCH_ITERATIONS sets the iterations timed per round (default 1 on the CPU, 20 on a GPU). ZSKT_BENCH_SMOKE=1:
+WRN-10-2 -> WRN-10-1, batch 4, n_S = 2, one round, no compiled variant (its compile alone takes over a minute here;
+tests/test_train.py checks compiled steps against eager ones).
 """
 import os
+import time
 
 import pytest
 import torch
@@ -22,18 +30,29 @@ from zskt_fast.engine.config import StepSettings
 from zskt_fast.engine.steps import GraphedZSKTSteps, ZSKTSteps
 from zskt_fast.models import Generator, build_classifier
 
+from harness import SMOKE
+
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
-BATCH, N_G, N_S, TEACHER, STUDENT = 128, 1, 10, "wrn-40-2", "wrn-16-1"
-ITERATIONS = int(os.environ.get("ZSKT_BENCH_ITERATIONS", 20 if HAS_CUDA else 1))
+BATCH, N_G, N_S, TEACHER, STUDENT = (4, 1, 2, "wrn-10-2", "wrn-10-1") if SMOKE else (128, 1, 10, "wrn-40-2",
+                                                                                      "wrn-16-1")
+ITERATIONS = int(os.environ.get("ZSKT_BENCH_ITERATIONS", 20 if HAS_CUDA and not SMOKE else 1))
 PAPER_ITERATIONS = 80_000
 
-# (name, amp, cuda graphs, channels_last)
-VARIANTS = [("authors-eager", None, False, False), ("zskt_fast", "off", False, False)]
+# (name, amp, cuda graphs, channels_last, compile mode)
+VARIANTS = [("authors-eager", None, False, False, "off"), ("zskt_fast", "off", False, False, "off")]
+if not SMOKE and not HAS_CUDA:
+    VARIANTS += [("zskt_fast compiled", "off", False, False, "default")]
 if HAS_CUDA:
-    VARIANTS += [("zskt_fast bf16", "bf16", False, True), ("zskt_fast bf16 + graphs", "bf16", True, True),
-                 ("zskt_fast bf16 + graphs, NCHW", "bf16", True, False),
-                 ("zskt_fast fp32 + graphs", "off", True, False)]
+    VARIANTS += [("zskt_fast bf16", "bf16", False, True, "off"), ("zskt_fast bf16 + graphs", "bf16", True, True, "off"),
+                 ("zskt_fast bf16 + graphs, NCHW", "bf16", True, False, "off"),
+                 ("zskt_fast fp32 + graphs", "off", True, False, "off")]
+    if not SMOKE:
+        VARIANTS += [("zskt_fast bf16 + compiled + graphs", "bf16", True, True, "default"),
+                     ("zskt_fast bf16 + compiled reduce-overhead", "bf16", False, True, "reduce-overhead")]
+        if os.environ.get("ZSKT_BENCH_AUTOTUNE") == "1":
+            VARIANTS += [("zskt_fast bf16 + max-autotune-no-cudagraphs + graphs", "bf16", True, True,
+                          "max-autotune-no-cudagraphs")]
 
 
 def _networks(seed=0):
@@ -96,9 +115,9 @@ class AuthorsLoop:
 
 
 class PackageLoop:
-    def __init__(self, amp, graphs, channels_last, iterations):
+    def __init__(self, amp, graphs, channels_last, iterations, compile="off"):
         teacher, student, generator = _networks()
-        settings = StepSettings(batch_size=BATCH, amp=amp, channels_last=channels_last)
+        settings = StepSettings(batch_size=BATCH, amp=amp, channels_last=channels_last, compile=compile)
         cls = GraphedZSKTSteps if graphs else ZSKTSteps
         self.steps = cls(teacher, student, generator, settings, DEVICE, seed=0)
         self.iterations, self.done = iterations, 0
@@ -114,17 +133,25 @@ class PackageLoop:
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_train_iterations(benchmark, variant):
-    name, amp, graphs, channels_last = variant
-    rounds = 3
-    total = ITERATIONS * (rounds + 1) + 1
-    loop = AuthorsLoop(total) if amp is None else PackageLoop(amp, graphs, channels_last, total)
+    name, amp, graphs, channels_last, compile = variant
+    rounds = 1 if SMOKE else 3
+    total = ITERATIONS * (rounds + 1) + 2
 
-    def run():
-        loop.run(ITERATIONS)
+    def sync():
         if HAS_CUDA:
             torch.cuda.synchronize()
 
-    benchmark.group = f"train WRN-40-2 -> WRN-16-1, batch {BATCH}, {DEVICE.type}"
-    benchmark.extra_info.update(variant=name, iterations_per_round=ITERATIONS, device=DEVICE.type,
-                                gpu=torch.cuda.get_device_name() if HAS_CUDA else None)
-    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
+    began = time.perf_counter()
+    loop = AuthorsLoop(total) if amp is None else PackageLoop(amp, graphs, channels_last, total, compile)
+    loop.run(1)  # compiles, captures, and settles the allocator: the set-up, timed apart from the steps
+    sync()
+    setup = time.perf_counter() - began
+
+    def run():
+        loop.run(ITERATIONS)
+        sync()
+
+    benchmark.group = f"train {TEACHER.upper()} -> {STUDENT.upper()}, batch {BATCH}, n_S {N_S}, {DEVICE.type}"
+    benchmark.extra_info.update(variant=name, iterations_per_round=ITERATIONS, device=DEVICE.type, setup_s=setup,
+                                compile=compile, gpu=torch.cuda.get_device_name() if HAS_CUDA else None)
+    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0 if SMOKE else 1)

@@ -4,8 +4,9 @@
 # of the stages and the benchmark tables last. Every stage runs under its own time limit, inside one overall budget,
 # and reports its outcome on one line, so that one hang cannot eat the run.
 #
-#   bash benchmarks/gpu_check.sh             everything, within 470 s (build, GPU tests, memcheck, four benchmarks)
-#   bash benchmarks/gpu_check.sh --quick     build, GPU tests and the loss benchmark, within 230 s (a second try)
+#   bash benchmarks/gpu_check.sh             everything, within 470 s (build, GPU tests, memcheck, three benchmarks)
+#   bash benchmarks/gpu_check.sh --quick     build, GPU tests and the float32 op benchmarks, within 230 s (a second
+#                                            try)
 #   bash benchmarks/gpu_check.sh --dry-run   every stage that needs no GPU (the build with ZSKT_CUDA=1 included);
 #                                            the others report "skipped: no GPU"
 # Options: --budget SECONDS (overall time limit). Environment: OUT (results folder, default benchmarks/out), PYTHON
@@ -13,12 +14,13 @@
 # (a stage's own limit in seconds, e.g. GPU_CHECK_LIMIT_BUILD=600).
 #
 # Results, at most 8 files under $OUT: gpu_check.log (every command's output), summary.txt (what is printed last),
-# losses_gpu.json, kl_gpu.json, train_gpu.json, mte_gpu.json (pytest-benchmark). Exit status: 0 when every stage that ran passed
-# (and, without --dry-run, a GPU was there), 1 otherwise, 2 for bad options.
+# ops_gpu.json (the op benchmarks' short sweep: every op, mode and backend), train_gpu.json, mte_gpu.json
+# (pytest-benchmark). Exit status: 0 when every stage that ran passed (and, without --dry-run, a GPU was there), 1
+# otherwise, 2 for bad options.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 MODE=full
 DRY_RUN=0
 BUDGET=""
@@ -114,12 +116,11 @@ print('backends on cuda:', _library.available_backends('cuda'))"
   stage gpu-tests $([ "$MODE" = quick ] && echo 150 || echo 200) 1 \
     "$PY" -m pytest -q -ra -m gpu -p no:cacheprovider tests
   [ "$MODE" = full ] && stage memcheck 90 1 bash -c memcheck
-  stage bench-losses $([ "$MODE" = quick ] && echo 60 || echo 120) 1 \
-    "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_losses.py --benchmark-json="$OUT/losses_gpu.json" \
-    --benchmark-columns=min,median,rounds $([ "$MODE" = quick ] && echo "-k float32")
+  stage bench-ops $([ "$MODE" = quick ] && echo 70 || echo 150) 1 env ZSKT_BENCH_SHORT=1 \
+    "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_memory_bandwidth.py benchmarks/bench_kl_divergence.py \
+    benchmarks/bench_attention_transfer.py benchmarks/bench_zskt_losses.py --benchmark-json="$OUT/ops_gpu.json" \
+    --benchmark-columns=min,median,rounds $([ "$MODE" = quick ] && echo "-k float32 or copy")
   if [ "$MODE" = full ]; then
-    stage bench-kl 60 1 "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_kl_divergence.py \
-      --benchmark-json="$OUT/kl_gpu.json" --benchmark-columns=min,median,rounds
     stage bench-train 120 1 env ZSKT_BENCH_ITERATIONS="${ZSKT_BENCH_ITERATIONS:-20}" \
       "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_train.py --benchmark-json="$OUT/train_gpu.json" \
       --benchmark-columns=min,median,rounds
@@ -129,7 +130,7 @@ print('backends on cuda:', _library.available_backends('cuda'))"
 fi
 
 say "total: $((SECONDS - START)) s of the $BUDGET s budget"
-for json in "$OUT"/losses_gpu.json "$OUT"/kl_gpu.json "$OUT"/train_gpu.json "$OUT"/mte_gpu.json; do
+for json in "$OUT"/ops_gpu.json "$OUT"/train_gpu.json "$OUT"/mte_gpu.json; do
   if [ -s "$json" ]; then timeout 30 "$PY" benchmarks/report.py "$json" 2>&1 | tee -a "$SUMMARY"; fi
 done
 if [ "$DRY_RUN" = 0 ] && [ "$HAS_GPU" = 0 ]; then
