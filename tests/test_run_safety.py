@@ -17,7 +17,9 @@ from zskt_fast.engine.trainer import RunFolderError, RunInterrupted, train
 
 
 def _config(**overrides):
-    values = dict(iterations=6, batch_size=16, eval_every=3, log_every=3, checkpoint_every=2, tensorboard=False)
+    # Eager steps: compiling costs about a minute per run (compiled steps have their own tests in test_train.py).
+    values = dict(iterations=6, batch_size=16, eval_every=3, log_every=3, checkpoint_every=2, tensorboard=False,
+                  compile="off")
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -52,7 +54,8 @@ def test_a_folder_holding_a_run_is_refused_unless_overwritten(tmp_path, teacher_
     train(_config(iterations=2, eval_every=2), folder, progress=False)
     with pytest.raises(RunFolderError, match="already holds a run .*config.json.*checkpoint.pt"):
         train(_config(iterations=2, eval_every=2), folder, progress=False)
-    train_cli.main(["--iterations", "2", "--batch-size", "8", "--out", str(tmp_path / "cli"), "--no-progress"])
+    train_cli.main(["--iterations", "2", "--batch-size", "8", "--out", str(tmp_path / "cli"), "--no-progress",
+                    "--compile", "off"])
     code, err = _cli(["--iterations", "2", "--out", str(tmp_path / "cli"), "--no-progress"], capsys)
     assert code == 2 and "already holds a run" in err
     train(_config(iterations=3, eval_every=3, log_every=1), folder, progress=False, overwrite=True)
@@ -143,7 +146,7 @@ def test_a_signal_stops_after_the_iteration_with_a_checkpoint(signum, code, tmp_
     _signal_at(monkeypatch, signum, at_call=2)
     out = tmp_path / "cli"
     argv = ["--iterations", "6", "--batch-size", "16", "--eval-every", "3", "--log-every", "3",
-            "--no-tensorboard", "--out", str(out), "--no-progress"]
+            "--no-tensorboard", "--out", str(out), "--no-progress", "--compile", "off"]
     exit_code, err = _cli(argv, capsys)
     assert exit_code == code
     assert f"continue with: python -m zskt_fast.train --resume {out / 'seed0'}" in err
@@ -157,7 +160,7 @@ def test_a_signal_stops_after_the_iteration_with_a_checkpoint(signum, code, tmp_
 def test_resuming_the_parent_continues_every_seed_and_writes_the_summary(tmp_path, teacher_cache, capsys,
                                                                          monkeypatch):
     argv = ["--iterations", "4", "--batch-size", "8", "--eval-every", "2", "--log-every", "2", "--seeds", "0", "1",
-            "2", "--no-tensorboard", "--no-progress"]
+            "2", "--no-tensorboard", "--no-progress", "--compile", "off"]
     assert train_cli.main(argv + ["--out", str(tmp_path / "whole")]) == 0
     _signal_at(monkeypatch, signal.SIGTERM, at_call=6)  # seed 1, its second iteration; seed 2 never starts
     code, err = _cli(argv + ["--out", str(tmp_path / "cut")], capsys)

@@ -168,7 +168,9 @@ def test_compile_modes_that_capture_graphs_are_refused_with_ours():
 
 
 def _config(**overrides):
-    values = dict(iterations=6, batch_size=16, eval_every=3, log_every=2, checkpoint_every=2, tensorboard=False)
+    # Eager steps: compiling costs about a minute per run (compiled steps have their own tests here).
+    values = dict(iterations=6, batch_size=16, eval_every=3, log_every=2, checkpoint_every=2, tensorboard=False,
+                  compile="off")
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -214,6 +216,7 @@ def test_same_seed_same_result_and_run_folder_contents(tmp_path, teacher_cache):
 
 @pytest.mark.slow
 def test_end_to_end_digits_run_beats_chance(tmp_path, teacher_cache, capsys):
+    """The default run as a user starts it, compiled steps included (the default on the CPU)."""
     code = train_cli.main(["--iterations", "60", "--eval-every", "30", "--out", str(tmp_path), "--no-progress",
                            "--no-tensorboard"])
     assert code == 0
@@ -222,11 +225,21 @@ def test_end_to_end_digits_run_beats_chance(tmp_path, teacher_cache, capsys):
     assert summary["student_acc"] > 30  # chance is 10%
     out = capsys.readouterr().out
     assert "student test accuracy" in out and "teacher test accuracy" in out
+    assert "compile default" in out
+    assert json.loads((tmp_path / "seed0" / "config.json").read_text())["compile"] == "default"
+
+
+def test_compile_auto_is_compiled_steps_on_the_cpu_and_eager_steps_in_graphs_on_cuda():
+    assert TrainConfig(device="cpu").resolved().compile == "default"
+    assert StepSettings().resolved("cpu").compile == "off"  # steps built directly run as written
+    recorded = TrainConfig(device="cpu").resolved().to_dict()
+    del recorded["compile"]  # a run recorded before the setting existed resumes with eager steps
+    assert TrainConfig.from_dict(recorded).compile == "off"
 
 
 def test_several_seeds_report_mean_and_std(tmp_path, teacher_cache, capsys):
     code = train_cli.main(["--iterations", "2", "--batch-size", "8", "--seeds", "0", "1", "--out", str(tmp_path),
-                           "--no-progress"])  # TensorBoard on: used when installed
+                           "--no-progress", "--compile", "off"])  # TensorBoard on: used when installed
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["seeds"] == [0, 1] and len(summary["runs"]) == 2
@@ -276,7 +289,8 @@ def test_help_explains_every_option(capsys):
 def test_a_diverging_run_stops_with_a_clear_error(tmp_path, teacher_cache, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_cli.main(["--iterations", "4", "--batch-size", "8", "--log-every", "2", "--student-lr", "1e30",
-                        "--generator-lr", "1e30", "--out", str(tmp_path), "--no-progress", "--no-tensorboard"])
+                        "--generator-lr", "1e30", "--out", str(tmp_path), "--no-progress", "--no-tensorboard",
+                        "--compile", "off"])
     assert exit_info.value.code == 1
     assert "training diverged: non-finite loss by iteration 2" in capsys.readouterr().err
 

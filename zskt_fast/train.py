@@ -115,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
                 if config is not None:
                     print(f"seed {config.seed}: {config.teacher} -> {config.student} on {config.dataset}, "
                           f"{config.iterations} iterations, {config.device}, amp {config.amp}, "
-                          f"CUDA graphs {'on' if config.cuda_graphs else 'off'}; writing {seed_dir}")
+                          f"CUDA graphs {'on' if config.cuda_graphs else 'off'}, compile {config.compile}; "
+                          f"writing {seed_dir}")
+                    if config.compile != "off":
+                        print(f"the steps are compiled (torch.compile, mode {config.compile}) during the first "
+                              "iteration, about a minute on a small CPU; --compile off runs them eagerly")
                 # A seed of a resumed parent that never wrote a checkpoint starts again from nothing.
                 summaries.append(train(config, seed_dir, resume=resume, progress=progress,
                                        overwrite=args.overwrite or bool(args.resume)))

@@ -24,6 +24,7 @@ from ..ops import BACKENDS, DEFAULT_BETA, DEFAULT_TEMPERATURE
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 # torch.compile modes; those that capture CUDA graphs of their own cannot run inside ours.
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
+COMPILE_CHOICES = ("auto",) + COMPILE_MODES
 COMPILE_MODES_WITH_GRAPHS = ("reduce-overhead", "max-autotune")
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -90,10 +91,14 @@ class StepSettings:
         check_non_negative(self.beta, "beta")
         check_choice(self.amp, AMP_CHOICES, "amp")
         check_choice(self.backend, BACKENDS, "backend")
-        check_choice(self.compile, COMPILE_MODES, "compile")
+        check_choice(self.compile, COMPILE_CHOICES, "compile")
         on_gpu = device.type == "cuda"
         if self.amp == "auto":
             self.amp = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "off"
+        if self.compile == "auto":
+            # What measured fastest where it was measured: compiled steps on the CPU; on a GPU, where they have not
+            # been measured yet, eager steps in CUDA graphs.
+            self.compile = "off" if on_gpu else "default"
         if self.channels_last is None:
             self.channels_last = on_gpu
 
@@ -128,6 +133,10 @@ class TrainConfig(StepSettings):
     amp: str = option("auto", "mixed precision; auto: bf16 on GPUs that support it, off on the CPU",
                       group=SPEED, choices=AMP_CHOICES)
     channels_last: bool | None = option(None, "channels_last memory format; default: on for CUDA", group=SPEED)
+    compile: str = option("auto", "torch.compile the three steps (networks, fused losses, clipping and Adam) with "
+                                  "this mode, or off; auto: default on the CPU (measured faster there, after a "
+                                  "compilation of about a minute), off on CUDA (not measured yet)", group=SPEED,
+                          choices=COMPILE_CHOICES)
     cuda_graphs: bool | None = option(None, "capture the generator and student steps as CUDA graphs; default: on "
                                             "for CUDA (off with fp16 and with compile modes that capture their own)",
                                       group=SPEED)
@@ -181,7 +190,8 @@ class TrainConfig(StepSettings):
         value has the wrong type."""
         if not isinstance(values, dict):
             raise ValueError(f"{source}: expected a JSON object of settings, got {type(values).__name__}")
-        return settings_from_dict(cls, values, source)
+        # A run recorded before the compile setting existed ran eager steps; it resumes with them.
+        return settings_from_dict(cls, {"compile": "off", **values}, source)
 
 
 def default_pretrain_lr(dataset: str, arch: str) -> float:
