@@ -8,8 +8,9 @@ authors-eager  the authors' loop as released: plain float32 eager PyTorch, G(z) 
 zskt_fast      this package's trainer steps: images and teacher outputs once per iteration, fused loss ops, no weight
                gradients for networks that are not updated; on CUDA also AMP bf16, channels_last and CUDA graphs.
 compiled       the same steps through torch.compile (--compile MODE); on CUDA mode default inside this trainer's CUDA
-               graphs, and mode reduce-overhead (inductor's own graphs) without them. ZSKT_BENCH_AUTOTUNE=1 adds
-               max-autotune-no-cudagraphs inside our graphs (its autotuning takes minutes).
+               graphs, and mode reduce-overhead (inductor's own graphs) without them, when ZSKT_BENCH_VARIANTS is
+               compiled or all (see below). ZSKT_BENCH_AUTOTUNE=1 adds max-autotune-no-cudagraphs inside our graphs
+               (its autotuning takes minutes).
 The set-up column is the time from building the steps to the end of the first iteration: compilation (and capture),
 reported apart from the step time.
 
@@ -40,19 +41,27 @@ ITERATIONS = int(os.environ.get("ZSKT_BENCH_ITERATIONS", 20 if HAS_CUDA and not 
 PAPER_ITERATIONS = 80_000
 
 # (name, amp, cuda graphs, channels_last, compile mode)
-VARIANTS = [("authors-eager", None, False, False, "off"), ("zskt_fast", "off", False, False, "off")]
-if not SMOKE and not HAS_CUDA:
-    VARIANTS += [("zskt_fast compiled", "off", False, False, "default")]
-if HAS_CUDA:
-    VARIANTS += [("zskt_fast bf16", "bf16", False, True, "off"), ("zskt_fast bf16 + graphs", "bf16", True, True, "off"),
-                 ("zskt_fast bf16 + graphs, NCHW", "bf16", True, False, "off"),
-                 ("zskt_fast fp32 + graphs", "off", True, False, "off")]
-    if not SMOKE:
-        VARIANTS += [("zskt_fast bf16 + compiled + graphs", "bf16", True, True, "default"),
-                     ("zskt_fast bf16 + compiled reduce-overhead", "bf16", False, True, "reduce-overhead")]
-        if os.environ.get("ZSKT_BENCH_AUTOTUNE") == "1":
-            VARIANTS += [("zskt_fast bf16 + max-autotune-no-cudagraphs + graphs", "bf16", True, True,
-                          "max-autotune-no-cudagraphs")]
+BASELINES = [("authors-eager", None, False, False, "off"), ("zskt_fast", "off", False, False, "off")]
+EAGER_GPU = [("zskt_fast bf16", "bf16", False, True, "off"), ("zskt_fast bf16 + graphs", "bf16", True, True, "off"),
+             ("zskt_fast bf16 + graphs, NCHW", "bf16", True, False, "off"),
+             ("zskt_fast fp32 + graphs", "off", True, False, "off")]
+COMPILED_GPU = [("zskt_fast bf16 + compiled + graphs", "bf16", True, True, "default"),
+                ("zskt_fast bf16 + compiled reduce-overhead", "bf16", False, True, "reduce-overhead")]
+if os.environ.get("ZSKT_BENCH_AUTOTUNE") == "1":
+    COMPILED_GPU += [("zskt_fast bf16 + max-autotune-no-cudagraphs + graphs", "bf16", True, True,
+                      "max-autotune-no-cudagraphs")]
+# ZSKT_BENCH_VARIANTS on a GPU: eager (the default), compiled (the compiled variants beside the authors' loop and
+# bf16 + graphs, for the ratios), or all. The GPU check runs the compiled ones in a later stage of their own, so that
+# their compilation cannot eat the time of the others.
+GPU_SET = os.environ.get("ZSKT_BENCH_VARIANTS", "eager")
+if SMOKE:
+    VARIANTS = BASELINES
+elif not HAS_CUDA:
+    VARIANTS = BASELINES + [("zskt_fast compiled", "off", False, False, "default")]
+elif GPU_SET == "compiled":
+    VARIANTS = BASELINES[:1] + EAGER_GPU[1:2] + COMPILED_GPU
+else:
+    VARIANTS = BASELINES + EAGER_GPU + (COMPILED_GPU if GPU_SET == "all" else [])
 
 
 def _networks(seed=0):

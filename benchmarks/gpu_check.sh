@@ -4,7 +4,8 @@
 # of the stages and the benchmark tables last. Every stage runs under its own time limit, inside one overall budget,
 # and reports its outcome on one line, so that one hang cannot eat the run.
 #
-#   bash benchmarks/gpu_check.sh             everything, within 470 s (build, GPU tests, memcheck, three benchmarks)
+#   bash benchmarks/gpu_check.sh             everything, within 470 s (build, GPU tests, memcheck, the benchmarks,
+#                                            then the compiled trainer's benchmark and tests)
 #   bash benchmarks/gpu_check.sh --quick     build, GPU tests and the float32 op benchmarks, within 230 s (a second
 #                                            try)
 #   bash benchmarks/gpu_check.sh --dry-run   every stage that needs no GPU (the build with ZSKT_CUDA=1 included);
@@ -14,8 +15,8 @@
 # (a stage's own limit in seconds, e.g. GPU_CHECK_LIMIT_BUILD=600).
 #
 # Results, at most 8 files under $OUT: gpu_check.log (every command's output), summary.txt (what is printed last),
-# ops_gpu.json (the op benchmarks' short sweep: every op, mode and backend), train_gpu.json, mte_gpu.json
-# (pytest-benchmark). Exit status: 0 when every stage that ran passed (and, without --dry-run, a GPU was there), 1
+# ops_gpu.json (the op benchmarks' short sweep: every op, mode and backend), train_gpu.json, mte_gpu.json,
+# compiled_gpu.json (the trainer's compiled variants; pytest-benchmark). Exit status: 0 when every stage that ran passed (and, without --dry-run, a GPU was there), 1
 # otherwise, 2 for bad options.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -63,7 +64,7 @@ fi
 
 # stage NAME LIMIT NEEDS_GPU COMMAND...: runs COMMAND under min(LIMIT, what is left of the budget) seconds, its output
 # in the log, and prints one line: ok, FAILED (exit N), TIMED OUT, unavailable (the command's exit status 3: its tool
-# cannot run on this machine), skipped: no GPU, or skipped: out of time.
+# cannot run on this machine), skipped: no GPU, or skipped: out of time (a failure, unless OPTIONAL=1).
 stage() {
   local name=$1 limit=$2 needs_gpu=$3
   shift 3
@@ -71,7 +72,10 @@ stage() {
   limit=${!override:-$limit}
   if [ "$needs_gpu" = 1 ] && [ "$HAS_GPU" = 0 ]; then outcome "$name" "skipped: no GPU" 0; return 0; fi
   local left=$((BUDGET - (SECONDS - START) - REPORT_RESERVE))
-  if [ "$left" -lt 5 ]; then outcome "$name" "skipped: out of time (budget $BUDGET s)" 0; status=1; return 1; fi
+  if [ "$left" -lt 5 ]; then
+    if [ "${OPTIONAL:-0}" = 1 ]; then outcome "$name" "skipped: out of time (optional stage)" 0; return 1; fi
+    outcome "$name" "skipped: out of time (budget $BUDGET s)" 0; status=1; return 1
+  fi
   [ "$limit" -gt "$left" ] && limit=$left
   local began=$SECONDS rc
   echo "== stage $name (limit $limit s): $*" >>"$LOG"
@@ -114,7 +118,7 @@ from zskt_fast.ops import _library
 assert _library.compiled_with_cuda(), 'zskt_fast._C has no CUDA kernels'
 print('backends on cuda:', _library.available_backends('cuda'))"
   stage gpu-tests $([ "$MODE" = quick ] && echo 150 || echo 200) 1 \
-    "$PY" -m pytest -q -ra -m gpu -p no:cacheprovider tests
+    "$PY" -m pytest -q -ra -m gpu -p no:cacheprovider tests -k "not compiled_steps_train"
   [ "$MODE" = full ] && stage memcheck 90 1 bash -c memcheck
   stage bench-ops $([ "$MODE" = quick ] && echo 70 || echo 150) 1 env ZSKT_BENCH_SHORT=1 \
     "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_memory_bandwidth.py benchmarks/bench_kl_divergence.py \
@@ -126,11 +130,20 @@ print('backends on cuda:', _library.available_backends('cuda'))"
       --benchmark-columns=min,median,rounds
     stage bench-mte 90 1 "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_mte.py -k gpu \
       --benchmark-json="$OUT/mte_gpu.json" --benchmark-columns=min,median,rounds
+    # Last and optional (what is left of the budget, no failure when nothing is), so that compilation cannot eat the
+    # time of the stages above.
+    OPTIONAL=1
+    stage bench-compiled 120 1 env ZSKT_BENCH_VARIANTS=compiled ZSKT_BENCH_ITERATIONS="${ZSKT_BENCH_ITERATIONS:-20}" \
+      "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_train.py --benchmark-json="$OUT/compiled_gpu.json" \
+      --benchmark-columns=min,median,rounds
+    stage gpu-compiled 120 1 "$PY" -m pytest -q -ra -m gpu -p no:cacheprovider tests/test_train_cuda.py \
+      -k compiled_steps_train
+    OPTIONAL=0
   fi
 fi
 
 say "total: $((SECONDS - START)) s of the $BUDGET s budget"
-for json in "$OUT"/ops_gpu.json "$OUT"/train_gpu.json "$OUT"/mte_gpu.json; do
+for json in "$OUT"/ops_gpu.json "$OUT"/train_gpu.json "$OUT"/mte_gpu.json "$OUT"/compiled_gpu.json; do
   if [ -s "$json" ]; then timeout 30 "$PY" benchmarks/report.py "$json" 2>&1 | tee -a "$SUMMARY"; fi
 done
 if [ "$DRY_RUN" = 0 ] && [ "$HAS_GPU" = 0 ]; then

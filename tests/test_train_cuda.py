@@ -72,11 +72,30 @@ def test_amp_and_graph_variants_train(amp, graphs):
     assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("G."))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("compile, graphs", [("default", True), ("reduce-overhead", False)])
+def test_compiled_steps_train_inside_our_graphs_and_with_their_own(compile, graphs):
+    """The two GPU variants of the compiled steps that the trainer benchmark times: mode default inside this trainer's
+    CUDA graphs (compiled during capture's warm-up), and reduce-overhead with inductor's own graphs."""
+    steps = _steps(GraphedZSKTSteps if graphs else ZSKTSteps, amp="bf16", channels_last=True, compile=compile)
+    if graphs:
+        steps.set_learning_rates(0, 4)
+        steps.capture(generator_passes=2)
+    before = _state(steps)
+    losses = []
+    zero_shot_knowledge_transfer(steps, iterations=4, n_generator_steps=1, n_student_steps=2,
+                                 on_iteration_end=lambda it, out: losses.append(
+                                     (out["loss_G"].item(), out["loss_S"].item())))
+    assert all(torch.isfinite(torch.tensor(pair)).all() for pair in losses)
+    after = _state(steps)
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("S."))
+
+
 def test_cli_on_the_gpu_uses_amp_and_graphs(tmp_path, teacher_cache):
     assert train_cli.main(["--iterations", "20", "--eval-every", "10", "--out", str(tmp_path), "--no-progress",
                            "--no-tensorboard"]) == 0
     config = json.loads((tmp_path / "seed0" / "config.json").read_text())
-    assert config["device"] == "cuda" and config["cuda_graphs"] is True
+    assert config["device"] == "cuda" and config["cuda_graphs"] is True and config["compile"] == "off"
     summary = json.loads((tmp_path / "seed0" / "summary.json").read_text())
     assert summary["student_acc"] > 10
 
