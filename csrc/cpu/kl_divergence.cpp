@@ -1,7 +1,6 @@
 // KL divergence between the softened class distributions of teacher and student, CPU kernel.
 //
-// Per row: one pass for both maxima, one for both sums of exponentials (keeping the teacher's), one for the KL; the
-// gradients in one pass. bfloat16 / float16 rows are widened to float first, the gradients narrowed at the end.
+// Per row: one pass for both maxima, one for both sums of exponentials and the KL; the gradients in one pass. bfloat16 / float16 rows are widened to float first, the gradients narrowed at the end.
 // The passes are plain loops over contiguous rows that the compiler vectorises, exp included. Parallel over rows; a
 // row's result does not depend on the thread count.
 #include <ATen/ATen.h>
@@ -66,61 +65,39 @@ ZSKT_MULTIVERSION void row_maxima(const scalar_t* __restrict__ s, const scalar_t
   }
 }
 
-// Also keeps exp(x_t - m_t) of each class in `exp_t`, for the KL pass (p_t = exp_t / sum_t: one exp fewer).
+// With A = x_t / T - m_t and B = x_s / T - m_s: the sums of exp(B) and of e = exp(A), and W = sum_c e_c (A_c - B_c).
+// Then KL = sum_c p_t,c (log p_t,c - log p_s,c) = W / sum_t - log sum_t + log sum_s, so that the KL takes no pass of its
+// own. A term with e = 0 is 0 (p_t log p_t = 0 where p_t underflows, as F.kl_div's xlogy).
 template <typename scalar_t, typename acc_t>
 ZSKT_MULTIVERSION void row_sums(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, int64_t C,
-                                acc_t inv_tau, acc_t m_s, acc_t m_t, acc_t* __restrict__ exp_t, acc_t& sum_s,
-                                acc_t& sum_t) {
-  acc_t ss[kLanes] = {}, st[kLanes] = {};
+                                acc_t inv_tau, acc_t m_s, acc_t m_t, acc_t& sum_s, acc_t& sum_t, acc_t& weighted) {
+  acc_t ss[kLanes] = {}, st[kLanes] = {}, ww[kLanes] = {};
+  auto add = [&](int l, scalar_t xs, scalar_t xt) {
+    const acc_t a = static_cast<acc_t>(xt) * inv_tau - m_t;
+    const acc_t b = static_cast<acc_t>(xs) * inv_tau - m_s;
+    const acc_t e = exp_of(a);
+    ss[l] += exp_of(b);
+    st[l] += e;
+    ww[l] += e == acc_t(0) ? acc_t(0) : e * (a - b);
+  };
   int64_t c = 0;
   for (; c + kLanes <= C; c += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      ss[l] += exp_of(static_cast<acc_t>(s[c + l]) * inv_tau - m_s);
-      exp_t[c + l] = exp_of(static_cast<acc_t>(t[c + l]) * inv_tau - m_t);
-      st[l] += exp_t[c + l];
-    }
+    for (int l = 0; l < kLanes; ++l) add(l, s[c + l], t[c + l]);
   }
-  for (; c < C; ++c) {
-    ss[0] += exp_of(static_cast<acc_t>(s[c]) * inv_tau - m_s);
-    exp_t[c] = exp_of(static_cast<acc_t>(t[c]) * inv_tau - m_t);
-    st[0] += exp_t[c];
-  }
+  for (; c < C; ++c) add(0, s[c], t[c]);
   sum_s = 0;
   sum_t = 0;
+  weighted = 0;
   for (int l = 0; l < kLanes; ++l) {
     sum_s += ss[l];
     sum_t += st[l];
+    weighted += ww[l];
   }
 }
 
 template <typename scalar_t, typename acc_t>
 inline acc_t log_prob(scalar_t x, acc_t inv_tau, acc_t m, acc_t log_sum) {
   return (static_cast<acc_t>(x) * inv_tau - m) - log_sum;
-}
-
-// KL = sum_c p_t,c (log p_t,c - log p_s,c); p_t log p_t is 0 where p_t underflows to 0 (xlogy, as F.kl_div).
-template <typename scalar_t, typename acc_t>
-ZSKT_MULTIVERSION acc_t row_kl(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, int64_t C,
-                               acc_t inv_tau, RowStats<acc_t> st, const acc_t* __restrict__ exp_t, acc_t sum_t) {
-  acc_t kl[kLanes] = {};
-  int64_t c = 0;
-  for (; c + kLanes <= C; c += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const acc_t log_pt = log_prob(t[c + l], inv_tau, st.m_t, st.log_sum_t);
-      const acc_t log_ps = log_prob(s[c + l], inv_tau, st.m_s, st.log_sum_s);
-      const acc_t pt = exp_t[c + l] / sum_t;
-      kl[l] += pt == acc_t(0) ? acc_t(0) : pt * (log_pt - log_ps);
-    }
-  }
-  for (; c < C; ++c) {
-    const acc_t log_pt = log_prob(t[c], inv_tau, st.m_t, st.log_sum_t);
-    const acc_t log_ps = log_prob(s[c], inv_tau, st.m_s, st.log_sum_s);
-    const acc_t pt = exp_t[c] / sum_t;
-    kl[0] += pt == acc_t(0) ? acc_t(0) : pt * (log_pt - log_ps);
-  }
-  acc_t total = 0;
-  for (int l = 0; l < kLanes; ++l) total += kl[l];
-  return total;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -139,16 +116,16 @@ ZSKT_MULTIVERSION void row_gradients(const scalar_t* __restrict__ s, const scala
 // bfloat16 and float16 rows are widened to float once, into a per-thread buffer, and the gradients narrowed once: the
 // passes above then run on float vectors (a conversion inside each pass keeps the compiler from vectorising it).
 // One row's forward.
+// One row's forward: a pass for both maxima, a pass for both sums and the KL.
 template <typename scalar_t, typename acc_t>
-void forward_row(const scalar_t* sr, const scalar_t* tr, int64_t C, acc_t inv_tau, acc_t* exp_t, acc_t& kl,
-                 RowStats<acc_t>& stats) {
-  acc_t m_s, m_t, sum_s = 0, sum_t = 0;
+void forward_row(const scalar_t* sr, const scalar_t* tr, int64_t C, acc_t inv_tau, acc_t& kl, RowStats<acc_t>& stats) {
+  acc_t m_s, m_t, sum_s = 0, sum_t = 0, weighted = 0;
   row_maxima(sr, tr, C, inv_tau, m_s, m_t);
   const bool finite = !std::isinf(m_s) && !std::isinf(m_t);
-  if (finite) row_sums(sr, tr, C, inv_tau, m_s, m_t, exp_t, sum_s, sum_t);
+  if (finite) row_sums(sr, tr, C, inv_tau, m_s, m_t, sum_s, sum_t, weighted);
   // All -inf (or a +inf) in a row: a NaN KL, so that the caller sees a non-finite value.
   stats = RowStats<acc_t>{m_s, finite ? std::log(sum_s) : acc_t(0), m_t, finite ? std::log(sum_t) : acc_t(0)};
-  kl = finite ? row_kl(sr, tr, C, inv_tau, stats, exp_t, sum_t) : std::numeric_limits<acc_t>::quiet_NaN();
+  kl = finite ? (weighted / sum_t - stats.log_sum_t) + stats.log_sum_s : std::numeric_limits<acc_t>::quiet_NaN();
 }
 
 int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)); }
@@ -174,15 +151,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const a
     acc_t* stp = stats_t.mutable_data_ptr<acc_t>();
     const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
     at::parallel_for(0, B, row_grain(C), [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> exp_t(C), wide(kWidened<scalar_t> ? 2 * C : 0);
+      std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * C : 0);
       for (int64_t b = begin; b < end; ++b) {
         RowStats<acc_t> stats;
         if (kWidened<scalar_t>) {
           convert(sp + b * C, wide.data(), C);
           convert(tp + b * C, wide.data() + C, C);
-          forward_row(wide.data(), wide.data() + C, C, inv_tau, exp_t.data(), klp[b], stats);
+          forward_row(wide.data(), wide.data() + C, C, inv_tau, klp[b], stats);
         } else {
-          forward_row(sp + b * C, tp + b * C, C, inv_tau, exp_t.data(), klp[b], stats);
+          forward_row(sp + b * C, tp + b * C, C, inv_tau, klp[b], stats);
         }
         ssp[2 * b] = stats.m_s;
         ssp[2 * b + 1] = stats.log_sum_s;

@@ -1,8 +1,8 @@
 """Triton kernels of the KL divergence op, and their launchers registered as the ops
 `zskt_fast::kl_divergence_{forward,backward}_triton` (torch.library.triton_op: torch.compile sees the kernels).
 
-One program per row; the class dimension is tiled in blocks of at most 1024, so rows of any length work. Forward:
-three sweeps over the row (max, sum of exponentials, KL), all reading from cache after the first. Backward: one sweep.
+One program per row; the class dimension is tiled in blocks of at most 1024, so rows of any length work. Forward: two
+sweeps over both rows (their maxima; their sums of exponentials and the KL). Backward: one sweep.
 The fake kernels and the autograd formula are registered by `zskt_fast.ops.kl_divergence`.
 """
 from __future__ import annotations
@@ -19,45 +19,44 @@ MAX_BLOCK = 1024
 
 
 @triton.jit
-def _row_stats(row_ptr, C, inv_tau, offs, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    """(m, log sum exp(x / T - m)) of a row, m its maximum of x / T: kept apart so that log p = (x / T - m) - log-sum
-    stays exact for the largest logits when the softmax saturates."""
-    running_max = tl.full([BLOCK], float("-inf"), ACC)
-    for start in range(0, C, BLOCK):
-        mask = start + offs < C
-        x = tl.load(row_ptr + start + offs, mask=mask, other=float("-inf")).to(ACC) * inv_tau
-        running_max = tl.maximum(running_max, x)
-    m = tl.max(running_max, axis=0)
-    total = tl.zeros([BLOCK], ACC)
-    for start in range(0, C, BLOCK):
-        mask = start + offs < C
-        x = tl.load(row_ptr + start + offs, mask=mask, other=float("-inf")).to(ACC) * inv_tau
-        total += tl.where(mask, tl.exp(x - m), 0.0)
-    return m, tl.log(tl.sum(total, axis=0))
-
-
-@triton.jit
 def _kl_forward_kernel(s_ptr,  # [B, C] student logits
                        t_ptr,  # [B, C] teacher logits, same dtype
                        kl_ptr,  # [B] out: KL of each row, ACC
                        stats_s_ptr,  # [B, 2] out: (max, log-sum) of the student row / T, ACC
                        stats_t_ptr,  # [B, 2] out: the same of the teacher row, ACC
                        C, inv_tau, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """Two sweeps over both rows: their maxima m, then, with a = x_t / T - m_t, b = x_s / T - m_s and e = exp(a), the
+    sums of exp(b) and e and W = sum e (a - b), from which KL = W / sum_t - log sum_t + log sum_s. The maxima and
+    log-sums are kept apart so that log p = (x / T - m) - log-sum stays exact for the largest logits when the softmax
+    saturates."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     s_row = s_ptr + row * C
     t_row = t_ptr + row * C
-    m_s, log_sum_s = _row_stats(s_row, C, inv_tau, offs, BLOCK, ACC)
-    m_t, log_sum_t = _row_stats(t_row, C, inv_tau, offs, BLOCK, ACC)
-    total = tl.zeros([BLOCK], ACC)
+    max_s = tl.full([BLOCK], float("-inf"), ACC)
+    max_t = tl.full([BLOCK], float("-inf"), ACC)
     for start in range(0, C, BLOCK):
         mask = start + offs < C
-        log_pt = (tl.load(t_row + start + offs, mask=mask, other=0.0).to(ACC) * inv_tau - m_t) - log_sum_t
-        log_ps = (tl.load(s_row + start + offs, mask=mask, other=0.0).to(ACC) * inv_tau - m_s) - log_sum_s
-        p_t = tl.exp(log_pt)
+        max_s = tl.maximum(max_s, tl.load(s_row + start + offs, mask=mask, other=float("-inf")).to(ACC) * inv_tau)
+        max_t = tl.maximum(max_t, tl.load(t_row + start + offs, mask=mask, other=float("-inf")).to(ACC) * inv_tau)
+    m_s = tl.max(max_s, axis=0)
+    m_t = tl.max(max_t, axis=0)
+    sum_s = tl.zeros([BLOCK], ACC)
+    sum_t = tl.zeros([BLOCK], ACC)
+    weighted = tl.zeros([BLOCK], ACC)
+    for start in range(0, C, BLOCK):
+        mask = start + offs < C
+        a = tl.load(t_row + start + offs, mask=mask, other=0.0).to(ACC) * inv_tau - m_t
+        b = tl.load(s_row + start + offs, mask=mask, other=0.0).to(ACC) * inv_tau - m_s
+        e = tl.where(mask, tl.exp(a), 0.0)
+        sum_s += tl.where(mask, tl.exp(b), 0.0)
+        sum_t += e
         # p_t log p_t = 0 where p_t underflows to 0, as in F.kl_div
-        total += tl.where(mask & (p_t > 0), p_t * (log_pt - log_ps), 0.0)
-    tl.store(kl_ptr + row, tl.sum(total, axis=0))
+        weighted += tl.where(e > 0, e * (a - b), 0.0)
+    log_sum_s = tl.log(tl.sum(sum_s, axis=0))
+    total_t = tl.sum(sum_t, axis=0)
+    log_sum_t = tl.log(total_t)
+    tl.store(kl_ptr + row, (tl.sum(weighted, axis=0) / total_t - log_sum_t) + log_sum_s)
     tl.store(stats_s_ptr + 2 * row, m_s)
     tl.store(stats_s_ptr + 2 * row + 1, log_sum_s)
     tl.store(stats_t_ptr + 2 * row, m_t)
