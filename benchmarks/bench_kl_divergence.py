@@ -4,6 +4,9 @@ CIFAR to LLM vocabularies (B x C of 1.3M to 2.1M elements; the GPU adds larger p
 eager     F.kl_div(log_softmax(s), log_softmax(t), log_target=True), what a user would write
 compile   torch.compile of that eager code
 cpu/cuda/triton   the fused op
+liger     (GPU only, where Liger-Kernel is installed; never a dependency) LigerKLDIVLoss(log_target=True) on the two
+          log_softmax outputs, what a Liger user writes; its op returns no gradient for the target, so the teacher's
+          logits get none here (the others compute both)
 Gradients of both logit sets, as the generator step needs. Memory floor: read both logit sets (forward); read both,
 write both gradients (backward, full). See harness.py for the modes, the timer and the memory measurement.
 """
@@ -12,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import zskt_fast
-from harness import BACKENDS, DTYPES, MODES, dtype_name, loss_function, measure, mode_function, pick, randn
+from harness import BACKENDS, DTYPES, HAS_CUDA, MODES, dtype_name, loss_function, measure, mode_function, pick, randn
 
 BATCH_SWEEP = [(b, 10) for b in pick([4], [32, 128, 512, 1024], [32, 128, 512, 1024, 4096], short=[128, 4096])]
 CLASS_SWEEP = pick([], [(1024, 1000), (64, 32000), (16, 128256)],
@@ -29,16 +32,29 @@ def fused_kl(s, t, backend):
     return zskt_fast.kl_divergence(s, t, reduction="batchmean", backend=backend)
 
 
+def liger_kl():
+    """Liger-Kernel's KL loss on log-probabilities, or pytest.skip with the reason it cannot run."""
+    try:
+        from liger_kernel.transformers import LigerKLDIVLoss
+    except ImportError as error:
+        pytest.skip(f"Liger-Kernel is not installed ({error}); it is an optional comparison")
+    loss = LigerKLDIVLoss(reduction="batchmean", log_target=True)
+    return lambda s, t: loss(F.log_softmax(s, 1), F.log_softmax(t, 1))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_name)
 @pytest.mark.parametrize("point", POINTS, ids=lambda p: f"{p[0]}-{p[1][0]}x{p[1][1]}")
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + (["liger"] if HAS_CUDA else []))
 def test_kl_divergence(benchmark, backend, mode, point, dtype):
     sweep, (batch, classes) = point
     gen = torch.Generator().manual_seed(0)
     s = randn(batch, classes, dtype=dtype, grad=True, generator=gen)
     t = randn(batch, classes, dtype=dtype, grad=True, generator=gen)
-    fn = mode_function(mode, loss_function(backend, eager_kl, fused_kl), (s, t), [s, t])
+    if backend == "liger":
+        fn = mode_function(mode, liger_kl(), (s, t), [s])
+    else:
+        fn = mode_function(mode, loss_function(backend, eager_kl, fused_kl), (s, t), [s, t])
     size = s.numel() * s.element_size()
     measure(benchmark, fn, group=f"kl_divergence {mode} {dtype_name(dtype)} by {sweep}", op="kl_divergence",
             backend=backend, mode=mode, dtype=dtype_name(dtype), sweep=sweep, batch=batch, classes=classes,

@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 MODES = ("forward", "backward", "full")
-BACKEND_ORDER = ("eager", "compile", "cpu", "cuda", "triton")
+BACKEND_ORDER = ("eager", "compile", "cpu", "cuda", "triton", "liger")
 
 
 def median_s(row) -> float:
