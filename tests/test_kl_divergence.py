@@ -114,10 +114,12 @@ def test_only_requested_gradients(fused):
     assert s.grad is not None and t.grad is None
 
 
-def test_deterministic_and_independent_of_thread_count(fused):
+@pytest.mark.parametrize("shape", [(256, 100), (1, 50000), (3, 40000)], ids=lambda s: "x".join(map(str, s)))
+def test_deterministic_and_independent_of_thread_count(fused, shape):
+    """Also for rows long enough that the CPU kernel cuts them into segments worked on in parallel."""
     backend, device = fused
-    s = make_input((256, 100), torch.float32, device, seed=8)
-    t = make_input((256, 100), torch.float32, device, seed=9)
+    s = make_input(shape, torch.float32, device, seed=8)
+    t = make_input(shape, torch.float32, device, seed=9)
     results = []
     threads = torch.get_num_threads()
     for n in (1, max(2, threads)):
@@ -244,9 +246,10 @@ def test_vocabulary_sized_rows_are_as_accurate_as_eager_float32(fused, shape, sc
 def test_bfloat16_vocabulary_sized_rows(fused, shape, scale, temperature):
     """bfloat16 logits at vocabulary sizes. The value is accumulated in float32 from the exact bfloat16 inputs: within
     10x the error of eager float32 on the same values (plus 2e-6), and no worse than eager run in bfloat16 (what a
-    user of bfloat16 would write). The gradients are rounded to bfloat16 once: rounding to nearest errs by at most
-    2^-8 of an element's magnitude; Triton's interpreter truncates when it narrows (2^-7; compiled Triton rounds to
-    nearest)."""
+    user of bfloat16 would write). The gradients are computed in float32 and rounded to bfloat16 once: within 10x
+    eager float32's error (the teacher gradient cancels where the KL is large) or one rounding, whichever is larger:
+    rounding to nearest errs by at most 2^-8 of an element's magnitude; Triton's interpreter truncates when it narrows
+    (2^-7; compiled Triton rounds to nearest)."""
     backend, device = fused
     gen = torch.Generator().manual_seed(shape[1] + 1)
     s = (torch.randn(shape, generator=gen) * scale).bfloat16()
@@ -272,6 +275,6 @@ def test_bfloat16_vocabulary_sized_rows(fused, shape, scale, temperature):
     eager16 = errors(eager_bf16, torch.bfloat16, "cpu")
     assert fused_errors[0] <= 10 * eager32[0] + 2e-6, (fused_errors[0], eager32[0])
     assert fused_errors[0] <= eager16[0], (fused_errors[0], eager16[0])
-    limit = 2 ** -7 if (backend, device) == ("triton", "cpu") else 2 ** -8
-    for name, f in zip(("student gradient", "teacher gradient"), fused_errors[1:]):
-        assert f <= limit, f"{name}: relative error {f:.2e}"
+    rounding = 2 ** -7 if (backend, device) == ("triton", "cpu") else 2 ** -8
+    for name, f, e32 in zip(("student gradient", "teacher gradient"), fused_errors[1:], eager32[1:]):
+        assert f <= max(rounding, 10 * e32 + 2e-6), f"{name}: relative error {f:.2e} (eager float32 {e32:.2e})"

@@ -1,8 +1,9 @@
 // KL divergence between the softened class distributions of teacher and student, CPU kernel.
 //
-// Per row: one pass for both maxima, one for both sums of exponentials and the KL; the gradients in one pass. bfloat16 / float16 rows are widened to float first, the gradients narrowed at the end.
-// The passes are plain loops over contiguous rows that the compiler vectorises, exp included. Parallel over rows; a
-// row's result does not depend on the thread count.
+// Per row: one pass for both maxima, one for both sums of exponentials and the KL; the gradients in one pass.
+// bfloat16 / float16 rows are widened to float first, the gradients narrowed at the end. The passes are plain loops
+// over contiguous rows that the compiler vectorises, exp included. Parallel over rows, and over segments of rows when
+// rows are long; a row's result does not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -66,8 +67,8 @@ ZSKT_MULTIVERSION void row_maxima(const scalar_t* __restrict__ s, const scalar_t
 }
 
 // With A = x_t / T - m_t and B = x_s / T - m_s: the sums of exp(B) and of e = exp(A), and W = sum_c e_c (A_c - B_c).
-// Then KL = sum_c p_t,c (log p_t,c - log p_s,c) = W / sum_t - log sum_t + log sum_s, so that the KL takes no pass of its
-// own. A term with e = 0 is 0 (p_t log p_t = 0 where p_t underflows, as F.kl_div's xlogy).
+// Then KL = sum_c p_t,c (log p_t,c - log p_s,c) = W / sum_t - log sum_t + log sum_s, so that the KL takes no pass of
+// its own. A term with e = 0 is 0 (p_t log p_t = 0 where p_t underflows, as F.kl_div's xlogy).
 template <typename scalar_t, typename acc_t>
 ZSKT_MULTIVERSION void row_sums(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, int64_t C,
                                 acc_t inv_tau, acc_t m_s, acc_t m_t, acc_t& sum_s, acc_t& sum_t, acc_t& weighted) {
@@ -130,6 +131,82 @@ void forward_row(const scalar_t* sr, const scalar_t* tr, int64_t C, acc_t inv_ta
 
 int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)); }
 
+// Rows longer than this are cut into segments of this many classes, each a unit of parallel work, so that a few long
+// rows (a language model's vocabulary at a small batch) still spread over every thread. The cut does not depend on the
+// thread count and the segments' partial results are combined in segment order, so results stay bitwise independent of
+// it. Both rows' segments (in float) fit a core's L2 cache.
+constexpr int64_t kSegment = 16384;
+
+// One segment's contribution, from `first` for `n` classes; bfloat16 / float16 segments go through `wide` (2 * n).
+template <typename scalar_t, typename acc_t, typename Body>
+void with_segment(const scalar_t* s, const scalar_t* t, int64_t first, int64_t n, acc_t* wide, Body body) {
+  if (kWidened<scalar_t>) {
+    convert(s + first, wide, n);
+    convert(t + first, wide + n, n);
+    body(wide, wide + n);
+  } else {
+    body(s + first, t + first);
+  }
+}
+
+// The forward of rows cut into segments: the maxima of every segment in parallel, combined per row; then every
+// segment's sums and KL term in parallel, added per row in segment order.
+template <typename scalar_t, typename acc_t>
+void forward_segmented(const scalar_t* sp, const scalar_t* tp, int64_t B, int64_t C, acc_t inv_tau, acc_t* klp,
+                       acc_t* ssp, acc_t* stp) {
+  const int64_t segments = (C + kSegment - 1) / kSegment;
+  std::vector<acc_t> maxima(2 * B * segments), sums(3 * B * segments);
+  auto segment_of = [&](int64_t item, int64_t& b, int64_t& first, int64_t& n) {
+    b = item / segments;
+    first = (item % segments) * kSegment;
+    n = std::min(kSegment, C - first);
+  };
+  at::parallel_for(0, B * segments, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * kSegment : 0);
+    for (int64_t item = begin; item < end; ++item) {
+      int64_t b, first, n;
+      segment_of(item, b, first, n);
+      with_segment(sp + b * C, tp + b * C, first, n, wide.data(), [&](const auto* s, const auto* t) {
+        row_maxima(s, t, n, inv_tau, maxima[2 * item], maxima[2 * item + 1]);
+      });
+    }
+  });
+  std::vector<acc_t> row_max(2 * B, -std::numeric_limits<acc_t>::infinity());
+  for (int64_t item = 0; item < B * segments; ++item) {
+    const int64_t b = item / segments;
+    row_max[2 * b] = std::max(row_max[2 * b], maxima[2 * item]);
+    row_max[2 * b + 1] = std::max(row_max[2 * b + 1], maxima[2 * item + 1]);
+  }
+  at::parallel_for(0, B * segments, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * kSegment : 0);
+    for (int64_t item = begin; item < end; ++item) {
+      int64_t b, first, n;
+      segment_of(item, b, first, n);
+      const acc_t m_s = row_max[2 * b], m_t = row_max[2 * b + 1];
+      if (std::isinf(m_s) || std::isinf(m_t)) continue;
+      with_segment(sp + b * C, tp + b * C, first, n, wide.data(), [&](const auto* s, const auto* t) {
+        row_sums(s, t, n, inv_tau, m_s, m_t, sums[3 * item], sums[3 * item + 1], sums[3 * item + 2]);
+      });
+    }
+  });
+  for (int64_t b = 0; b < B; ++b) {
+    const acc_t m_s = row_max[2 * b], m_t = row_max[2 * b + 1];
+    const bool finite = !std::isinf(m_s) && !std::isinf(m_t);
+    acc_t sum_s = 0, sum_t = 0, weighted = 0;
+    for (int64_t j = 0; finite && j < segments; ++j) {
+      sum_s += sums[3 * (b * segments + j)];
+      sum_t += sums[3 * (b * segments + j) + 1];
+      weighted += sums[3 * (b * segments + j) + 2];
+    }
+    const acc_t log_sum_s = finite ? std::log(sum_s) : acc_t(0), log_sum_t = finite ? std::log(sum_t) : acc_t(0);
+    klp[b] = finite ? (weighted / sum_t - log_sum_t) + log_sum_s : std::numeric_limits<acc_t>::quiet_NaN();
+    ssp[2 * b] = m_s;
+    ssp[2 * b + 1] = log_sum_s;
+    stp[2 * b] = m_t;
+    stp[2 * b + 1] = log_sum_t;
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const at::Tensor& student_logits,
                                                                         const at::Tensor& teacher_logits,
                                                                         double temperature) {
@@ -150,6 +227,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const a
     acc_t* ssp = stats_s.mutable_data_ptr<acc_t>();
     acc_t* stp = stats_t.mutable_data_ptr<acc_t>();
     const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
+    if (C > kSegment) {
+      forward_segmented(sp, tp, B, C, inv_tau, klp, ssp, stp);
+      return;
+    }
     at::parallel_for(0, B, row_grain(C), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * C : 0);
       for (int64_t b = begin; b < end; ++b) {
@@ -204,20 +285,24 @@ std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cpu(const at::Tensor& 
     scalar_t* gsp = grad_s.mutable_data_ptr<scalar_t>();
     scalar_t* gtp = grad_t.mutable_data_ptr<scalar_t>();
     const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
-    at::parallel_for(0, B, row_grain(C), [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> wide(kWidened<scalar_t> ? 4 * C : 0);
-      for (int64_t b = begin; b < end; ++b) {
+    // Element by element: parallel over segments of rows (see kSegment), whatever the batch.
+    const int64_t segment = std::min(C, kSegment), segments = (C + segment - 1) / segment;
+    at::parallel_for(0, B * segments, row_grain(segment), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> wide(kWidened<scalar_t> ? 4 * segment : 0);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t b = item / segments, first = (item % segments) * segment, n = std::min(segment, C - first);
         const RowStats<acc_t> stats{ssp[2 * b], ssp[2 * b + 1], stp[2 * b], stp[2 * b + 1]};
+        const int64_t offset = b * C + first;
         if (kWidened<scalar_t>) {
-          acc_t *ws = wide.data(), *wt = ws + C, *gs = wt + C, *gt = gs + C;
-          convert(sp + b * C, ws, C);
-          convert(tp + b * C, wt, C);
-          row_gradients(ws, wt, C, inv_tau, stats, klp[b], gp[b] * inv_tau, gs, gt);
-          convert(gs, gsp + b * C, C);
-          convert(gt, gtp + b * C, C);
+          acc_t *ws = wide.data(), *wt = ws + n, *gs = wt + n, *gt = gs + n;
+          convert(sp + offset, ws, n);
+          convert(tp + offset, wt, n);
+          row_gradients(ws, wt, n, inv_tau, stats, klp[b], gp[b] * inv_tau, gs, gt);
+          convert(gs, gsp + offset, n);
+          convert(gt, gtp + offset, n);
         } else {
-          row_gradients(sp + b * C, tp + b * C, C, inv_tau, stats, klp[b], gp[b] * inv_tau, gsp + b * C,
-                        gtp + b * C);
+          row_gradients(sp + offset, tp + offset, n, inv_tau, stats, klp[b], gp[b] * inv_tau, gsp + offset,
+                        gtp + offset);
         }
       }
     });
