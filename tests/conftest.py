@@ -1,8 +1,10 @@
 """Shared test helpers: which fused backends can run here, tolerances per dtype, and float64 references."""
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 
 import torch
@@ -13,8 +15,11 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 # torch.compile's on-disk caches are keyed on the graph, not on the ops' fake kernels: a cache left by an earlier
 # version of these ops on the same machine could replay code compiled for other output shapes. Each session compiles
-# into its own folder.
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="zskt-fast-inductor-"))
+# into its own folder (inherited by the programs the tests start), removed when the session ends.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _session_cache = tempfile.mkdtemp(prefix="zskt-fast-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _session_cache
+    atexit.register(shutil.rmtree, _session_cache, ignore_errors=True)
 os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], "triton"))
 
 import pytest  # noqa: E402
