@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import zskt_fast
-from harness import BACKENDS, DTYPES, MODES, dtype_name, loss_function, measure, mode_function, pick, randn
+from harness import BACKENDS, DTYPES, MODES, dtype_name, loss_function, pick, randn, time_op
 from zskt_fast.ops import reference
 
 WRN_STUDENT, WRN_TEACHER, WRN_SIZES = (16, 32, 64), (32, 64, 128), (32, 16, 8)
@@ -53,9 +53,6 @@ def eager_at(s, t):
 def test_attention_transfer(benchmark, backend, mode, point, dtype):
     sweep, x = point
     student, teacher = make_features(sweep, x, dtype)
-    fn = mode_function(mode, loss_function(backend, eager_at, fused_at), (student, teacher), student)
-    read = sum(f.numel() * f.element_size() for f in student + teacher)
-    write = sum(f.numel() * f.element_size() for f in student)
-    measure(benchmark, fn, group=f"attention_transfer {mode} {dtype_name(dtype)} by {sweep}",
-            op="attention_transfer", backend=backend, mode=mode, dtype=dtype_name(dtype), sweep=sweep,
-            batch=layers(sweep, x)[0], x=x, floor_bytes=read if mode == "forward" else read + write)
+    time_op(benchmark, op="attention_transfer", backend=backend, mode=mode, dtype=dtype, sweep=sweep,
+            loss_fn=loss_function(backend, eager_at, fused_at), inputs=(student, teacher), wrt=student,
+            batch=layers(sweep, x)[0], x=x)

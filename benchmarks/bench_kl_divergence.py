@@ -8,14 +8,14 @@ liger     (GPU only, where Liger-Kernel is installed; never a dependency) LigerK
           log_softmax outputs, what a Liger user writes; its op returns no gradient for the target, so the teacher's
           logits get none here (the others compute both)
 Gradients of both logit sets, as the generator step needs. Memory floor: read both logit sets (forward); read both,
-write both gradients (backward, full). See harness.py for the modes, the timer and the memory measurement.
+write the gradients (backward, full). See harness.py for the modes, the timer and the memory measurement.
 """
 import pytest
 import torch
 import torch.nn.functional as F
 
 import zskt_fast
-from harness import BACKENDS, DTYPES, HAS_CUDA, MODES, dtype_name, loss_function, measure, mode_function, pick, randn
+from harness import BACKENDS, DTYPES, HAS_CUDA, MODES, dtype_name, loss_function, pick, randn, time_op
 
 BATCH_SWEEP = [(b, 10) for b in pick([4], [32, 128, 512, 1024], [32, 128, 512, 1024, 4096], short=[128, 4096])]
 CLASS_SWEEP = pick([], [(1024, 1000), (64, 32000), (16, 128256)],
@@ -51,11 +51,7 @@ def test_kl_divergence(benchmark, backend, mode, point, dtype):
     gen = torch.Generator().manual_seed(0)
     s = randn(batch, classes, dtype=dtype, grad=True, generator=gen)
     t = randn(batch, classes, dtype=dtype, grad=True, generator=gen)
-    if backend == "liger":
-        fn = mode_function(mode, liger_kl(), (s, t), [s])
-    else:
-        fn = mode_function(mode, loss_function(backend, eager_kl, fused_kl), (s, t), [s, t])
-    size = s.numel() * s.element_size()
-    measure(benchmark, fn, group=f"kl_divergence {mode} {dtype_name(dtype)} by {sweep}", op="kl_divergence",
-            backend=backend, mode=mode, dtype=dtype_name(dtype), sweep=sweep, batch=batch, classes=classes,
-            x=batch if sweep == "batch" else classes, floor_bytes=2 * size if mode == "forward" else 4 * size)
+    loss_fn = liger_kl() if backend == "liger" else loss_function(backend, eager_kl, fused_kl)
+    time_op(benchmark, op="kl_divergence", backend=backend, mode=mode, dtype=dtype, sweep=sweep, loss_fn=loss_fn,
+            inputs=(s, t), wrt=[s] if backend == "liger" else [s, t], batch=batch, classes=classes,
+            x=batch if sweep == "batch" else classes)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import zskt_fast
-from harness import BACKENDS, DTYPES, MODES, dtype_name, loss_function, measure, mode_function, pick, randn
+from harness import BACKENDS, DTYPES, MODES, dtype_name, loss_function, pick, randn, time_op
 from zskt_fast.ops import reference
 
 STUDENT_CHANNELS, TEACHER_CHANNELS, SIZES = (16, 32, 64), (32, 64, 128), (32, 16, 8)
@@ -24,10 +24,6 @@ SPATIAL_BATCH = pick(2, 32, 128)
 SPATIAL_SWEEP = pick([], [16, 32, 64], [16, 32, 64, 128], short=[])  # the largest layer's size; the others halve
 GENERATOR_BATCHES = pick([4], [32, 128, 512, 1024], [32, 128, 512, 1024, 4096], short=[128])
 STUDENT_POINTS = [("batch", b) for b in BATCH_SWEEP] + [("spatial", s) for s in SPATIAL_SWEEP]
-
-
-def nbytes(tensors):
-    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def student_inputs(sweep, x, dtype):
@@ -65,13 +61,10 @@ def fused_generator_loss(s_logits, t_logits, backend):
 def test_zskt_student_loss(benchmark, backend, mode, point, dtype):
     sweep, x = point
     batch, args = student_inputs(sweep, x, dtype)
-    s_logits, t_logits, s_feats, t_feats = args
-    wrt = [s_logits, *s_feats]
-    fn = mode_function(mode, loss_function(backend, eager_student_loss, fused_student_loss), args, wrt)
-    read = nbytes([s_logits, t_logits, *s_feats, *t_feats])
-    measure(benchmark, fn, group=f"zskt_student_loss {mode} {dtype_name(dtype)} by {sweep}", op="zskt_student_loss",
-            backend=backend, mode=mode, dtype=dtype_name(dtype), sweep=sweep, batch=batch, x=x,
-            floor_bytes=read if mode == "forward" else read + nbytes(wrt))
+    s_logits, _, s_feats, _ = args
+    time_op(benchmark, op="zskt_student_loss", backend=backend, mode=mode, dtype=dtype, sweep=sweep,
+            loss_fn=loss_function(backend, eager_student_loss, fused_student_loss), inputs=args,
+            wrt=[s_logits, *s_feats], batch=batch, x=x)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_name)
@@ -82,8 +75,6 @@ def test_zskt_generator_loss(benchmark, backend, mode, batch, dtype):
     gen = torch.Generator().manual_seed(0)
     s = randn(batch, NUM_CLASSES, dtype=dtype, grad=True, generator=gen)
     t = randn(batch, NUM_CLASSES, dtype=dtype, grad=True, generator=gen)
-    fn = mode_function(mode, loss_function(backend, eager_generator_loss, fused_generator_loss), (s, t), [s, t])
-    read = nbytes([s, t])
-    measure(benchmark, fn, group=f"zskt_generator_loss {mode} {dtype_name(dtype)} by batch",
-            op="zskt_generator_loss", backend=backend, mode=mode, dtype=dtype_name(dtype), sweep="batch",
-            batch=batch, x=batch, floor_bytes=read if mode == "forward" else 2 * read)
+    time_op(benchmark, op="zskt_generator_loss", backend=backend, mode=mode, dtype=dtype, sweep="batch",
+            loss_fn=loss_function(backend, eager_generator_loss, fused_generator_loss), inputs=(s, t), wrt=[s, t],
+            batch=batch, x=batch)

@@ -84,6 +84,21 @@ def mode_function(mode: str, loss_fn, args: tuple, wrt: list[torch.Tensor]):
     return lambda: torch.autograd.grad(loss, wrt, retain_graph=True)
 
 
+def nbytes(tensors) -> int:
+    """Bytes held by the tensors, lists of tensors included."""
+    return sum(nbytes(t) if isinstance(t, (list, tuple)) else t.numel() * t.element_size() for t in tensors)
+
+
+def time_op(benchmark, *, op: str, backend: str, mode: str, dtype: torch.dtype, sweep: str, loss_fn, inputs: tuple,
+            wrt: list[torch.Tensor], **point) -> None:
+    """Times `mode` of loss_fn(*inputs) (gradients with respect to `wrt`) into `benchmark`, grouped by op, mode, dtype
+    and sweep. Memory floor: read every input (forward); read them and write the gradients (backward, full)."""
+    read = nbytes(inputs)
+    measure(benchmark, mode_function(mode, loss_fn, inputs, wrt), group=f"{op} {mode} {dtype_name(dtype)} by {sweep}",
+            op=op, backend=backend, mode=mode, dtype=dtype_name(dtype), sweep=sweep,
+            floor_bytes=read if mode == "forward" else read + nbytes(wrt), **point)
+
+
 def synchronised(fn):
     if not HAS_CUDA:
         return fn

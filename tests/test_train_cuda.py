@@ -55,19 +55,24 @@ def test_capture_leaves_every_weight_statistic_and_optimiser_state_as_it_was():
             assert state["step"].item() == 0 and state["exp_avg"].abs().sum().item() == 0
 
 
-@pytest.mark.parametrize("amp, graphs", [("bf16", True), ("bf16", False), ("fp16", False), ("off", True)])
-def test_amp_and_graph_variants_train(amp, graphs):
-    steps = _steps(GraphedZSKTSteps if graphs else ZSKTSteps, amp=amp, channels_last=True)
+def _train_a_few_iterations(graphs, iterations, **settings):
+    """Runs `iterations` iterations (n_S = 2); returns the losses of each and the state before and after."""
+    steps = _steps(GraphedZSKTSteps if graphs else ZSKTSteps, channels_last=True, **settings)
     if graphs:
-        steps.set_learning_rates(0, 5)
+        steps.set_learning_rates(0, iterations)
         steps.capture(generator_passes=2)
     before = _state(steps)
     losses = []
-    zero_shot_knowledge_transfer(steps, iterations=5, n_generator_steps=1, n_student_steps=2,
+    zero_shot_knowledge_transfer(steps, iterations=iterations, n_generator_steps=1, n_student_steps=2,
                                  on_iteration_end=lambda it, out: losses.append(
                                      (out["loss_G"].item(), out["loss_S"].item())))
+    return losses, before, _state(steps)
+
+
+@pytest.mark.parametrize("amp, graphs", [("bf16", True), ("bf16", False), ("fp16", False), ("off", True)])
+def test_amp_and_graph_variants_train(amp, graphs):
+    losses, before, after = _train_a_few_iterations(graphs, 5, amp=amp)
     assert all(torch.isfinite(torch.tensor(pair)).all() for pair in losses)
-    after = _state(steps)
     assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("S."))
     assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("G."))
 
@@ -77,17 +82,8 @@ def test_amp_and_graph_variants_train(amp, graphs):
 def test_compiled_steps_train_inside_our_graphs_and_with_their_own(compile, graphs):
     """The two GPU variants of the compiled steps that the trainer benchmark times: mode default inside this trainer's
     CUDA graphs (compiled during capture's warm-up), and reduce-overhead with inductor's own graphs."""
-    steps = _steps(GraphedZSKTSteps if graphs else ZSKTSteps, amp="bf16", channels_last=True, compile=compile)
-    if graphs:
-        steps.set_learning_rates(0, 4)
-        steps.capture(generator_passes=2)
-    before = _state(steps)
-    losses = []
-    zero_shot_knowledge_transfer(steps, iterations=4, n_generator_steps=1, n_student_steps=2,
-                                 on_iteration_end=lambda it, out: losses.append(
-                                     (out["loss_G"].item(), out["loss_S"].item())))
+    losses, before, after = _train_a_few_iterations(graphs, 4, amp="bf16", compile=compile)
     assert all(torch.isfinite(torch.tensor(pair)).all() for pair in losses)
-    after = _state(steps)
     assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("S."))
 
 
