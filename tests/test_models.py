@@ -83,19 +83,20 @@ def test_resnet_cifar_layout(depth, blocks):
 
 
 def test_pairing_check():
-    from zskt_fast.models import check_pairable
+    from zskt_fast.models import pair_networks
 
-    check_pairable(build_classifier("wrn-40-2"), build_classifier("wrn-16-1"), in_channels=3, image_size=32)
-    check_pairable(build_classifier("resnet-34"), build_classifier("resnet-18"), in_channels=3, image_size=32)
+    def check_pairable(teacher, student, attention=True):
+        return pair_networks(teacher, student, image_shape=(3, 32, 32), use_attention=attention)
+
+    check_pairable(build_classifier("wrn-40-2"), build_classifier("wrn-16-1"))
+    check_pairable(build_classifier("resnet-34"), build_classifier("resnet-18"))
     with pytest.raises(ValueError, match=r"3 maps of sizes 32x32, 16x16, 8x8\) and the student \(4 maps"):
-        check_pairable(build_classifier("wrn-40-2"), build_classifier("resnet-18"), in_channels=3, image_size=32)
+        check_pairable(build_classifier("wrn-40-2"), build_classifier("resnet-18"))
     # without attention transfer any two classifiers with the same classes pair
-    check_pairable(build_classifier("wrn-40-2"), build_classifier("resnet-18"), in_channels=3, image_size=32,
-                   attention=False)
+    check_pairable(build_classifier("wrn-40-2"), build_classifier("resnet-18"), attention=False)
     with pytest.raises(ValueError, match="predicts 10 classes and the student 100"):
-        check_pairable(build_classifier("wrn-16-2"), build_classifier("wrn-16-1", num_classes=100), in_channels=3,
-                       image_size=32)
+        check_pairable(build_classifier("wrn-16-2"), build_classifier("wrn-16-1", num_classes=100))
     teacher = build_classifier("wrn-16-2").train()
     stats = teacher.bn1.running_mean.clone()
-    check_pairable(teacher, build_classifier("wrn-16-1"), in_channels=3, image_size=32)
+    check_pairable(teacher, build_classifier("wrn-16-1"))
     assert teacher.training and torch.equal(teacher.bn1.running_mean, stats)

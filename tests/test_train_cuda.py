@@ -113,3 +113,24 @@ def test_graph_replay_gives_the_generator_the_batchnorm_updates_of_n_passes(floa
     assert norm.num_batches_tracked.item() == before[1].item() + 4
     with pytest.raises(ValueError, match="captured for 4 generator passes"):
         steps.images_and_teacher(z, 3)
+
+
+@pytest.mark.parametrize("student_kind", ["torchvision (fx)", "untraceable (hooks)"])
+def test_any_network_in_cuda_graphs_equals_eager_steps(student_kind, float64_default):
+    """Features taken by torch.fx and by forward hooks replay inside CUDA graphs as they run eagerly."""
+    import zskt_fast
+    from test_features import Untraceable
+
+    results = []
+    for graphs in (False, True):
+        torch.manual_seed(0)
+        teacher = build_classifier("tv:resnet18")
+        student = build_classifier("tv:mobilenet_v3_small") if student_kind.startswith("torchvision") else \
+            Untraceable()
+        result = zskt_fast.distill(teacher, student, image_shape=(3, 32, 32), iterations=3, batch_size=8,
+                                   n_student_steps=2, backend="eager", amp="off", compile="off", cuda_graphs=graphs,
+                                   channels_last=False, device="cuda", progress=False)
+        assert result.summary["cuda_graphs"] is graphs
+        results.append({k: v.clone() for k, v in result.student.state_dict().items()})
+    for key, value in results[0].items():
+        torch.testing.assert_close(results[1][key], value, rtol=1e-9, atol=1e-10, msg=key)

@@ -16,7 +16,8 @@ from .ops import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS", "REDUCTIONS", "attention_transfer", "available_backends", "build_classifier", "Generator",
+    "BACKENDS", "REDUCTIONS", "attention_transfer", "available_backends", "build_classifier", "distill",
+    "DistillResult", "Generator",
     "kl_divergence", "mean_transition_error", "nn", "transition_curves", "zero_shot_knowledge_transfer",
     "zskt_generator_loss", "zskt_student_loss",
 ]
@@ -27,6 +28,7 @@ _LAZY = {
     "transition_curves": "zskt_fast.engine.transition_curves",
     "mean_transition_error": "zskt_fast.engine.transition_curves",
     "zero_shot_knowledge_transfer": "zskt_fast.engine.loop",
+    "distill": "zskt_fast.engine.distill", "DistillResult": "zskt_fast.engine.distill",
 }
 
 

@@ -1,10 +1,12 @@
 """Data sets: only used to test the student and to pretrain teachers; the distillation never touches them.
 
-cifar10 and svhn come through torchvision from a local folder (`root`), downloaded only when asked. digits is the 8x8
-handwritten-digits set that ships inside scikit-learn: the image data set that works on a machine without internet.
+cifar10, cifar100 and svhn come through torchvision from a local folder (`root`), downloaded only when asked. folder is
+any torchvision ImageFolder (one subfolder of images per class) at `root`. digits is the 8x8 handwritten-digits set
+that ships inside scikit-learn: the image data set that works on a machine without internet.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -12,8 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-DATASETS = ("digits", "cifar10", "svhn")
-DEFAULT_DATA_ROOT = "data"  # where CIFAR-10 and SVHN are looked for
+DATASETS = ("digits", "cifar10", "cifar100", "svhn", "folder")
+DEFAULT_DATA_ROOT = "data"  # where CIFAR-10/100, SVHN and image folders are looked for
+FOLDER_SPLITS = {"train": ("train",), "test": ("test", "val", "")}  # subfolders of an image folder, first found wins
 DIGITS_TRAIN_SIZE = 1400  # of 1,797 images; the remaining 397 are the test split
 
 
@@ -34,6 +37,11 @@ class DatasetInfo:
 INFO = {
     "cifar10": DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), "crop+flip"),
     "svhn": DatasetInfo("svhn", 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "crop"),
+    # The usual CIFAR-100 statistics of its training images.
+    "cifar100": DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop+flip"),
+    # Image folders: the class count is the folder's; the size, channels and normalisation are the user's, by default
+    # 32x32 RGB with the ImageNet statistics that torchvision's classifiers are trained with.
+    "folder": DatasetInfo("folder", 0, 3, 32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "crop+flip"),
     # Pixel values 0..16 scaled to [0, 1]; mean and std of the 1,400 training images.
     "digits": DatasetInfo("digits", 10, 1, 8, (0.3053,), (0.3758,), "shift"),
 }
@@ -43,9 +51,11 @@ class DatasetNotFound(FileNotFoundError):
     """A data set's files are not where they were looked for."""
 
 
-def normalisation_of(name: str, mean=None, std=None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) per channel: the given ones, checked against the data set's channel count, else its defaults."""
-    info = dataset_info(name)
+def normalisation_of(name: str, mean=None, std=None, channels: int | None = None
+                     ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel: the given ones, checked against the data set's channel count (`channels` for an image
+    folder), else its defaults."""
+    info = dataset_info(name, channels=channels)
     if mean is None and std is None:
         return info.mean, info.std
     if mean is None or std is None:
@@ -59,10 +69,49 @@ def normalisation_of(name: str, mean=None, std=None) -> tuple[tuple[float, ...],
     return mean, std
 
 
-def dataset_info(name: str) -> DatasetInfo:
+def _folder_split(root: str, split: str) -> str | None:
+    """The folder of a split of an image folder: root/train for training; root/test, else root/val, else root itself
+    for testing (unless it holds a train folder: then the test split is missing)."""
+    for sub in FOLDER_SPLITS[split]:
+        path = os.path.join(os.path.expanduser(root), sub)
+        if os.path.isdir(path) and (sub or not os.path.isdir(os.path.join(path, "train"))):
+            return path
+    return None
+
+
+def folder_classes(root: str, split: str = "test") -> list[str]:
+    """The class names (subfolders) of an image folder's split; raises DatasetNotFound saying what was looked for."""
+    path = _folder_split(root, split)
+    wanted = " or ".join(os.path.join(root, sub) if sub else root for sub in FOLDER_SPLITS[split])
+    classes = sorted(e.name for e in os.scandir(path) if e.is_dir()) if path else []
+    if not classes:
+        raise DatasetNotFound(f"folder data set: no class subfolders in {wanted} (an image folder holds one subfolder "
+                              f"of images per class, as torchvision's ImageFolder reads)")
+    return classes
+
+
+def dataset_info(name: str, *, root: str | None = None, image_size: int | None = None,
+                 channels: int | None = None) -> DatasetInfo:
+    """The data set's classes, channels, image size and default normalisation. `image_size` resizes the images of any
+    data set but digits; `channels` (1 or 3) applies to image folders; the class count of an image folder is read
+    from `root` (0 without it)."""
     if name not in INFO:
         raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}")
-    return INFO[name]
+    info = INFO[name]
+    if image_size is not None and image_size != info.image_size:
+        if name == "digits" or isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4:
+            raise ValueError(f"image_size {image_size!r} does not apply to {name}: " + (
+                "digits images are 8x8" if name == "digits" else "give an integer >= 4"))
+        info = dataclasses.replace(info, image_size=image_size)
+    if channels is not None and channels != info.channels:
+        if name != "folder" or channels not in (1, 3):
+            raise ValueError(f"channels {channels!r} does not apply to {name}: " + (
+                "image folders are read as 1 (grey) or 3 (RGB) channels" if name == "folder" else
+                f"its images have {info.channels} channel(s)"))
+        info = dataclasses.replace(info, channels=channels, mean=(0.5,) * channels, std=(0.5,) * channels)
+    if name == "folder" and root is not None:
+        info = dataclasses.replace(info, num_classes=len(folder_classes(root)))
+    return info
 
 
 def _digits_split(train: bool, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,24 +146,47 @@ class _AugmentedTensors(Dataset):
         return image, self.labels[index]
 
 
-def _torchvision_dataset(name: str, root: str, train: bool, download: bool, augment: bool, mean, std) -> Dataset:
+def _transform(info: DatasetInfo, augment: bool, mean, std, resize: bool):
     import torchvision.transforms as T
-    from torchvision import datasets
 
-    info = INFO[name]
-    steps = []
+    steps = [T.Grayscale(1)] if info.channels == 1 else []
+    if resize:  # image folders hold images of any size; the others are resized only when asked
+        steps += [T.Resize(info.image_size), T.CenterCrop(info.image_size)]
     if augment:
-        steps.append(T.RandomCrop(info.image_size, padding=4))
+        steps.append(T.RandomCrop(info.image_size, padding=max(info.image_size // 8, 1)))
         if "flip" in info.augmentation:
             steps.append(T.RandomHorizontalFlip())
-    steps += [T.ToTensor(), T.Normalize(mean, std)]
-    transform = T.Compose(steps)
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(mean, std)])
+
+
+def _image_folder(info: DatasetInfo, root: str, train: bool, transform) -> Dataset:
+    from torchvision import datasets
+
+    split = "train" if train else "test"
+    folder_classes(root, split)  # a clear error when the split is missing
+    data = datasets.ImageFolder(_folder_split(root, split), transform=transform)
+    if train and len(data.classes) != info.num_classes:
+        raise DatasetNotFound(f"folder data set {root}: the training split has {len(data.classes)} classes and the "
+                              f"test split {info.num_classes}")
+    return data
+
+
+def _torchvision_dataset(info: DatasetInfo, root: str, train: bool, download: bool, augment: bool, mean,
+                         std) -> Dataset:
+    from torchvision import datasets
+
+    name = info.name
+    transform = _transform(info, augment, mean, std, resize=name == "folder" or info.image_size != 32)
     root = os.path.expanduser(root)
-    if name == "cifar10":
-        expected = os.path.join(root, "cifar-10-batches-py")
-        how = ("the python version of CIFAR-10 (cifar-10-python.tar.gz from "
-               "https://www.cs.toronto.edu/~kriz/cifar.html) extracted there")
-        make = lambda: datasets.CIFAR10(root, train=train, download=download, transform=transform)  # noqa: E731
+    if name == "folder":
+        return _image_folder(info, root, train, transform)
+    if name in ("cifar10", "cifar100"):
+        version = name[5:]
+        expected = os.path.join(root, "cifar-10-batches-py" if version == "10" else "cifar-100-python")
+        how = (f"the python version of CIFAR-{version} (cifar-{version}-python.tar.gz from "
+               f"https://www.cs.toronto.edu/~kriz/cifar.html) extracted there")
+        source = datasets.CIFAR10 if version == "10" else datasets.CIFAR100
+        make = lambda: source(root, train=train, download=download, transform=transform)  # noqa: E731
     else:
         split = "train" if train else "test"
         expected = os.path.join(root, f"{split}_32x32.mat")
@@ -131,18 +203,22 @@ def _torchvision_dataset(name: str, root: str, train: bool, download: bool, augm
 
 
 def load_dataset(name: str, *, train: bool, root: str = DEFAULT_DATA_ROOT, download: bool = False,
-                 augment: bool = False, normalisation=None) -> Dataset:
+                 augment: bool = False, normalisation=None, image_size: int | None = None,
+                 channels: int | None = None) -> Dataset:
     """The train or test split of `name`, normalised with `normalisation` = (mean, std), by default the data set's
-    (see INFO); `augment` adds the pretraining augmentation (random crops, plus flips for CIFAR-10; one-pixel shifts for
-    digits)."""
-    mean, std = normalisation or normalisation_of(name)
+    (see INFO), at `image_size` and `channels` (see dataset_info); `augment` adds the pretraining augmentation (random
+    crops, plus flips for CIFAR and image folders; one-pixel shifts for digits)."""
+    info = dataset_info(name, root=root, image_size=image_size, channels=channels)
+    mean, std = normalisation or (info.mean, info.std)
     if name == "digits":
         images, labels = _digits_split(train, mean, std)
         return _AugmentedTensors(images, labels, pad=1, flip=False) if augment else TensorDataset(images, labels)
-    return _torchvision_dataset(name, root, train, download, augment, mean, std)
+    return _torchvision_dataset(info, root, train, download, augment, mean, std)
 
 
 def evaluation_loader(name: str, *, root: str = DEFAULT_DATA_ROOT, download: bool = False,
-                      batch_size: int = 500, normalisation=None) -> DataLoader:
-    return DataLoader(load_dataset(name, train=False, root=root, download=download, normalisation=normalisation),
-                      batch_size=batch_size, shuffle=False)
+                      batch_size: int = 500, normalisation=None, image_size: int | None = None,
+                      channels: int | None = None) -> DataLoader:
+    test_set = load_dataset(name, train=False, root=root, download=download, normalisation=normalisation,
+                            image_size=image_size, channels=channels)
+    return DataLoader(test_set, batch_size=batch_size, shuffle=False)

@@ -16,6 +16,7 @@ from ._cli import HelpFormatter, errors_as_messages
 from .common import resolve_device, writable_folder
 from .data import DATASETS, DEFAULT_DATA_ROOT, dataset_info, evaluation_loader, normalisation_of
 from .engine.checkpoint import CheckpointError, load_classifier
+from .engine.config import CHANNELS_HELP, DATA_ROOT_HELP, DOWNLOAD_HELP, IMAGE_SIZE_HELP
 from .engine.evaluation import evaluate
 from .engine.transition_curves import (DEFAULT_IMAGES, DEFAULT_STEP_SIZE, DEFAULT_STEPS, SOURCES, TransitionCurves,
                                        mean_transition_error, select_matching_images, transition_curves)
@@ -68,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch-b", default=None, metavar="ARCH", help="architecture of --net-b")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="test images to start from (default: the run's, "
                                                                      "else digits)")
-    p.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help="folder holding CIFAR-10 / SVHN")
-    p.add_argument("--download", action="store_true", help="download CIFAR-10 / SVHN into --data-root")
+    p.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help=DATA_ROOT_HELP)
+    p.add_argument("--download", action="store_true", help=DOWNLOAD_HELP)
+    p.add_argument("--image-size", type=int, default=None, help=IMAGE_SIZE_HELP + " (default with --run: the run's)")
+    p.add_argument("--channels", type=int, default=None, help=CHANNELS_HELP)
     p.add_argument("--mean", type=float, nargs="+", default=None,
                    help="per-channel normalisation mean; default: the one network B's file records, else the data "
                         "set's (for CIFAR-10 and SVHN the authors' constants)")
@@ -110,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         nets_a = list(zip(args.net_a, args.arch_a))
     names = [Path(path).stem for path in args.net_a]
     net_b, arch_b, dataset, data_root = args.net_b, args.arch_b, args.dataset, args.data_root
+    image_size, channels = args.image_size, args.channels
     if args.run:
         config_path = Path(args.run) / "config.json"
         if not config_path.is_file():
@@ -121,6 +125,9 @@ def _run(args: argparse.Namespace) -> int:
         dataset = dataset or config["dataset"]
         if data_root == DEFAULT_DATA_ROOT:  # not given: the run's (stored resolved)
             data_root = config.get("data_root", data_root)
+        if dataset == config["dataset"]:
+            image_size = image_size or config.get("image_size")
+            channels = channels or config.get("channels")
     if args.names is not None:
         if len(args.names) != len(nets_a):
             raise ValueError(f"--names gives {len(args.names)} labels for {len(nets_a)} A networks")
@@ -130,15 +137,16 @@ def _run(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         names = [f"{i}:{name}" for i, name in enumerate(names)]
     dataset = dataset or "digits"
-    info = dataset_info(dataset)
+    info = dataset_info(dataset, root=data_root, image_size=image_size, channels=channels)
     n_images = IMAGES_PER_DATASET.get(dataset, DEFAULT_IMAGES) if args.n_images is None else args.n_images
     shape = {"num_classes": info.num_classes, "in_channels": info.channels}
     teacher = load_classifier(net_b, arch_b, what="network B", **shape).to(device)
     students = [load_classifier(path, arch, what="network A", **shape).to(device) for path, arch in nets_a]
     # The images are normalised as network B (the teacher) was trained: its file's record, else the data set's.
-    mean, std = normalisation_of(dataset, args.mean, args.std) if args.mean or args.std else \
-        teacher.normalisation or normalisation_of(dataset)
-    loader = evaluation_loader(dataset, root=data_root, download=args.download, normalisation=(mean, std))
+    mean, std = normalisation_of(dataset, args.mean, args.std, channels=info.channels) if args.mean or args.std else \
+        teacher.normalisation or (info.mean, info.std)
+    loader = evaluation_loader(dataset, root=data_root, download=args.download, normalisation=(mean, std),
+                               image_size=info.image_size, channels=info.channels)
 
     out = writable_folder(args.out or (Path(args.run) / "mte" if args.run else
                                        f"runs/mte-{time.strftime('%Y%m%d-%H%M%S')}"))

@@ -16,6 +16,8 @@ from ._cli import HelpFormatter, add_options, errors_as_messages, settings_from_
 from .engine.checkpoint import CheckpointError
 from .engine.config import ALGORITHM, DATA, OUTPUTS, SPEED, TrainConfig
 from .common import writable_folder
+from .data import dataset_info
+from .models import architecture_key, build_classifier, describe_network_nodes
 from .engine.trainer import RunInterrupted, check_run, check_run_folder, train
 
 RUN_INDEX = "run.json"  # in the parent folder: the settings of every seed, for --resume of the whole run
@@ -44,7 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--overwrite", action="store_true",
                      help="replace the run files in --out (by default a folder holding a run is refused)")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--list-nodes", default=None, metavar="ARCH",
+                   help="print the nodes of architecture ARCH that --attention-layers can name (modules with feature "
+                        "map outputs and their shapes, on the images of --dataset / --image-size), and exit")
     return p
+
+
+def list_nodes(arch: str, args: argparse.Namespace) -> str:
+    info = dataset_info(args.dataset, image_size=args.image_size, channels=args.channels)
+    net = build_classifier(arch, args.num_classes or info.num_classes or 10, info.channels)
+    shape = (info.channels, info.image_size, info.image_size)
+    return (f"{architecture_key(arch)} on {'x'.join(map(str, shape))} images ({args.dataset}):\n" +
+            describe_network_nodes(net, shape))
 
 
 def _mean_std(values: list[float]) -> str:
@@ -103,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--resume continues a run with its saved settings, which cannot change: drop "
                          f"{', '.join(extra)}")
     progress = not args.no_progress
+    if args.list_nodes:
+        with errors_as_messages(parser):
+            print(list_nodes(args.list_nodes, args))
+        return 0
     with errors_as_messages(parser):
         out, plan = _plan(args)
         summaries = []

@@ -1,7 +1,9 @@
 """Settings: one dataclass per concept, holding every default and the help text of its command-line option.
 
 StepSettings   one iteration's steps of Algorithm 1 (the paper's hyper-parameters and how the steps run)
-TrainConfig    a zero-shot run: StepSettings plus the data, networks, loop length, outputs and speed switches
+LoopSettings   a zero-shot run of given networks (zskt_fast.distill): StepSettings plus the loop length, seed, device,
+               speed switches and outputs
+TrainConfig    a zero-shot run from the command line: LoopSettings plus the data set and the networks by name
 PretrainConfig supervised pretraining of a teacher
 
 The command-line programs build their options from these fields (`zskt_fast._cli`); `resolved()` fills in what
@@ -17,8 +19,9 @@ import torch
 
 from ..common import (check_choice, check_count, check_non_negative, check_positive, option, resolve_device,
                       settings_from_dict)
-from ..data import DATASETS, DEFAULT_DATA_ROOT, normalisation_of
-from ..models import ARCHITECTURE_HELP
+from ..data import DATASETS, DEFAULT_DATA_ROOT, dataset_info, normalisation_of
+from ..models import ARCHITECTURE_HELP, architecture_key
+from ..models.features import parse_pairs
 from ..ops import BACKENDS, DEFAULT_BETA, DEFAULT_TEMPERATURE
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
@@ -34,8 +37,16 @@ DATASET_DEFAULTS = {
     "cifar10": ("wrn-40-2", "wrn-16-1", 80_000, 1000, 100),
     "svhn": ("wrn-40-2", "wrn-16-1", 50_000, 1000, 100),
     "digits": ("wrn-16-2", "wrn-16-1", 800, 100, 10),
+    "cifar100": ("wrn-40-2", "wrn-16-1", 80_000, 1000, 100),
+    "folder": ("wrn-40-2", "wrn-16-1", 80_000, 1000, 100),
 }
-PRETRAIN_EPOCHS = {"digits": 30, "cifar10": 200, "svhn": 100}
+DATA_ROOT_HELP = ("folder holding CIFAR-10 / CIFAR-100 / SVHN, or the image folder (class subfolders, or train/ and "
+                  "test/ or val/ holding them)")
+DOWNLOAD_HELP = "download CIFAR-10 / CIFAR-100 / SVHN into --data-root"
+IMAGE_SIZE_HELP = ("side of the square images: the generator makes them, the test images are resized to it; default: "
+                   "the data set's (32; 8 for digits, which cannot change)")
+CHANNELS_HELP = "image channels of an image folder: 3 (RGB) or 1 (grey); default 3"
+PRETRAIN_EPOCHS = {"digits": 30, "cifar10": 200, "svhn": 100, "cifar100": 200, "folder": 100}
 
 DATA, ALGORITHM, SPEED, OUTPUTS = ("data and networks", "Algorithm 1 (defaults: the authors' settings)", "speed",
                                    "outputs")
@@ -108,22 +119,7 @@ class StepSettings:
 
 
 @dataclass
-class TrainConfig(StepSettings):
-    dataset: str = option("digits", "test set of the student; digits ships with scikit-learn and works offline",
-                          group=DATA, choices=DATASETS)
-    data_root: str = option(DEFAULT_DATA_ROOT, "folder holding CIFAR-10 / SVHN", group=DATA)
-    download: bool = option(False, "download CIFAR-10 / SVHN into --data-root", group=DATA)
-    teacher: str | None = option(None, f"teacher architecture: {ARCHITECTURE_HELP}; default per dataset: "
-                                       f"{per_dataset(0)}", group=DATA)
-    student: str | None = option(None, f"student architecture; default: {per_dataset(1)}", group=DATA)
-    mean: list[float] | None = option(
-        None, "per-channel mean the images are normalised with; default: the one the teacher file records, else the "
-              "data set's (for CIFAR-10 and SVHN the authors' constants)", group=DATA)
-    std: list[float] | None = option(None, "per-channel std, with --mean; default as --mean", group=DATA)
-    teacher_ckpt: str | None = option(
-        None, "teacher weights: the authors' last.pth.tar, a file from zskt_fast.pretrain or a plain state dict; "
-              "default: the cached pretrained teacher ($ZSKT_FAST_CACHE or ~/.cache/zskt_fast/teachers/"
-              "DATASET-ARCH.pt), trained on first use for digits", group=DATA)
+class LoopSettings(StepSettings):
     iterations: int | None = option(None, f"iterations N, each n_G generator + n_S student steps; default: "
                                           f"{per_dataset(2)}", group=ALGORITHM)
     n_generator_steps: int = option(1, "n_G", group=ALGORITHM)
@@ -150,35 +146,88 @@ class TrainConfig(StepSettings):
     tensorboard: bool = option(True, "TensorBoard events, when the tensorboard package is installed",
                                group=OUTPUTS)
 
+    def resolved(self) -> LoopSettings:
+        """A copy with every None/auto filled in (loop lengths: the paper's CIFAR-10 run) for this machine; raises
+        ValueError on bad values."""
+        settings = dataclasses.replace(self)
+        settings._resolve_loop(*DATASET_DEFAULTS["cifar10"][2:])
+        return settings
+
+    def _resolve_loop(self, iterations: int, eval_every: int, log_every: int) -> None:
+        self.iterations = iterations if self.iterations is None else self.iterations
+        check_count(self.iterations, "iterations")
+        self.eval_every = min(eval_every, self.iterations) if self.eval_every is None else self.eval_every
+        self.log_every = log_every if self.log_every is None else self.log_every
+        for name in ("n_generator_steps", "n_student_steps", "eval_every", "log_every"):
+            check_count(getattr(self, name), name)
+        check_count(self.seed, "seed", minimum=0)
+        check_count(self.checkpoint_every, "checkpoint_every", minimum=0)
+        check_positive(self.checkpoint_minutes, "checkpoint_minutes")
+        device = resolve_device(self.device)
+        self.device = str(device)
+        self._resolve_steps(device)
+        if self.cuda_graphs is None:
+            self.cuda_graphs = (device.type == "cuda" and self.amp != "fp16"
+                                and self.compile not in COMPILE_MODES_WITH_GRAPHS)
+        if self.cuda_graphs:
+            check_cuda_graphs(self.amp, device, self.compile)
+
+    def loop_settings(self) -> dict:
+        """The LoopSettings fields of this object (of a TrainConfig, say), as keywords."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(LoopSettings)}
+
+
+@dataclass
+class TrainConfig(LoopSettings):
+    dataset: str = option("digits", "test set of the student; digits ships with scikit-learn and works offline",
+                          group=DATA, choices=DATASETS)
+    data_root: str = option(DEFAULT_DATA_ROOT, DATA_ROOT_HELP, group=DATA)
+    download: bool = option(False, DOWNLOAD_HELP, group=DATA)
+    image_size: int | None = option(None, IMAGE_SIZE_HELP, group=DATA)
+    channels: int | None = option(None, CHANNELS_HELP, group=DATA)
+    num_classes: int | None = option(None, "number of classes of teacher and student; default: the data set's "
+                                           "(a different value is refused)", group=DATA)
+    teacher: str | None = option(None, f"teacher architecture: {ARCHITECTURE_HELP}; default per dataset: "
+                                       f"{per_dataset(0)}", group=DATA)
+    student: str | None = option(None, f"student architecture; default: {per_dataset(1)}", group=DATA)
+    attention_layers: list[str] | None = option(
+        None, "attention-transfer pairs TEACHER_NODE:STUDENT_NODE (module or torch.fx node names, see --list-nodes); "
+              "default: this package's networks pair their own features, any other pair of networks the last block "
+              "of each spatial size both produce", group=DATA, metavar="T:S")
+    mean: list[float] | None = option(
+        None, "per-channel mean the images are normalised with; default: the one the teacher file records, else the "
+              "data set's (for CIFAR-10 and SVHN the authors' constants)", group=DATA)
+    std: list[float] | None = option(None, "per-channel std, with --mean; default as --mean", group=DATA)
+    teacher_ckpt: str | None = option(
+        None, "teacher weights: the authors' last.pth.tar, a file from zskt_fast.pretrain or a plain state dict; "
+              "default: the cached pretrained teacher ($ZSKT_FAST_CACHE or ~/.cache/zskt_fast/teachers/"
+              "DATASET-ARCH.pt), trained on first use for digits", group=DATA)
     def resolved(self) -> TrainConfig:
         """A copy with every None/auto filled in for this data set and machine; raises ValueError on bad values."""
         c = dataclasses.replace(self)
         check_choice(c.dataset, DATASETS, "dataset")
+        for name in ("image_size", "channels", "num_classes"):
+            if getattr(c, name) is not None:
+                check_count(getattr(c, name), name)
+        c.data_root = os.path.abspath(os.path.expanduser(c.data_root))  # stored resolved: resume from any folder
+        info = dataset_info(c.dataset, root=c.data_root if c.dataset == "folder" else None, image_size=c.image_size,
+                            channels=c.channels)
+        c.image_size, c.channels = info.image_size, info.channels
+        if c.num_classes is not None and c.num_classes != info.num_classes:
+            raise ValueError(f"num_classes is {c.num_classes}, and the {c.dataset} data set has {info.num_classes} "
+                             f"classes")
+        c.num_classes = info.num_classes
         if c.mean is not None or c.std is not None:
-            mean, std = normalisation_of(c.dataset, c.mean, c.std)
+            mean, std = normalisation_of(c.dataset, c.mean, c.std, channels=c.channels)
             c.mean, c.std = list(mean), list(std)
         teacher, student, iterations, eval_every, log_every = DATASET_DEFAULTS[c.dataset]
-        c.teacher = (c.teacher or teacher).lower()
-        c.student = (c.student or student).lower()
-        c.iterations = iterations if c.iterations is None else c.iterations
-        check_count(c.iterations, "iterations")
-        c.eval_every = min(eval_every, c.iterations) if c.eval_every is None else c.eval_every
-        c.log_every = log_every if c.log_every is None else c.log_every
-        for name in ("n_generator_steps", "n_student_steps", "eval_every", "log_every"):
-            check_count(getattr(c, name), name)
-        check_count(c.checkpoint_every, "checkpoint_every", minimum=0)
-        check_positive(c.checkpoint_minutes, "checkpoint_minutes")
-        device = resolve_device(c.device)
-        c.device = str(device)
-        c._resolve_steps(device)
-        # Stored resolved, so that a resumed run or `mte --run` finds them from any working folder.
-        c.data_root = os.path.abspath(os.path.expanduser(c.data_root))
+        c.teacher = architecture_key(c.teacher or teacher)
+        c.student = architecture_key(c.student or student)
+        if c.attention_layers is not None:
+            parse_pairs(c.attention_layers)
+        c._resolve_loop(iterations, eval_every, log_every)
         if c.teacher_ckpt:
             c.teacher_ckpt = os.path.abspath(os.path.expanduser(c.teacher_ckpt))
-        if c.cuda_graphs is None:
-            c.cuda_graphs = device.type == "cuda" and c.amp != "fp16" and c.compile not in COMPILE_MODES_WITH_GRAPHS
-        if c.cuda_graphs:
-            check_cuda_graphs(c.amp, device, c.compile)
         return c
 
     def to_dict(self) -> dict:
@@ -204,8 +253,10 @@ def default_pretrain_lr(dataset: str, arch: str) -> float:
 class PretrainConfig:
     dataset: str = option("digits", "data set to train on", choices=DATASETS)
     arch: str = option("wrn-16-2", f"architecture: {ARCHITECTURE_HELP}")
-    data_root: str = option(DEFAULT_DATA_ROOT, "folder holding CIFAR-10 / SVHN")
-    download: bool = option(False, "download CIFAR-10 / SVHN into --data-root")
+    data_root: str = option(DEFAULT_DATA_ROOT, DATA_ROOT_HELP)
+    download: bool = option(False, DOWNLOAD_HELP)
+    image_size: int | None = option(None, "side of the square training and test images; default: the data set's")
+    channels: int | None = option(None, CHANNELS_HELP)
     epochs: int | None = option(None, "epochs; default " + ", ".join(f"{k} {v}" for k, v in PRETRAIN_EPOCHS.items()))
     lr: float | None = option(None, "initial learning rate; default 0.1 (0.02 for ResNets on digits)")
     batch_size: int = option(128, "batch size")
@@ -220,7 +271,10 @@ class PretrainConfig:
         """A copy with epochs, lr and device filled in; raises ValueError on bad values."""
         c = dataclasses.replace(self)
         check_choice(c.dataset, DATASETS, "dataset")
-        c.arch = c.arch.lower()
+        c.arch = architecture_key(c.arch)
+        c.data_root = os.path.abspath(os.path.expanduser(c.data_root))
+        info = dataset_info(c.dataset, image_size=c.image_size, channels=c.channels)
+        c.image_size, c.channels = info.image_size, info.channels
         c.epochs = PRETRAIN_EPOCHS[c.dataset] if c.epochs is None else c.epochs
         c.lr = default_pretrain_lr(c.dataset, c.arch) if c.lr is None else c.lr
         check_count(c.epochs, "epochs")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..models import FeatureNetwork
 from ..ops import zskt_generator_loss, zskt_student_loss
 from .config import AMP_DTYPES, StepSettings, check_cuda_graphs
 from .schedules import cosine_lr
@@ -70,8 +71,11 @@ class ZSKTSteps:
         self.amp_dtype = amp_dtype
         # The attention features take part only when beta > 0; with beta = 0 the networks need not pair.
         self.use_attention = settings.beta > 0
+        # This package's networks compile as one graph each step (fullgraph: never a silent fallback); a user's
+        # network (wrapped for its features) may hold code dynamo cannot capture whole, which then graph-breaks.
+        whole = not any(isinstance(net, FeatureNetwork) for net in (teacher, student))
         self._generator_loss, self._images_and_teacher, self._student_loss = (
-            self._compiled(fn, fullgraph=True) for fn in (self.generator_loss, self.images_and_teacher_outputs,
+            self._compiled(fn, fullgraph=whole) for fn in (self.generator_loss, self.images_and_teacher_outputs,
                                                           self.student_loss))
         self._update_G, self._update_S = (
             self._compiled(lambda o=optimizer, p=list(net.parameters()): self.clip_and_update(p, o), fullgraph=False)
@@ -245,12 +249,19 @@ class GraphedZSKTSteps(ZSKTSteps):
         for optimizer in (self.optimizer_G, self.optimizer_S):
             optimizer.zero_grad(set_to_none=True)
         self.graphs = {name: torch.cuda.CUDAGraph() for name in ("generator", "images", "student")}
-        with torch.cuda.graph(self.graphs["generator"]):
-            self.static_loss_G = super().generator_step(self.static_z)
-        with torch.cuda.graph(self.graphs["images"]):
-            self.static_images, self.static_teacher = super().images_and_teacher(self.static_z, generator_passes)
-        with torch.cuda.graph(self.graphs["student"]):
-            self.static_loss_S, self.static_logits_S = super().student_step(self.static_images, self.static_teacher)
+        try:
+            with torch.cuda.graph(self.graphs["generator"]):
+                self.static_loss_G = super().generator_step(self.static_z)
+            with torch.cuda.graph(self.graphs["images"]):
+                self.static_images, self.static_teacher = super().images_and_teacher(self.static_z, generator_passes)
+            with torch.cuda.graph(self.graphs["student"]):
+                self.static_loss_S, self.static_logits_S = super().student_step(self.static_images,
+                                                                                 self.static_teacher)
+        except RuntimeError as error:
+            raise ValueError(
+                f"the steps cannot be captured as CUDA graphs ({str(error).splitlines()[0]}): a network that waits "
+                f"for the GPU inside its forward pass (control flow on tensor values, .item(), .tolist()) cannot be "
+                f"replayed; set cuda_graphs off (--no-cuda-graphs)") from error
 
         current = self._tensors_to_restore()
         with torch.no_grad():

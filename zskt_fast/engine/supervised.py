@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..models import classifier_logits
 from .config import PretrainConfig
 from .evaluation import evaluate
 from .schedules import cosine_lr, step_lr
@@ -22,8 +23,8 @@ def learning_rate(config: PretrainConfig, step: int, total_steps: int) -> float:
 
 def train_classifier(net: nn.Module, train_set: Dataset, test_batches, config: PretrainConfig,
                      device: torch.device | str = "cpu", progress: bool = True) -> dict:
-    """Trains `net` (returning (logits, features)) with cross-entropy, by the epochs, lr, batch size, momentum, weight
-    decay, schedule and seed of a resolved `config`; returns test accuracy and timing."""
+    """Trains `net` (returning logits, or (logits, features)) with cross-entropy, by the epochs, lr, batch size,
+    momentum, weight decay, schedule and seed of a resolved `config`; returns test accuracy and timing."""
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=False, generator=generator,
                         num_workers=0 if len(train_set) < 10_000 else 4, pin_memory=torch.device(device).type == "cuda")
@@ -38,7 +39,7 @@ def train_classifier(net: nn.Module, train_set: Dataset, test_batches, config: P
         for images, labels in loader:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step, total_steps)
-            logits = net(images.to(device, non_blocking=True))[0]
+            logits = classifier_logits(net(images.to(device, non_blocking=True)))
             loss = F.cross_entropy(logits, labels.to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

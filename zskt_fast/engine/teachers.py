@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import dataset_info, evaluation_loader, load_dataset, normalisation_of
+from ..data import dataset_info, evaluation_loader, load_dataset
 from ..models import build_classifier
 from .checkpoint import save_classifier
 from .config import PretrainConfig
@@ -21,22 +21,24 @@ def cache_dir() -> Path:
 
 
 def default_teacher_path(dataset: str, arch: str) -> Path:
-    return cache_dir() / "teachers" / f"{dataset}-{arch.lower()}.pt"
+    return cache_dir() / "teachers" / f"{dataset}-{arch.lower().replace(':', '-')}.pt"
 
 
 def pretrain_teacher(config: PretrainConfig, out: str | os.PathLike, *, progress: bool = True) -> dict:
     """Trains `config.arch` on `config.dataset` with SGD and writes a checkpoint that the trainer loads; returns its
     metadata."""
     config = config.resolved()
-    info = dataset_info(config.dataset)
-    mean, std = normalisation_of(config.dataset)
+    shape = {"image_size": config.image_size, "channels": config.channels}
+    info = dataset_info(config.dataset, root=config.data_root, **shape)
+    mean, std = info.mean, info.std
     train_set = load_dataset(config.dataset, train=True, root=config.data_root, download=config.download,
-                             augment=True)
-    loader = evaluation_loader(config.dataset, root=config.data_root, download=config.download)
+                             augment=True, **shape)
+    loader = evaluation_loader(config.dataset, root=config.data_root, download=config.download, **shape)
     torch.manual_seed(config.seed)
     net = build_classifier(config.arch, info.num_classes, info.channels)
     result = train_classifier(net, train_set, loader, config, device=config.device, progress=progress)
     metadata = {"arch": config.arch, "dataset": config.dataset, "test_acc": result["test_acc"],
+                "image_size": info.image_size, "channels": info.channels,
                 "epochs": config.epochs, "seed": config.seed,
                 "normalisation": {"mean": list(mean), "std": list(std)},
                 "recipe": f"SGD nesterov lr {config.lr} wd {config.weight_decay} {config.schedule}, batch "

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..common import check_choice, check_count, check_positive, eval_mode
+from ..models import classifier_logits
 
 SOURCES = ("agreed", "label")  # the source class of a trajectory: A's and B's common prediction, or the label
 DEFAULT_IMAGES = 1000  # N, the paper's
@@ -56,8 +57,7 @@ class TransitionCurves:
 
 
 def _logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = net(x)
-    return out[0] if isinstance(out, (tuple, list)) else out
+    return classifier_logits(net(x))
 
 
 def _batches(data) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:

@@ -1,8 +1,13 @@
 """Networks of the method: classifiers return (logits, attention features); the generator maps noise to images."""
+from .features import (FeatureNetwork, FeatureNode, automatic_pairs, classifier_logits, describe_network_nodes,
+                       feature_nodes, pair_networks, parse_pairs, probe, unwrap)
 from .generator import Generator
-from .registry import ARCHITECTURE_HELP, build_classifier, check_pairable, feature_shapes
+from .registry import (ARCHITECTURE_HELP, TORCHVISION_PREFIX, architecture_key, build_classifier,
+                       torchvision_classifiers)
 from .resnet import ResNet
 from .wrn import WideResNet
 
-__all__ = ["ARCHITECTURE_HELP", "Generator", "ResNet", "WideResNet", "build_classifier", "check_pairable",
-           "feature_shapes"]
+__all__ = ["ARCHITECTURE_HELP", "FeatureNetwork", "FeatureNode", "Generator", "ResNet", "TORCHVISION_PREFIX",
+           "WideResNet", "architecture_key", "automatic_pairs", "build_classifier", "classifier_logits",
+           "describe_network_nodes", "feature_nodes", "pair_networks", "parse_pairs", "probe",
+           "torchvision_classifiers", "unwrap"]

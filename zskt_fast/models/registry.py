@@ -1,21 +1,53 @@
-"""Classifiers by name, and whether a teacher and a student can be distilled into each other."""
+"""Classifiers by name: this package's WRN and ResNet, and torchvision's classification models."""
 from __future__ import annotations
 
 import re
 
-import torch
 from torch import nn
 
-from ..common import eval_mode
 from .resnet import ResNet
 from .wrn import WideResNet
 
-ARCHITECTURE_HELP = "'wrn-DEPTH-WIDTH' (wrn-16-1, wrn-16-2, wrn-40-1, wrn-40-2, ...), 'resnet-18' or 'resnet-34'"
+ARCHITECTURE_HELP = ("'wrn-DEPTH-WIDTH' (wrn-16-1, wrn-16-2, wrn-40-1, wrn-40-2, ...), 'resnet-18', 'resnet-34', or "
+                     "'tv:NAME', any torchvision classification model (tv:resnet50, tv:mobilenet_v3_small, ...)")
+TORCHVISION_PREFIX = "tv:"
+
+
+def torchvision_classifiers() -> list[str]:
+    """The names of torchvision's classification model builders (not detection, segmentation or video)."""
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _torchvision_classifier(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    import difflib
+
+    import torchvision
+
+    known = torchvision_classifiers()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+        raise ValueError(f"unknown torchvision classifier {TORCHVISION_PREFIX}{name}" +
+                         (f": did you mean {', '.join(TORCHVISION_PREFIX + c for c in close)}?" if close else
+                          f"; the {len(known)} known ones include {', '.join(known[:8])}, ..."))
+    if in_channels != 3:
+        raise ValueError(f"{TORCHVISION_PREFIX}{name} takes 3-channel (RGB) images and the data have {in_channels} "
+                         f"channel(s): use a data set of RGB images, or one of this package's architectures")
+    # weights=None: nothing is downloaded; the user's file is loaded into it.
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
 def build_classifier(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """A classifier by name: 'wrn-D-K' (for example wrn-40-2), 'resnet-18' or 'resnet-34'."""
-    key = name.strip().lower() if isinstance(name, str) else ""
+    """A classifier by name: 'wrn-D-K' (for example wrn-40-2), 'resnet-18', 'resnet-34' (these return (logits, attention
+    features)), or 'tv:NAME' for torchvision's NAME (returns logits), built without pretrained weights."""
+    key = name.strip() if isinstance(name, str) else ""
+    if key.lower().startswith(TORCHVISION_PREFIX):
+        key = TORCHVISION_PREFIX + key[len(TORCHVISION_PREFIX):].strip()
+        net = _torchvision_classifier(key[len(TORCHVISION_PREFIX):], num_classes, in_channels)
+        net.arch_name = key
+        return net
+    key = key.lower()
     wrn, resnet = re.fullmatch(r"wrn-(\d+)-(\d+)", key), re.fullmatch(r"resnet-?(\d+)", key)
     if wrn:
         net = WideResNet(int(wrn[1]), int(wrn[2]), num_classes=num_classes, in_channels=in_channels)
@@ -27,33 +59,9 @@ def build_classifier(name: str, num_classes: int = 10, in_channels: int = 3) -> 
     return net
 
 
-@torch.no_grad()
-def feature_shapes(net: nn.Module, in_channels: int, image_size: int) -> tuple[int, list[tuple[int, ...]]]:
-    """(number of classes, [C, H, W] of each attention feature) of `net` for images of the given size.
-
-    Runs one forward pass on two blank images in eval mode (BatchNorm statistics untouched) and restores the mode."""
-    param = next(net.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    with eval_mode(net):
-        logits, feats = net(torch.zeros(2, in_channels, image_size, image_size, device=device))
-    return logits.shape[1], [tuple(f.shape[1:]) for f in feats]
-
-
-def check_pairable(teacher: nn.Module, student: nn.Module, *, in_channels: int, image_size: int,
-                   attention: bool = True, names: tuple[str, str] = ("teacher", "student")) -> None:
-    """Raises ValueError unless the two classifiers can be distilled into each other: the same number of classes and,
-    when attention transfer is on, the same number of attention features with equal spatial sizes."""
-    t_classes, t_shapes = feature_shapes(teacher, in_channels, image_size)
-    s_classes, s_shapes = feature_shapes(student, in_channels, image_size)
-    t_name, s_name = names
-    if t_classes != s_classes:
-        raise ValueError(f"the {t_name} predicts {t_classes} classes and the {s_name} {s_classes}")
-    if not attention:
-        return
-    describe = lambda shapes: ", ".join("x".join(map(str, s[1:])) for s in shapes)  # noqa: E731
-    if len(t_shapes) != len(s_shapes) or any(t[1:] != s[1:] for t, s in zip(t_shapes, s_shapes)):
-        raise ValueError(
-            f"the attention features of the {t_name} ({len(t_shapes)} maps of sizes {describe(t_shapes)}) and the "
-            f"{s_name} ({len(s_shapes)} maps of sizes {describe(s_shapes)}) cannot be paired layer by layer: choose "
-            f"architectures of one family (WRN with WRN, ResNet with ResNet), or set beta to 0 to train without "
-            f"attention transfer")
+def architecture_key(name: str) -> str:
+    """The name as build_classifier reads it (lower case, but torchvision's model names are kept as they are)."""
+    name = name.strip()
+    if name.lower().startswith(TORCHVISION_PREFIX):
+        return TORCHVISION_PREFIX + name[len(TORCHVISION_PREFIX):].strip()
+    return name.lower()
