@@ -5,7 +5,8 @@
 # and reports its outcome on one line, so that one hang cannot eat the run.
 #
 #   bash benchmarks/gpu_check.sh             everything, within 470 s (build, GPU tests, memcheck, the benchmarks,
-#                                            then the compiled trainer's benchmark and tests)
+#                                            the trainer under torchrun, then the compiled trainer's benchmark and
+#                                            tests)
 #   bash benchmarks/gpu_check.sh --quick     build, GPU tests and the float32 op benchmarks, within 230 s (a second
 #                                            try)
 #   bash benchmarks/gpu_check.sh --dry-run   every stage that needs no GPU (the build with ZSKT_CUDA=1 included);
@@ -104,7 +105,22 @@ memcheck() {
   fi
   return $rc
 }
-export -f memcheck
+# The trainer under torchrun on the GPUs of this machine: one process (NCCL, CUDA graphs with the all-reduces inside),
+# and two when there are two GPUs or more. Runs the digits default for 20 iterations into a temporary folder.
+torchrun_check() {
+  local gpus runs rc=0
+  gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+  runs=$(mktemp -d)
+  for n in 1 2; do
+    if [ "$n" -gt "$gpus" ]; then echo "torchrun --nproc-per-node $n: skipped, $gpus GPU(s)"; continue; fi
+    echo "== torchrun --nproc-per-node $n"
+    "$PY" -m torch.distributed.run --standalone --nproc-per-node "$n" -m zskt_fast.train --iterations 20 \
+      --eval-every 10 --no-progress --no-tensorboard --out "$runs/n$n" || rc=1
+  done
+  rm -rf "$runs"
+  return $rc
+}
+export -f memcheck torchrun_check
 export PY
 
 say "gpu_check ($MODE$([ "$DRY_RUN" = 1 ] && echo ', dry run'); budget $BUDGET s; MAX_JOBS $MAX_JOBS; arch $TORCH_CUDA_ARCH_LIST)"
@@ -130,6 +146,7 @@ print('backends on cuda:', _library.available_backends('cuda'))"
       --benchmark-columns=min,median,rounds
     stage bench-mte 90 1 "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_mte.py -k gpu \
       --benchmark-json="$OUT/mte_gpu.json" --benchmark-columns=min,median,rounds
+    stage torchrun 90 1 bash -c torchrun_check
     # Last and optional (what is left of the budget, no failure when nothing is), so that compilation cannot eat the
     # time of the stages above.
     OPTIONAL=1

@@ -14,6 +14,8 @@ from zskt_fast import train as train_cli
 from zskt_fast.engine.checkpoint import load_weights
 from zskt_fast.models import build_classifier
 
+from conftest import skip_unless_runnable
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 QUICK = dict(iterations=2, batch_size=4, n_student_steps=2, compile="off", progress=False)
 
@@ -183,10 +185,7 @@ def test_cli_bad_networks_are_refused_before_anything_is_written(image_folder, f
 @pytest.mark.parametrize("switches", [dict(backend="cpu", channels_last=True), dict(backend="eager", amp="bf16"),
                                       dict(backend="triton", amp="off")])
 def test_distill_torchvision_networks_with_the_speed_switches(switches):
-    from zskt_fast.ops import available_backends
-
-    if switches["backend"] not in available_backends("cpu"):
-        pytest.skip(f"backend {switches['backend']} is not available on the CPU here")
+    skip_unless_runnable(switches["backend"], "cpu")
     torch.manual_seed(0)
     teacher, student = build_classifier("tv:resnet18"), build_classifier("tv:mobilenet_v3_small")
     before = [p.detach().clone() for p in student.parameters()]

@@ -17,6 +17,7 @@ from .common import resolve_device, writable_folder
 from .data import DATASETS, DEFAULT_DATA_ROOT, dataset_info, evaluation_loader, normalisation_of
 from .engine.checkpoint import CheckpointError, load_classifier
 from .engine.config import CHANNELS_HELP, DATA_ROOT_HELP, DOWNLOAD_HELP, IMAGE_SIZE_HELP
+from .engine.distributed import broadcast_object, init_world, launched_ranks, process_group_closed_at_exit
 from .engine.evaluation import evaluate
 from .engine.transition_curves import (DEFAULT_IMAGES, DEFAULT_STEP_SIZE, DEFAULT_STEPS, SOURCES, TransitionCurves,
                                        mean_transition_error, select_matching_images, transition_curves)
@@ -100,11 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with errors_as_messages(parser):
+    with errors_as_messages(parser), process_group_closed_at_exit():
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
+    world = None
+    if launched_ranks() is not None:  # torchrun: the trajectories are shared out, rank 0 writes the results
+        world, args.device = init_world(args.device, "gloo")
+    writer = world is None or world.is_writer
     device = resolve_device(args.device)
     nets_a = [(path, None) for path in args.net_a]
     if args.arch_a is not None:
@@ -148,30 +153,36 @@ def _run(args: argparse.Namespace) -> int:
     loader = evaluation_loader(dataset, root=data_root, download=args.download, normalisation=(mean, std),
                                image_size=info.image_size, channels=info.channels)
 
-    out = writable_folder(args.out or (Path(args.run) / "mte" if args.run else
-                                       f"runs/mte-{time.strftime('%Y%m%d-%H%M%S')}"))
+    out = Path(args.out or (Path(args.run) / "mte" if args.run else
+                            broadcast_object(f"runs/mte-{time.strftime('%Y%m%d-%H%M%S')}", world)))
+    if writer:
+        writable_folder(out)
     budget = int(args.memory_budget * 1024 ** 3) if args.memory_budget else None
     results, rows = {}, []
-    b_acc = evaluate(teacher, loader, device)
+    b_acc = evaluate(teacher, loader, device) if writer else None
     for name, student in zip(names, students):
         start = time.perf_counter()
         curves = transition_curves(student, teacher, loader, n_images=n_images, steps=args.steps,
                                    step_size=args.step_size, device=device, memory_budget=budget,
                                    source=args.source, shuffle_seed=args.shuffle_seed,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress and writer, distributed=world is not None)
         seconds = time.perf_counter() - start
         results[name] = curves
+        if not writer:
+            continue
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         curves.save(out / f"curves_{safe}.npz")
         mean_a, mean_b = curves.mean_curves()
         rows.append({"name": name, "mte": curves.mte, "test_acc_a": evaluate(student, loader, device),
                      "final_p_a": float(mean_a[-1]), "final_p_b": float(mean_b[-1]), "seconds": seconds,
                      "curves": f"curves_{safe}.npz"})
+    if not writer:
+        return 0
     plot_curves(results, out / "transition_curves.png", f"B ({arch_b})")
     summary = {"net_b": str(net_b), "arch_b": arch_b, "test_acc_b": b_acc, "dataset": dataset, "n_images": n_images,
                "steps": args.steps, "step_size": args.step_size, "source": args.source,
                "normalisation": {"mean": list(mean), "std": list(std)},
-               "shuffle_seed": args.shuffle_seed, "results": rows}
+               "shuffle_seed": args.shuffle_seed, "processes": world.size if world else 1, "results": rows}
     (out / "mte.json").write_text(json.dumps(summary, indent=2))
 
     print(f"B: {net_b} ({arch_b}, test accuracy {b_acc:.2f}%); {dataset}, N = {n_images}, K = {args.steps}, "

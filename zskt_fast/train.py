@@ -12,13 +12,17 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from ._cli import HelpFormatter, add_options, errors_as_messages, settings_from_args
 from .engine.checkpoint import CheckpointError
-from .engine.config import ALGORITHM, DATA, OUTPUTS, SPEED, TrainConfig
+from .engine.config import ALGORITHM, DATA, OUTPUTS, PROCESSES, SPEED, TrainConfig
+from .engine.distributed import (World, broadcast_object, init_world, launched_ranks,
+                                 process_group_closed_at_exit)
 from .common import writable_folder
 from .data import dataset_info
 from .models import architecture_key, build_classifier, describe_network_nodes
-from .engine.trainer import RunInterrupted, check_run, check_run_folder, train
+from .engine.trainer import RunInterrupted, check_run, check_run_folder, pretrain_cached_teacher, train
 
 RUN_INDEX = "run.json"  # in the parent folder: the settings of every seed, for --resume of the whole run
 
@@ -32,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Each seed writes a run folder: config.json, metrics.jsonl, checkpoint.pt, images/, student.pt, "
                     "generator.pt and summary.json.",
         formatter_class=HelpFormatter)
-    groups = add_options(p, TrainConfig, skip=("seed",), group_order=(DATA, ALGORITHM, SPEED, OUTPUTS))
+    groups = add_options(p, TrainConfig, skip=("seed",), group_order=(DATA, ALGORITHM, SPEED, OUTPUTS, PROCESSES))
     groups[ALGORITHM].add_argument("--seeds", type=int, nargs="+", default=[TrainConfig.seed],
                                    help="run once per seed; with several, report mean ± std (population std) like "
                                         "the paper")
@@ -46,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--overwrite", action="store_true",
                      help="replace the run files in --out (by default a folder holding a run is refused)")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    groups[PROCESSES].add_argument(
+        "--parallel", choices=("data", "seeds"), default="data",
+        help="under torchrun: data: every process takes a share of each batch (--batch-size stays the global batch) "
+             "and the gradients are averaged; seeds: each process runs its own subset of --seeds as independent "
+             "runs, and rank 0 reports them together")
     p.add_argument("--list-nodes", default=None, metavar="ARCH",
                    help="print the nodes of architecture ARCH that --attention-layers can name (modules with feature "
                         "map outputs and their shapes, on the images of --dataset / --image-size), and exit")
@@ -71,7 +80,8 @@ def _options_given(parser: argparse.ArgumentParser, args: argparse.Namespace, al
             and getattr(args, action.dest) != action.default]
 
 
-def _plan(args: argparse.Namespace) -> tuple[Path, list[tuple[TrainConfig | None, Path, bool]]]:
+def _plan(args: argparse.Namespace, world: World | None = None
+          ) -> tuple[Path, list[tuple[TrainConfig | None, Path, bool]]]:
     """(the parent folder, [(config, seed folder, resume)]) for a new run or for --resume: a seedN folder continues
     that seed; a parent folder continues each unfinished seed of its run.json (starting those that never wrote a
     checkpoint) and keeps the finished ones."""
@@ -79,16 +89,19 @@ def _plan(args: argparse.Namespace) -> tuple[Path, list[tuple[TrainConfig | None
         # every setting of every seed checked before any work
         configs = [settings_from_args(TrainConfig, args, seed=seed).resolved() for seed in args.seeds]
         first = configs[0]
-        out = Path(args.out or f"runs/{first.dataset}-{first.teacher}-{first.student}-"
-                               f"{time.strftime('%Y%m%d-%H%M%S')}")
+        out = Path(args.out or broadcast_object(f"runs/{first.dataset}-{first.teacher}-{first.student}-"
+                                                f"{time.strftime('%Y%m%d-%H%M%S')}".replace(":", "-"), world))
         plan = [(config, out / f"seed{config.seed}", False) for config in configs]
         # Nothing is created before the checks pass. The seeds share data, networks and teacher: one check_run covers
         # them all (it reads the data set and the teacher file).
-        check_run(first)
+        checked = check_run(first)
         for _, folder, _ in plan:
             check_run_folder(folder, overwrite=args.overwrite, create=False)
-        writable_folder(out)
-        (out / RUN_INDEX).write_text(json.dumps({"seeds": [c.to_dict() for c in configs]}, indent=2))
+        if world is None or world.is_writer:
+            writable_folder(out)
+            (out / RUN_INDEX).write_text(json.dumps({"seeds": [c.to_dict() for c in configs]}, indent=2))
+            if world is not None and checked.pretrain_first:  # once, before the other processes look for it
+                pretrain_cached_teacher(first, checked.teacher_path, progress=not args.no_progress)
         return out, plan
     folder = Path(args.resume)
     if (folder / "config.json").is_file():
@@ -105,13 +118,34 @@ def _plan(args: argparse.Namespace) -> tuple[Path, list[tuple[TrainConfig | None
     return folder, plan
 
 
+def _join_processes(args: argparse.Namespace) -> World | None:
+    """Under torchrun: joins the process group (data-parallel: the backend of the devices; seed-parallel: gloo, only to
+    agree on the output folder and wait for a pretrained teacher) and makes --device this process's device."""
+    if launched_ranks() is None:
+        return None
+    backend = args.dist_backend if args.parallel == "data" else "gloo"
+    world, args.device = init_world(args.device, backend, args.dist_timeout_minutes)
+    return world
+
+
+def _wait_for_summaries(seed_dirs: list[Path], poll_seconds: float = 2.0) -> list[dict]:
+    """Rank 0 of a seed-parallel run: the summaries of every seed, once their processes wrote them (torchrun ends the
+    job if one of them fails)."""
+    waiting = [d for d in seed_dirs if not (d / "summary.json").is_file()]
+    if waiting:
+        print(f"waiting for {len(waiting)} seed(s) run by the other processes: {', '.join(d.name for d in waiting)}")
+    while any(not (d / "summary.json").is_file() for d in seed_dirs):
+        time.sleep(poll_seconds)
+    return [json.loads((d / "summary.json").read_text()) for d in seed_dirs]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds has repeats: {args.seeds}")
     if args.resume:
-        extra = _options_given(parser, args, allowed={"resume", "no_progress"})
+        extra = _options_given(parser, args, allowed={"resume", "no_progress", "parallel"})
         if extra:
             parser.error(f"--resume continues a run with its saved settings, which cannot change: drop "
                          f"{', '.join(extra)}")
@@ -120,42 +154,67 @@ def main(argv: list[str] | None = None) -> int:
         with errors_as_messages(parser):
             print(list_nodes(args.list_nodes, args))
         return 0
-    with errors_as_messages(parser):
-        out, plan = _plan(args)
-        summaries = []
-        try:
-            for config, seed_dir, resume in plan:
-                if (seed_dir / "summary.json").is_file() and args.resume:
-                    summaries.append(json.loads((seed_dir / "summary.json").read_text()))
-                    print(f"seed folder {seed_dir}: finished already")
-                    continue
-                if config is not None:
-                    print(f"seed {config.seed}: {config.teacher} -> {config.student} on {config.dataset}, "
-                          f"{config.iterations} iterations, {config.device}, amp {config.amp}, "
-                          f"CUDA graphs {'on' if config.cuda_graphs else 'off'}, compile {config.compile}; "
-                          f"writing {seed_dir}")
-                    if config.compile != "off":
-                        print(f"the steps are compiled (torch.compile, mode {config.compile}) during the first "
-                              "iteration, about a minute on a small CPU; --compile off runs them eagerly")
-                # A seed of a resumed parent that never wrote a checkpoint starts again from nothing.
-                summaries.append(train(config, seed_dir, resume=resume, progress=progress,
-                                       overwrite=args.overwrite or bool(args.resume)))
-        except RunInterrupted as stopped:
-            target = out if len(plan) > 1 else stopped.run_dir
-            parser.exit(128 + stopped.signum, f"\n{parser.prog}: {stopped}\ncontinue with: {parser.prog} --resume "
-                                              f"{target}\n")
+    with process_group_closed_at_exit():
+        with errors_as_messages(parser):
+            world = _join_processes(args)
+            # Rank 0 speaks for a data-parallel run; in a seed-parallel one each process reports its own seeds.
+            say = print if world is None or world.is_writer or args.parallel == "seeds" else (lambda *a, **k: None)
+            progress = progress and (world is None or world.is_writer)
+            out, plan = _plan(args, world)
+            if world is not None:
+                torch.distributed.barrier()  # run.json written, a digits teacher pretrained: the others may look
+                if args.parallel == "seeds":  # independent runs from here on: nothing to wait for together
+                    torch.distributed.destroy_process_group()
+            everything = plan
+            if world is not None and args.parallel == "seeds":
+                plan = plan[world.rank::world.size]
+                say(f"{world.size} processes share {len(everything)} seed(s): rank r runs seeds r, r + {world.size}, "
+                    f"...")
+            summaries = []
+            try:
+                for config, seed_dir, resume in plan:
+                    if (seed_dir / "summary.json").is_file() and args.resume:
+                        summaries.append(json.loads((seed_dir / "summary.json").read_text()))
+                        say(f"seed folder {seed_dir}: finished already")
+                        continue
+                    if config is not None:
+                        say(f"seed {config.seed}: {config.teacher} -> {config.student} on {config.dataset}, "
+                              f"{config.iterations} iterations, {config.device}, amp {config.amp}, "
+                              f"CUDA graphs {'on' if config.cuda_graphs else 'off'}, compile {config.compile}; "
+                              f"writing {seed_dir}")
+                        if world is not None and args.parallel == "data":
+                            say(f"data-parallel over {world.size} processes: {config.batch_size // world.size} of the "
+                                f"{config.batch_size} images of each batch per process")
+                        if config.compile != "off":
+                            say(f"the steps are compiled (torch.compile, mode {config.compile}) during the first "
+                                  "iteration, about a minute on a small CPU; --compile off runs them eagerly")
+                    # A seed of a resumed parent that never wrote a checkpoint starts again from nothing.
+                    summaries.append(train(config, seed_dir, resume=resume, progress=progress,
+                                           overwrite=args.overwrite or bool(args.resume),
+                                           distributed=world is not None and args.parallel == "data"))
+            except RunInterrupted as stopped:
+                target = out if len(everything) > 1 else stopped.run_dir
+                again = parser.prog if world is None else \
+                    f"torchrun --nproc-per-node {world.size} -m {parser.prog.split()[-1]}"
+                parser.exit(128 + stopped.signum, f"\n{parser.prog}: {stopped}\ncontinue with: {again} --resume "
+                                                  f"{target}\n" if world is None or world.is_writer else "")
+            if world is not None:
+                if not world.is_writer:
+                    return 0
+                if args.parallel == "seeds":
+                    summaries = _wait_for_summaries([seed_dir for _, seed_dir, _ in everything])
 
-    for s in summaries:
-        print(f"seed {s['seed']}: teacher test accuracy {s['teacher_acc']:.2f}%, student test accuracy "
-              f"{s['student_acc']:.2f}% ({s['iterations']} iterations, {s['seconds']:.0f} s, "
-              f"{s['iterations_per_second']:.2f} it/s)")
-    if len(summaries) > 1:
-        accs = [s["student_acc"] for s in summaries]
-        print(f"student test accuracy over {len(accs)} seeds: {_mean_std(accs)}%")
-        (out / "summary.json").write_text(json.dumps(
-            {"student_acc_mean": statistics.fmean(accs), "student_acc_std": statistics.pstdev(accs),
-             "seeds": [s["seed"] for s in summaries], "runs": summaries}, indent=2))
-    return 0
+        for s in summaries:
+            print(f"seed {s['seed']}: teacher test accuracy {s['teacher_acc']:.2f}%, student test accuracy "
+                  f"{s['student_acc']:.2f}% ({s['iterations']} iterations, {s['seconds']:.0f} s, "
+                  f"{s['iterations_per_second']:.2f} it/s)")
+        if len(summaries) > 1:
+            accs = [s["student_acc"] for s in summaries]
+            print(f"student test accuracy over {len(accs)} seeds: {_mean_std(accs)}%")
+            (out / "summary.json").write_text(json.dumps(
+                {"student_acc_mean": statistics.fmean(accs), "student_acc_std": statistics.pstdev(accs),
+                 "seeds": [s["seed"] for s in summaries], "runs": summaries}, indent=2))
+        return 0
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from ..common import (check_choice, check_count, check_non_negative, check_posit
 from ..data import DATASETS, DEFAULT_DATA_ROOT, dataset_info, normalisation_of
 from ..models import ARCHITECTURE_HELP, architecture_key
 from ..models.features import parse_pairs
+from .distributed import DIST_BACKENDS
 from ..ops import BACKENDS, DEFAULT_BETA, DEFAULT_TEMPERATURE
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
@@ -48,8 +49,8 @@ IMAGE_SIZE_HELP = ("side of the square images: the generator makes them, the tes
 CHANNELS_HELP = "image channels of an image folder: 3 (RGB) or 1 (grey); default 3"
 PRETRAIN_EPOCHS = {"digits": 30, "cifar10": 200, "svhn": 100, "cifar100": 200, "folder": 100}
 
-DATA, ALGORITHM, SPEED, OUTPUTS = ("data and networks", "Algorithm 1 (defaults: the authors' settings)", "speed",
-                                   "outputs")
+DATA, ALGORITHM, SPEED, OUTPUTS, PROCESSES = ("data and networks", "Algorithm 1 (defaults: the authors' settings)",
+                                              "speed", "outputs", "many processes (torchrun)")
 
 
 def per_dataset(index: int) -> str:
@@ -145,6 +146,9 @@ class LoopSettings(StepSettings):
                                    group=OUTPUTS)
     tensorboard: bool = option(True, "TensorBoard events, when the tensorboard package is installed",
                                group=OUTPUTS)
+    sync_bn: bool = option(True, "under torchrun (data-parallel): batch-norm statistics of the student and the "
+                                 "generator over the global batch, so that N processes compute what one does; "
+                                 "--no-sync-bn: per-process statistics (a different algorithm)", group=PROCESSES)
 
     def resolved(self) -> LoopSettings:
         """A copy with every None/auto filled in (loop lengths: the paper's CIFAR-10 run) for this machine; raises
@@ -163,6 +167,8 @@ class LoopSettings(StepSettings):
         check_count(self.seed, "seed", minimum=0)
         check_count(self.checkpoint_every, "checkpoint_every", minimum=0)
         check_positive(self.checkpoint_minutes, "checkpoint_minutes")
+        if not isinstance(self.sync_bn, bool):
+            raise ValueError(f"sync_bn must be True or False, got {self.sync_bn!r}")
         device = resolve_device(self.device)
         self.device = str(device)
         self._resolve_steps(device)
@@ -190,6 +196,10 @@ class TrainConfig(LoopSettings):
     teacher: str | None = option(None, f"teacher architecture: {ARCHITECTURE_HELP}; default per dataset: "
                                        f"{per_dataset(0)}", group=DATA)
     student: str | None = option(None, f"student architecture; default: {per_dataset(1)}", group=DATA)
+    dist_backend: str = option("auto", "torch.distributed backend under torchrun: nccl for CUDA devices, gloo for "
+                                       "the CPU (auto picks)", group=PROCESSES, choices=DIST_BACKENDS)
+    dist_timeout_minutes: float = option(30.0, "under torchrun: a collective that waits this long (a process died "
+                                               "or hangs) ends the job with an error", group=PROCESSES)
     attention_layers: list[str] | None = option(
         None, "attention-transfer pairs TEACHER_NODE:STUDENT_NODE (module or torch.fx node names, see --list-nodes); "
               "default: this package's networks pair their own features, any other pair of networks the last block "
@@ -226,6 +236,8 @@ class TrainConfig(LoopSettings):
         if c.attention_layers is not None:
             parse_pairs(c.attention_layers)
         c._resolve_loop(iterations, eval_every, log_every)
+        check_choice(c.dist_backend, DIST_BACKENDS, "dist_backend")
+        check_positive(c.dist_timeout_minutes, "dist_timeout_minutes")
         if c.teacher_ckpt:
             c.teacher_ckpt = os.path.abspath(os.path.expanduser(c.teacher_ckpt))
         return c

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
@@ -27,6 +28,7 @@ from ..common import eval_mode, writable_folder
 from ..models import Generator, pair_networks, unwrap
 from .checkpoint import CheckpointError, atomic_save, check_finite, load_file, save_classifier
 from .config import LoopSettings
+from .distributed import World, agree, convert_batch_norm, current_world, mean_over_ranks
 from .evaluation import as_batches, evaluate
 from .loop import zero_shot_knowledge_transfer
 from .metrics import MetricsLog, save_image_grid
@@ -179,7 +181,7 @@ def distill(teacher: nn.Module, student: nn.Module, *, image_shape: Sequence[int
             attention=None, test_data=None, iterations: int | None = None, seed: int = 0,
             out: str | os.PathLike | None = None, device: str | torch.device = "auto", normalisation=None,
             resume: bool = False, overwrite: bool = False, progress: bool = True, run_record: dict | None = None,
-            stop: int | None = None, **settings) -> DistillResult:
+            distributed: bool | None = None, stop: int | None = None, **settings) -> DistillResult:
     """Distils the trained `teacher` into `student` without data: Algorithm 1 of Micaelli & Storkey (2019).
 
     teacher, student: classifiers on images of `image_shape` (channels, side, side) returning logits, or (logits,
@@ -198,11 +200,23 @@ def distill(teacher: nn.Module, student: nn.Module, *, image_shape: Sequence[int
     normalisation: (mean, std) of the teacher's inputs, to show the generated images and to record in student.pt.
     run_record: settings recorded in config.json and checked on resume besides the loop settings (the command line
         records its whole configuration).
+    distributed: None runs data-parallel over the torch.distributed process group when one is initialised (torchrun;
+        batch_size is the global batch, split across ranks, and rank 0 alone writes files), else in this process
+        alone; False ignores the process group; True requires it.
     stop: end after that many iterations of the schedule, as if the run were killed there (tests).
 
     The generator is initialised from `seed` alone. SIGINT/SIGTERM stop a run with a folder after the iteration in
     progress, with a checkpoint, by raising RunInterrupted."""
     config = _loop_settings({"iterations": iterations, "seed": seed, "device": str(device), **settings})
+    world = current_world() if distributed is not False else None
+    if distributed and world is None:
+        raise ValueError("distributed=True needs an initialised torch.distributed process group (launch with torchrun)")
+    if world is not None and config.batch_size % world.size:
+        raise ValueError(f"the global batch size {config.batch_size} is not divisible by the world size {world.size}: "
+                         f"choose a batch size that is a multiple of the number of processes")
+    if world is not None and world.size == 1:
+        world = None  # one rank computes what one process computes, with no collective to wait for
+    writer = world is None or world.is_writer
     image_shape = _check_image_shape(image_shape)
     device = torch.device(config.device)
     channels = image_shape[0]
@@ -213,35 +227,49 @@ def distill(teacher: nn.Module, student: nn.Module, *, image_shape: Sequence[int
     names = {"teacher": _name(teacher), "student": _name(student),
              "dataset": (run_record or {}).get("dataset", "custom")}
     record = {**(run_record or {}), **dataclasses.asdict(config), "image_shape": list(image_shape),
-              "attention": attention, **{k: v for k, v in names.items() if k not in (run_record or {})}}
-    loader = None if test_data is None else as_batches(test_data)
-    teacher.to(device)
-    student.to(device)
-    teacher, student, pairs = pair_networks(teacher, student, image_shape=image_shape, attention=attention,
-                                            use_attention=config.beta > 0, num_classes=num_classes)
+              "attention": attention, "world_size": world.size if world else 1,
+              **{k: v for k, v in names.items() if k not in (run_record or {})}}
+    loader = None if test_data is None or not writer else as_batches(test_data)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        generator = Generator(config.z_dim, image_shape[1], channels).to(device)
+        generator = Generator(config.z_dim, image_shape[1], channels)
+    if world is not None and config.sync_bn:  # before the networks are traced for their features
+        convert_batch_norm(student)
+        convert_batch_norm(generator)
+    for net in (teacher, student, generator):
+        net.to(device)
+    teacher, student, pairs = pair_networks(teacher, student, image_shape=image_shape, attention=attention,
+                                            use_attention=config.beta > 0, num_classes=num_classes)
 
     run_dir, state = None, None
     if out is not None:
         run_dir = Path(out).expanduser().absolute()
         if resume:
             state = _read_checkpoint(run_dir, record, device)
-        else:
-            check_run_folder(run_dir, overwrite=overwrite)
+        else:  # every rank checks, then rank 0 alone creates and writes
+            check_run_folder(run_dir, overwrite=overwrite, create=False)
+            if world is not None:
+                dist.barrier()
+            if writer:
+                check_run_folder(run_dir, overwrite=overwrite)
     elif resume:
         raise ValueError("resume needs the run folder (out) of the run to continue")
-    with _exclusive(run_dir) if run_dir is not None else contextlib.nullcontext():
-        if run_dir is not None and not resume:
-            if overwrite:
-                for name in RUN_FILES:
-                    (run_dir / name).unlink(missing_ok=True)
-                for folder in ("images", "tensorboard"):
-                    shutil.rmtree(run_dir / folder, ignore_errors=True)
-            (run_dir / "config.json").write_text(json.dumps(record, indent=2))
-        return _run(config, record, teacher, student, generator, pairs, image_shape, (mean, std), names, device,
-                    run_dir, loader, state, progress, stop)
+    write_dir = run_dir if writer else None
+    try:
+        with _exclusive(write_dir) if write_dir is not None else contextlib.nullcontext():
+            if write_dir is not None and not resume:
+                if overwrite:
+                    for name in RUN_FILES:
+                        (run_dir / name).unlink(missing_ok=True)
+                    for folder in ("images", "tensorboard"):
+                        shutil.rmtree(run_dir / folder, ignore_errors=True)
+                (run_dir / "config.json").write_text(json.dumps(record, indent=2))
+            return _run(config, record, teacher, student, generator, pairs, image_shape, (mean, std), names, device,
+                        run_dir, write_dir, loader, state, progress and writer, stop, world)
+    finally:
+        if world is not None and config.sync_bn:  # the networks handed back are plain ones
+            convert_batch_norm(unwrap(student), to_global=False)
+            convert_batch_norm(generator, to_global=False)
 
 
 def _read_checkpoint(run_dir: Path, record: dict, device: torch.device) -> dict:
@@ -252,6 +280,10 @@ def _read_checkpoint(run_dir: Path, record: dict, device: torch.device) -> dict:
         raise CheckpointError(f"cannot resume: {checkpoint_path} does not exist (the run wrote no checkpoint yet)")
     state = load_file(checkpoint_path, map_location=device)
     saved = state.get("config", {})
+    if saved.get("world_size", 1) != record["world_size"]:
+        raise CheckpointError(f"{checkpoint_path} was written by a run of {saved.get('world_size', 1)} process(es) and "
+                              f"is resumed by {record['world_size']}: resume it with the same number of processes "
+                              f"(torchrun --nproc-per-node and --nnodes), whose steps it continues exactly")
     different = [k for k in record if k in saved and saved[k] != record[k]]
     if different:
         raise CheckpointError(f"{checkpoint_path} and {run_dir / 'config.json'} do not belong together: they differ "
@@ -262,12 +294,15 @@ def _read_checkpoint(run_dir: Path, record: dict, device: torch.device) -> dict:
 
 
 def _run(config: LoopSettings, settings_record: dict, teacher: nn.Module, student: nn.Module, generator: nn.Module,
-         pairs, image_shape, normalisation, names: dict, device: torch.device, run_dir: Path | None, loader,
-         state: dict | None, progress: bool, stop: int | None) -> DistillResult:
+         pairs, image_shape, normalisation, names: dict, device: torch.device, run_dir: Path | None,
+         write_dir: Path | None, loader, state: dict | None, progress: bool, stop: int | None,
+         world: World | None) -> DistillResult:
+    """The loop with its outputs. `run_dir`: the run's folder (None: none); `write_dir`: the same where this process
+    writes (rank 0), else None."""
     mean, std = normalisation
     teacher_acc = evaluate(teacher, loader, device) if loader is not None else None
     steps_class = GraphedZSKTSteps if config.cuda_graphs else ZSKTSteps
-    steps = steps_class(teacher, student, generator, config.step_settings(), device, seed=config.seed)
+    steps = steps_class(teacher, student, generator, config.step_settings(), device, seed=config.seed, world=world)
     accumulator = _Accumulator(device)
 
     start, history, elapsed_before, window_start = 0, [], 0.0, 0
@@ -284,9 +319,9 @@ def _run(config: LoopSettings, settings_record: dict, teacher: nn.Module, studen
         steps.capture(generator_passes=config.n_student_steps)
 
     grid_z = torch.randn(GRID_SAMPLES, config.z_dim, generator=torch.Generator().manual_seed(config.seed + 1))
-    log = None if run_dir is None else MetricsLog(
-        run_dir / "metrics.jsonl", keep_until=start if state is not None else None,
-        tensorboard_dir=str(run_dir / "tensorboard") if config.tensorboard else None)
+    log = None if write_dir is None else MetricsLog(
+        write_dir / "metrics.jsonl", keep_until=start if state is not None else None,
+        tensorboard_dir=str(write_dir / "tensorboard") if config.tensorboard else None)
     bar = tqdm(total=config.iterations, initial=start, desc="zero-shot", unit="it", disable=not progress,
                dynamic_ncols=True)
     clock = {"run_start": time.perf_counter(), "window": time.perf_counter(), "checkpoint": time.perf_counter(),
@@ -297,11 +332,12 @@ def _run(config: LoopSettings, settings_record: dict, teacher: nn.Module, studen
         return elapsed_before + time.perf_counter() - clock["run_start"]
 
     def write_checkpoint(next_iteration: int) -> None:
-        if run_dir is None:
-            return
-        atomic_save({"iteration": next_iteration, "steps": steps.state_dict(), "history": history,
-                     "elapsed": elapsed(), "config": settings_record, "accumulator": accumulator.state_dict(),
-                     "window_start": clock["window_it"]}, run_dir / "checkpoint.pt")
+        # Every rank then holds the window's mean so far, which the checkpoint keeps for all of them.
+        mean_over_ranks(accumulator.sums, world)
+        if write_dir is not None:
+            atomic_save({"iteration": next_iteration, "steps": steps.state_dict(), "history": history,
+                         "elapsed": elapsed(), "config": settings_record, "accumulator": accumulator.state_dict(),
+                         "window_start": clock["window_it"]}, write_dir / "checkpoint.pt")
         clock["checkpoint"] = time.perf_counter()
 
     def on_iteration_end(iteration: int, outputs: dict) -> None:
@@ -314,6 +350,7 @@ def _run(config: LoopSettings, settings_record: dict, teacher: nn.Module, studen
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             now = time.perf_counter()
+            mean_over_ranks(accumulator.sums, world)
             record = {"iteration": done, **accumulator.pop(),
                       "lr_generator": cosine_lr(config.generator_lr, iteration, config.iterations),
                       "lr_student": cosine_lr(config.student_lr, iteration, config.iterations),
@@ -332,10 +369,10 @@ def _run(config: LoopSettings, settings_record: dict, teacher: nn.Module, studen
                 record["student_acc"] = student_acc
                 bar.write(f"iteration {done}/{config.iterations}: student test accuracy {student_acc:.2f}% "
                           f"(teacher {teacher_acc:.2f}%)")
-            if run_dir is not None:
+            if write_dir is not None:
                 with torch.no_grad(), eval_mode(generator):
                     images = generator(grid_z.to(device))
-                save_image_grid(images, run_dir / "images" / f"iter_{done:06d}.png", mean=mean, std=std)
+                save_image_grid(images, write_dir / "images" / f"iter_{done:06d}.png", mean=mean, std=std)
         if record is not None:
             if log is not None:
                 log.write(record)
@@ -343,12 +380,13 @@ def _run(config: LoopSettings, settings_record: dict, teacher: nn.Module, studen
             if history:
                 shown["acc"] = f"{student_acc:.1f}"
             bar.set_postfix(shown)
-        due = (config.checkpoint_every and done % config.checkpoint_every == 0) or \
-            time.perf_counter() - clock["checkpoint"] >= 60 * config.checkpoint_minutes
-        if (due or stop_requested) and done < config.iterations:
+        due_by_clock = time.perf_counter() - clock["checkpoint"] >= 60 * config.checkpoint_minutes
+        stopping, due_by_clock = agree([bool(stop_requested), due_by_clock], world, device)
+        due = (config.checkpoint_every and done % config.checkpoint_every == 0) or due_by_clock
+        if (due or stopping) and done < config.iterations:
             write_checkpoint(done)
-        if stop_requested and done < config.iterations:
-            raise RunInterrupted(stop_requested["signal"], run_dir, done)
+        if stopping and done < config.iterations:
+            raise RunInterrupted(stop_requested.get("signal", signal.SIGTERM), run_dir, done)
 
     try:
         with _stop_requests(enabled=run_dir is not None) as stop_requested:
@@ -371,7 +409,7 @@ def _run(config: LoopSettings, settings_record: dict, teacher: nn.Module, studen
                       "iterations_per_second": config.iterations / seconds if seconds else None,
                       "device": str(device), "amp": config.amp, "cuda_graphs": config.cuda_graphs,
                       "backend": config.backend, "attention_pairs": pairs, "history": history}
-    if run_dir is not None:
+    if write_dir is not None:
         save_classifier(unwrap(student), run_dir / "student.pt", test_acc=student_acc, arch=names["student"],
                         dataset=names["dataset"], teacher=names["teacher"],
                         normalisation={"mean": list(mean), "std": list(std)})

@@ -17,6 +17,7 @@ from torch import nn
 from ..models import FeatureNetwork
 from ..ops import zskt_generator_loss, zskt_student_loss
 from .config import AMP_DTYPES, StepSettings, check_cuda_graphs
+from .distributed import World, average_gradients
 from .schedules import cosine_lr
 
 
@@ -49,8 +50,11 @@ class ZSKTSteps:
     """Holds the networks, the optimisers and the noise source; each method is one piece of Algorithm 1."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, generator: nn.Module, settings: StepSettings,
-                 device: torch.device, seed: int):
+                 device: torch.device, seed: int, world: World | None = None):
+        """`world`: the ranks of a data-parallel run; each draws the global noise batch and keeps its share, and
+        gradients are averaged across ranks before each update (batch-norm layers synchronise themselves)."""
         self.device = torch.device(device)
+        self.world = world if world is not None and world.size > 1 else None
         settings = settings.resolved(self.device)
         self.teacher, self.student, self.generator = teacher, student, generator
         self.settings = settings
@@ -100,7 +104,8 @@ class ZSKTSteps:
     # -- Algorithm 1, piece by piece ---------------------------------------------------------------------------------
     def sample_noise(self) -> torch.Tensor:
         s = self.settings
-        return torch.empty(s.batch_size, s.z_dim, device=self.device).normal_(generator=self.noise)
+        z = torch.empty(s.batch_size, s.z_dim, device=self.device).normal_(generator=self.noise)
+        return z if self.world is None else z[self.world.share(s.batch_size)]
 
     def generator_step(self, z: torch.Tensor) -> torch.Tensor:
         """One Adam step of G on -KL(T(G(z)) || S(G(z))); the gradient flows through both networks into G only."""
@@ -171,6 +176,8 @@ class ZSKTSteps:
         scaled = scaler.scale(loss) if scaler is not None else loss
         # inputs= keeps autograd from computing the weight gradients of the other networks in the generator step.
         scaled.backward(inputs=params if only_this_net else None)
+        if self.world is not None:
+            average_gradients(params, self.world)
         if scaler is None:
             update()
             return
@@ -236,7 +243,7 @@ class GraphedZSKTSteps(ZSKTSteps):
         fresh_optimizers = not any(self.optimizer_G.state) and not any(self.optimizer_S.state)
         saved = [t.detach().clone() for t in self._tensors_to_restore()]
         noise_state = self.noise.get_state()
-        self.static_z = super().sample_noise()
+        self.static_z = super().sample_noise().clone()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -280,7 +287,10 @@ class GraphedZSKTSteps(ZSKTSteps):
     # Replays read and write the static buffers captured above: the arguments the eager steps take are the same
     # buffers here (the loop passes back what these return), so they are accepted and not read.
     def sample_noise(self) -> torch.Tensor:
-        self.static_z.normal_(generator=self.noise)
+        if self.world is None:
+            self.static_z.normal_(generator=self.noise)
+        else:
+            self.static_z.copy_(super().sample_noise())
         return self.static_z
 
     def generator_step(self, _static_z: torch.Tensor) -> torch.Tensor:

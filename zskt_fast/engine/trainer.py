@@ -118,13 +118,14 @@ def _loader(config: TrainConfig, normalisation):
 
 
 def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, stop: int | None = None) -> dict:
+          progress: bool = True, stop: int | None = None, distributed: bool | None = False) -> dict:
     """Runs (or, with `resume`, continues from its checkpoint) one seed of zero-shot knowledge transfer into
     `run_dir`; returns the summary. A folder that holds another run is refused unless `overwrite`; with `resume`
     the run's saved config.json applies and `config` is not used.
 
     SIGINT/SIGTERM stop the run after the iteration in progress, with a checkpoint, by raising RunInterrupted.
-    `stop` ends the run after that many iterations of the schedule (as if it were killed there), for tests."""
+    `stop` ends the run after that many iterations of the schedule (as if it were killed there), for tests.
+    `distributed`: as distill's (data-parallel over the process group; by default not)."""
     run_dir = Path(run_dir).expanduser().absolute()
     if resume:
         config = _read_run_config(run_dir)
@@ -143,5 +144,5 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
     result = distill(teacher, student, image_shape=_image_shape(config), num_classes=config.num_classes,
                      attention=config.attention_layers, test_data=checked.loader, out=run_dir,
                      normalisation=(config.mean, config.std), resume=resume, overwrite=overwrite, progress=progress,
-                     run_record=config.to_dict(), stop=stop, **config.loop_settings())
+                     run_record=config.to_dict(), distributed=distributed, stop=stop, **config.loop_settings())
     return {"stopped_at": result.stopped_at} if result.stopped_at is not None else result.summary

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from ..common import check_choice, check_count, check_positive, eval_mode
 from ..models import classifier_logits
+from .distributed import current_world
 
 SOURCES = ("agreed", "label")  # the source class of a trajectory: A's and B's common prediction, or the label
 DEFAULT_IMAGES = 1000  # N, the paper's
@@ -159,13 +161,17 @@ def default_memory_budget(device: torch.device) -> int:
 def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int = DEFAULT_IMAGES,
                       steps: int = DEFAULT_STEPS, step_size: float = DEFAULT_STEP_SIZE, device=None,
                       memory_budget: int | None = None, max_batch: int | None = None, source: str = "agreed",
-                      shuffle_seed: int | None = None, progress: bool = True) -> TransitionCurves:
+                      shuffle_seed: int | None = None, progress: bool = True,
+                      distributed: bool = False) -> TransitionCurves:
     """Algorithm 2 for all N * (C - 1) trajectories at once (in chunks that fit `memory_budget` bytes, or at most
     `max_batch` trajectories). `data`: a tensor of images, an (images, labels) pair, or a loader of (images, labels).
     The N images are the first on which A and B agree, in the data's order or (`shuffle_seed`) a seeded random order;
     the source class i of an image is their common prediction (source="agreed", the paper's Algorithm 2) or its label
     (source="label", what the authors' code does).
-    Both networks are used in eval mode and left in the mode they were in; their parameters receive no gradient."""
+    Both networks are used in eval mode and left in the mode they were in; their parameters receive no gradient.
+    `distributed`: the trajectories are shared out over the ranks of the initialised process group (each runs a
+    contiguous block; every trajectory is independent of the others) and gathered, so that every rank returns the
+    curves of all of them."""
     check_count(n_images, "n_images")
     check_choice(source, SOURCES, "source")
     if shuffle_seed is not None:
@@ -207,14 +213,18 @@ def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int
     chunk = max(1, (memory_budget or default_memory_budget(device)) // per_trajectory)
     chunk = min(chunk, total, max_batch or total)
 
+    world = current_world() if distributed else None
+    low, high = (0, total) if world is None else (world.rank * total // world.size,
+                                                  (world.rank + 1) * total // world.size)
     p_a = torch.empty(total, steps, device=device)  # filled on the device: no host synchronisation per step
     p_b = torch.empty(total, steps, device=device)
-    bar = tqdm(total=math.ceil(total / chunk) * steps, desc="transition curves", unit="step",
-                       disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=math.ceil((high - low) / chunk) * steps, desc="transition curves", unit="step",
+               disable=not progress, dynamic_ncols=True)
     with eval_mode(net_a, net_b):
-        for begin in range(0, total, chunk):
-            x = start_images[begin:begin + chunk].to(device)
-            target = flat_targets[begin:begin + chunk].to(device)
+        for begin in range(low, high, chunk):
+            end = min(begin + chunk, high)
+            x = start_images[begin:end].to(device)
+            target = flat_targets[begin:end].to(device)
             rows = torch.arange(len(target), device=device)
             for k in range(steps):
                 last = k == steps - 1  # the image after the last update is never looked at: no backward for it
@@ -232,6 +242,12 @@ def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int
                     x = x.detach() - step_size * grad
                 bar.update(1)
     bar.close()
+    if world is not None and world.size > 1:
+        blocks = [None] * world.size
+        dist.all_gather_object(blocks, (low, high, p_a[low:high].cpu(), p_b[low:high].cpu()))
+        p_a, p_b = p_a.cpu(), p_b.cpu()
+        for block_low, block_high, block_a, block_b in blocks:
+            p_a[block_low:block_high], p_b[block_low:block_high] = block_a, block_b
     shape = (n_images, num_classes - 1, steps)
     return TransitionCurves(p_a.view(shape).cpu(), p_b.view(shape).cpu(), targets, sources, indices, steps,
                             float(step_size))

@@ -21,6 +21,8 @@ from torch import nn
 
 from ..common import eval_mode
 
+# Batch-norm layers stay whole in the traced graph, subclasses too (the trainer swaps in one that synchronises ranks).
+TRACER = {"leaf_modules": [nn.modules.batchnorm._BatchNorm]}
 LIST_NODES_HINT = "python -m zskt_fast.train --list-nodes ARCH lists them"
 
 
@@ -226,7 +228,7 @@ class FeatureNetwork(nn.Module):
         from torchvision.models.feature_extraction import get_graph_node_names
 
         try:
-            train_names, eval_names = get_graph_node_names(self.net)
+            train_names, eval_names = get_graph_node_names(self.net, tracer_kwargs=TRACER)
         except Exception as error:  # noqa: BLE001 - any tracing failure means: use hooks
             return [], error
         self._logits_node = eval_names[-1]  # the node that feeds the output (for (logits, features): checked above)
@@ -237,7 +239,7 @@ class FeatureNetwork(nn.Module):
 
         return_nodes = {name: f"feature{i}" for i, name in enumerate(self.nodes)}
         return_nodes.setdefault(self._logits_node, "logits")
-        extractor = create_feature_extractor(self.net, return_nodes=return_nodes)
+        extractor = create_feature_extractor(self.net, return_nodes=return_nodes, tracer_kwargs=TRACER)
         if return_nodes[self._logits_node] != "logits":  # a feature node is also the logits node: not a feature map
             raise ValueError(f"node {self._logits_node!r} is the network's output")
         extractor.train(self.net.training)

@@ -1,0 +1,66 @@
+"""A small data-parallel run for the distributed tests: `torchrun --nproc-per-node N tests/distributed_worker.py OUT
+[--float64] [--no-sync-bn] [--iterations K] [--stop K]`, or plain `python` for the one-process run it must equal.
+Rank 0 saves the final student and generator weights and the losses of every iteration to OUT/result.pt."""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import zskt_fast  # noqa: E402
+from zskt_fast.engine import distill as distill_module  # noqa: E402
+from zskt_fast.engine.distributed import init_world, launched_ranks  # noqa: E402
+from zskt_fast.models import build_classifier  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--float64", action="store_true")
+    parser.add_argument("--no-sync-bn", action="store_true")
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--stop", type=int, default=None)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    if args.float64:
+        torch.set_default_dtype(torch.float64)
+    if launched_ranks() is not None:
+        init_world("cpu", "gloo", timeout_minutes=2)
+    losses = []
+    loop = distill_module.zero_shot_knowledge_transfer
+
+    def recording_loop(steps, **kwargs):
+        user = kwargs.pop("on_iteration_end")
+
+        def record(iteration, outputs):
+            losses.append((outputs["loss_G"].item(), outputs["loss_S"].item()))
+            user(iteration, outputs)
+        return loop(steps, on_iteration_end=record, **kwargs)
+
+    distill_module.zero_shot_knowledge_transfer = recording_loop
+    torch.manual_seed(0)
+    teacher, student = build_classifier("wrn-10-1", in_channels=1), build_classifier("wrn-10-1", in_channels=1)
+    result = zskt_fast.distill(teacher, student, image_shape=(1, 8, 8), iterations=args.iterations,
+                               batch_size=args.batch_size, n_student_steps=2, z_dim=16, compile="off",
+                               backend="eager" if args.float64 else "auto", sync_bn=not args.no_sync_bn,
+                               progress=False, out=Path(args.out) / "run", checkpoint_every=1, stop=args.stop,
+                               resume=args.resume, tensorboard=False)
+    # the losses each rank saw, averaged over ranks: the losses of the global batch
+    mean_losses = torch.tensor(losses)
+    if dist.is_initialized():
+        dist.all_reduce(mean_losses)
+        mean_losses /= dist.get_world_size()
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        torch.save({"student": result.student.state_dict(), "generator": result.generator.state_dict(),
+                    "losses": mean_losses, "types": sorted({type(m).__name__ for m in result.student.modules()})},
+                   Path(args.out) / "result.pt")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
