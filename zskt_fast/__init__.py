@@ -8,6 +8,7 @@ from .ops import (
     REDUCTIONS,
     attention_transfer,
     available_backends,
+    kd_at_loss,
     kl_divergence,
     zskt_generator_loss,
     zskt_student_loss,
@@ -16,7 +17,7 @@ from .ops import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS", "REDUCTIONS", "attention_transfer", "available_backends", "build_classifier", "distill",
+    "BACKENDS", "REDUCTIONS", "attention_transfer", "kd_at_loss", "available_backends", "build_classifier", "distill",
     "DistillResult", "Generator",
     "kl_divergence", "mean_transition_error", "nn", "transition_curves", "zero_shot_knowledge_transfer",
     "zskt_generator_loss", "zskt_student_loss",

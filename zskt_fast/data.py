@@ -222,3 +222,14 @@ def evaluation_loader(name: str, *, root: str = DEFAULT_DATA_ROOT, download: boo
     test_set = load_dataset(name, train=False, root=root, download=download, normalisation=normalisation,
                             image_size=image_size, channels=channels)
     return DataLoader(test_set, batch_size=batch_size, shuffle=False)
+
+
+def dataset_labels(data: Dataset) -> torch.Tensor:
+    """The class of every image of a data set returned by load_dataset, without loading the images."""
+    for attribute in ("labels", "targets"):  # ours and SVHN; CIFAR and ImageFolder
+        values = getattr(data, attribute, None)
+        if values is not None:
+            return torch.as_tensor(values, dtype=torch.long)
+    if isinstance(data, TensorDataset):
+        return data.tensors[1].long()
+    raise ValueError(f"cannot read the labels of a {type(data).__name__}")

@@ -12,6 +12,7 @@ depends on the data set or the machine and checks every value, before any work s
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from ..data import DATASETS, DEFAULT_DATA_ROOT, dataset_info, normalisation_of
 from ..models import ARCHITECTURE_HELP, architecture_key
 from ..models.features import parse_pairs
 from .distributed import DIST_BACKENDS
-from ..ops import BACKENDS, DEFAULT_BETA, DEFAULT_TEMPERATURE
+from ..ops import BACKENDS, DEFAULT_BETA, DEFAULT_TEMPERATURE, KD_ALPHA, KD_BETA, KD_TEMPERATURE
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 # torch.compile modes; those that capture CUDA graphs of their own cannot run inside ours.
@@ -297,3 +298,97 @@ class PretrainConfig:
         check_choice(c.schedule, ("cosine", "step"), "schedule")
         c.device = str(resolve_device(c.device))
         return c
+
+
+@dataclass
+class FewShotConfig:
+    """The few-shot KD+AT baseline (Zagoruyko & Komodakis, 2017, as the paper uses it): the student learns from the
+    teacher on M real images per class."""
+    samples_per_class: str = option("10", "M real images per class, drawn once with the seed (the same for every run "
+                                          "of that seed); 'all': the whole training set; 0 is refused (zero-shot is "
+                                          "python -m zskt_fast.train)", group=DATA)
+    dataset: str = option("digits", "data set whose training images are sampled and whose test set scores the student",
+                          group=DATA, choices=DATASETS)
+    data_root: str = option(DEFAULT_DATA_ROOT, DATA_ROOT_HELP, group=DATA)
+    download: bool = option(False, DOWNLOAD_HELP, group=DATA)
+    image_size: int | None = option(None, IMAGE_SIZE_HELP, group=DATA)
+    channels: int | None = option(None, CHANNELS_HELP, group=DATA)
+    teacher: str | None = option(None, f"teacher architecture: {ARCHITECTURE_HELP}; default per dataset: "
+                                       f"{per_dataset(0)}", group=DATA)
+    student: str | None = option(None, f"student architecture; default: {per_dataset(1)}", group=DATA)
+    teacher_ckpt: str | None = option(None, "teacher weights; default: the cached pretrained teacher, as for "
+                                            "zskt_fast.train", group=DATA)
+    iterations: int | None = option(
+        None, "SGD steps, whatever M: by default as many as training on the whole training set takes with the "
+              "pretraining recipe (epochs x batches per epoch: digits 330, CIFAR-10 78,200), so that a tiny M does "
+              "not mean a tiny training", group=ALGORITHM)
+    batch_size: int = option(128, "images per step, drawn with replacement from the M-per-class images (random crops "
+                                  "and flips as in pretraining)", group=ALGORITHM)
+    lr: float | None = option(None, "SGD learning rate, Nesterov momentum, cosine-annealed to 0; default: "
+                                    "pretraining's (0.1; 0.02 for ResNets on digits)", group=ALGORITHM)
+    momentum: float = option(0.9, "Nesterov momentum", group=ALGORITHM)
+    weight_decay: float = option(5e-4, "weight decay", group=ALGORITHM)
+    alpha: float = option(KD_ALPHA, "weight of the distillation term; 1 - alpha weighs the cross-entropy",
+                          group=ALGORITHM)
+    temperature: float = option(KD_TEMPERATURE, "distillation temperature T (the KL term is scaled by T^2)",
+                                group=ALGORITHM)
+    beta: float = option(KD_BETA, "attention-transfer weight of the fused op: the AT paper's 1000 with its factor 1/2",
+                         group=ALGORITHM)
+    seed: int = option(0, "seed of the student's initialisation, the M-per-class draw and the batches",
+                       group=ALGORITHM)
+    device: str = option("auto", "cpu, cuda, cuda:N, or auto", group=SPEED)
+    backend: str = option("auto", "loss kernels", group=SPEED, choices=BACKENDS)
+    eval_every: int | None = option(None, "test the student every this many steps; default: a tenth of the steps",
+                                    group=OUTPUTS)
+    checkpoint_minutes: float = option(5.0, "write a checkpoint at least this often", group=OUTPUTS)
+
+    def resolved(self, train_size: int | None = None) -> FewShotConfig:
+        """A copy with the defaults filled in (`train_size`: the number of training images, for the default number
+        of steps); raises ValueError on bad values."""
+        c = dataclasses.replace(self)
+        check_choice(c.dataset, DATASETS, "dataset")
+        c.samples_per_class = parse_samples_per_class(c.samples_per_class)
+        c.data_root = os.path.abspath(os.path.expanduser(c.data_root))
+        info = dataset_info(c.dataset, image_size=c.image_size, channels=c.channels)
+        c.image_size, c.channels = info.image_size, info.channels
+        teacher, student = DATASET_DEFAULTS[c.dataset][:2]
+        c.teacher = architecture_key(c.teacher or teacher)
+        c.student = architecture_key(c.student or student)
+        if c.teacher_ckpt:
+            c.teacher_ckpt = os.path.abspath(os.path.expanduser(c.teacher_ckpt))
+        check_count(c.batch_size, "batch_size")
+        if c.iterations is None and train_size is not None:
+            c.iterations = PRETRAIN_EPOCHS[c.dataset] * math.ceil(train_size / c.batch_size)
+        if c.iterations is not None:
+            check_count(c.iterations, "iterations")
+            c.eval_every = max(c.iterations // 10, 1) if c.eval_every is None else c.eval_every
+            check_count(c.eval_every, "eval_every")
+        c.lr = default_pretrain_lr(c.dataset, c.student) if c.lr is None else c.lr
+        check_positive(c.lr, "lr")
+        check_non_negative(c.momentum, "momentum")
+        check_non_negative(c.weight_decay, "weight_decay")
+        if not isinstance(c.alpha, (int, float)) or isinstance(c.alpha, bool) or not 0 <= c.alpha <= 1:
+            raise ValueError(f"alpha must be a number in [0, 1], got {c.alpha!r}")
+        check_positive(c.temperature, "temperature")
+        check_non_negative(c.beta, "beta")
+        check_count(c.seed, "seed", minimum=0)
+        check_choice(c.backend, BACKENDS, "backend")
+        check_positive(c.checkpoint_minutes, "checkpoint_minutes")
+        c.device = str(resolve_device(c.device))
+        return c
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def parse_samples_per_class(value) -> str:
+    """'all', or a positive count as a string ('10'); 0 is refused with the program to use instead."""
+    text = str(value).strip().lower()
+    if text == "all":
+        return text
+    if not text.isdigit():
+        raise ValueError(f"samples_per_class must be a positive integer or 'all', got {value!r}")
+    if int(text) == 0:
+        raise ValueError("samples_per_class 0 means no real image at all: that is zero-shot knowledge transfer, "
+                         "python -m zskt_fast.train")
+    return str(int(text))

@@ -169,6 +169,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         if input.dim() < 2:
             raise ValueError(f"expected at least 2-D input, got {input.dim()}-D")
 
+    @torch.compiler.disable  # its collectives run eagerly; compiled steps break their graph here
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
         world = current_world()

@@ -28,9 +28,10 @@ def as_batches(data, batch_size: int = 500):
 @torch.no_grad()
 def evaluate(net: torch.nn.Module, loader, device: torch.device | str = "cpu") -> float:
     """Top-1 accuracy in percent of a classifier returning logits or (logits, features), in eval mode; restores its
-    mode."""
+    mode. The global random state is left as it was (a DataLoader draws a seed from it), so that testing during
+    training does not change what training draws next, and a resumed run draws what an uninterrupted one does."""
     correct = total = 0
-    with eval_mode(net):
+    with eval_mode(net), torch.random.fork_rng(devices=[]):
         for images, labels in loader:
             logits = classifier_logits(net(images.to(device, non_blocking=True)))
             correct += (logits.argmax(1).cpu() == labels).sum().item()

@@ -76,8 +76,9 @@ class ZSKTSteps:
         # The attention features take part only when beta > 0; with beta = 0 the networks need not pair.
         self.use_attention = settings.beta > 0
         # This package's networks compile as one graph each step (fullgraph: never a silent fallback); a user's
-        # network (wrapped for its features) may hold code dynamo cannot capture whole, which then graph-breaks.
-        whole = not any(isinstance(net, FeatureNetwork) for net in (teacher, student))
+        # network (wrapped for its features) may hold code dynamo cannot capture whole, and the batch-norm layers of a
+        # data-parallel run hold collectives that run eagerly: those graph-break.
+        whole = not any(isinstance(net, FeatureNetwork) for net in (teacher, student)) and self.world is None
         self._generator_loss, self._images_and_teacher, self._student_loss = (
             self._compiled(fn, fullgraph=whole) for fn in (self.generator_loss, self.images_and_teacher_outputs,
                                                           self.student_loss))

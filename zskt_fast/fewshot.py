@@ -1,0 +1,75 @@
+"""python -m zskt_fast.fewshot: the paper's few-shot baseline, knowledge distillation with attention transfer (KD+AT)
+from the teacher to the student on M real images per class."""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from ._cli import HelpFormatter, add_options, errors_as_messages, settings_from_args
+from .engine.config import ALGORITHM, DATA, OUTPUTS, SPEED, FewShotConfig
+from .engine.distill import RunInterrupted
+from .engine.fewshot import train_kd_at
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m zskt_fast.fewshot",
+        description="Few-shot KD+AT (Zagoruyko & Komodakis, 2017, the baseline of Micaelli & Storkey, 2019): the "
+                    "student learns from the teacher on M training images per class with (1 - alpha) CE + alpha T^2 "
+                    "KL(T || S) + beta sum AT, SGD with Nesterov momentum, weight decay and a cosine schedule, random "
+                    "crops and flips. Each seed writes a run folder: config.json, indices.json (the images used), "
+                    "metrics.jsonl, checkpoint.pt, student.pt and summary.json.",
+        formatter_class=HelpFormatter)
+    groups = add_options(p, FewShotConfig, skip=("seed",), group_order=(DATA, ALGORITHM, SPEED, OUTPUTS))
+    groups[ALGORITHM].add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed; several: "
+                                                                                      "mean ± std of the accuracy")
+    groups[OUTPUTS].add_argument("--out", default=None, help="output folder (one seedN subfolder per seed); default "
+                                                             "runs/fewshot-DATASET-MM-TIME")
+    groups[OUTPUTS].add_argument("--resume", action="store_true", help="continue the seeds of --out from their "
+                                                                       "checkpoints, with their saved settings")
+    groups[OUTPUTS].add_argument("--overwrite", action="store_true", help="replace the runs in --out")
+    groups[OUTPUTS].add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume and not args.out:
+        parser.error("--resume needs --out, the folder of the run to continue")
+    with errors_as_messages(parser):
+        configs = [settings_from_args(FewShotConfig, args, seed=seed).resolved() for seed in args.seeds]
+        first = configs[0]
+        out = Path(args.out or f"runs/fewshot-{first.dataset}-M{first.samples_per_class}-"
+                               f"{time.strftime('%Y%m%d-%H%M%S')}")
+        summaries = []
+        try:
+            for config in configs:
+                folder = out / f"seed{config.seed}"
+                if args.resume and (folder / "summary.json").is_file():
+                    summaries.append(json.loads((folder / "summary.json").read_text()))
+                    continue
+                resume = args.resume and (folder / "checkpoint.pt").is_file()
+                print(f"seed {config.seed}: KD+AT {config.teacher} -> {config.student} on {config.dataset}, "
+                      f"M = {config.samples_per_class} per class; writing {folder}")
+                summaries.append(train_kd_at(config, folder, resume=resume, overwrite=args.overwrite,
+                                             progress=not args.no_progress))
+        except RunInterrupted as stopped:
+            parser.exit(128 + stopped.signum, f"\n{parser.prog}: {stopped}\ncontinue with: {parser.prog} --out {out} "
+                                              f"--resume\n")
+    for s in summaries:
+        print(f"seed {s['seed']}: teacher {s['teacher_acc']:.2f}%, KD+AT student {s['student_acc']:.2f}% "
+              f"(M = {s['samples_per_class']}, {s['images']} images, {s['iterations']} steps, {s['seconds']:.0f} s)")
+    if len(summaries) > 1:
+        accs = [s["student_acc"] for s in summaries]
+        print(f"KD+AT student accuracy over {len(accs)} seeds: {statistics.fmean(accs):.2f} ± "
+              f"{statistics.pstdev(accs):.2f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
