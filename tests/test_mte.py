@@ -128,6 +128,12 @@ def test_errors():
         transition_curves(net_a, other, _images(), n_images=1, steps=1, progress=False)
     with pytest.raises(ValueError, match=r"predict the same class on only \d+ of the 40 images given; 41 were asked"):
         transition_curves(net_a, net_b, _images(), n_images=41, steps=1, progress=False)
+    # allow_fewer: the curves of the images there are, the same as asking for exactly that many
+    fewer = transition_curves(net_a, net_b, _images(), n_images=41, steps=2, progress=False, allow_fewer=True)
+    found = len(fewer.sources)
+    assert 0 < found < 41 and fewer.p_a.shape[0] == found
+    exact = transition_curves(net_a, net_b, _images(), n_images=found, steps=2, progress=False)
+    assert torch.equal(exact.p_a, fewer.p_a) and torch.equal(exact.indices, fewer.indices)
     for kwargs, message in (({"steps": 0}, "steps must be an integer >= 1"),
                             ({"step_size": 0.0}, "step_size must be a finite number > 0"),
                             ({"step_size": -1.0}, "step_size must be a finite number > 0"),

@@ -34,7 +34,8 @@ def plot_curves(results: dict[str, TransitionCurves], path, reference_name: str)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    outside = len(results) > 2  # many curves: the legend goes beside the plot, not over it
+    fig, ax = plt.subplots(figsize=(10.5 if outside else 6.4, 4.2), dpi=120)
     for index, (name, curves) in enumerate(results.items()):
         mean_a, mean_b = curves.mean_curves()
         colour = f"C{index}"
@@ -46,7 +47,10 @@ def plot_curves(results: dict[str, TransitionCurves], path, reference_name: str)
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("transition curves")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    if outside:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

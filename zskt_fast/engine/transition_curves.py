@@ -98,7 +98,8 @@ def _in_order(data, shuffle_seed: int | None) -> Iterable[tuple[torch.Tensor, to
 @torch.no_grad()
 def select_matching_images(net_a: nn.Module, net_b: nn.Module, data, n_images: int, device,
                            batch_size: int = 500, *, source: str = "agreed",
-                           shuffle_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           shuffle_seed: int | None = None, allow_fewer: bool = False
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first `n_images` images (in the order given, or a seeded random order) on which A and B predict the same
     class: (images, their source class, their positions in the data). The source class is that prediction
     (source="agreed", the paper's Algorithm 2) or the data set's label (source="label", the authors' code). Raises
@@ -124,7 +125,7 @@ def select_matching_images(net_a: nn.Module, net_b: nn.Module, data, n_images: i
             if sum(len(c) for c in classes) >= n_images:
                 break
     found = sum(len(c) for c in classes)
-    if found < n_images:
+    if found < n_images and not (allow_fewer and found > 0):
         raise ValueError(f"networks A and B predict the same class on only {found} of the {seen} images given; "
                          f"{n_images} were asked for (ask for fewer)")
     return torch.cat(chosen)[:n_images], torch.cat(classes)[:n_images], torch.cat(indices)[:n_images]
@@ -162,7 +163,7 @@ def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int
                       steps: int = DEFAULT_STEPS, step_size: float = DEFAULT_STEP_SIZE, device=None,
                       memory_budget: int | None = None, max_batch: int | None = None, source: str = "agreed",
                       shuffle_seed: int | None = None, progress: bool = True,
-                      distributed: bool = False) -> TransitionCurves:
+                      distributed: bool = False, allow_fewer: bool = False) -> TransitionCurves:
     """Algorithm 2 for all N * (C - 1) trajectories at once (in chunks that fit `memory_budget` bytes, or at most
     `max_batch` trajectories). `data`: a tensor of images, an (images, labels) pair, or a loader of (images, labels).
     The N images are the first on which A and B agree, in the data's order or (`shuffle_seed`) a seeded random order;
@@ -171,7 +172,8 @@ def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int
     Both networks are used in eval mode and left in the mode they were in; their parameters receive no gradient.
     `distributed`: the trajectories are shared out over the ranks of the initialised process group (each runs a
     contiguous block; every trajectory is independent of the others) and gathered, so that every rank returns the
-    curves of all of them."""
+    curves of all of them. `allow_fewer`: when A and B agree on fewer than `n_images` images, use those (N is then
+    len(curves.sources)) instead of raising."""
     check_count(n_images, "n_images")
     check_choice(source, SOURCES, "source")
     if shuffle_seed is not None:
@@ -200,7 +202,8 @@ def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int
     if num_classes < 2:
         raise ValueError("transition curves need at least 2 classes")
     images, sources, indices = select_matching_images(net_a, net_b, data, n_images, device, source=source,
-                                                      shuffle_seed=shuffle_seed)
+                                                      shuffle_seed=shuffle_seed, allow_fewer=allow_fewer)
+    n_images = len(images)
 
     # Trajectory t = n * (C - 1) + k starts from image n and heads for class (i_n + k + 1) % C.
     offsets = torch.arange(1, num_classes)
