@@ -34,6 +34,7 @@ from .engine.fewshot import train_kd_at
 from .engine.teachers import pretrain_teacher
 from .engine.trainer import find_teacher, pretrain_cached_teacher, train
 from .engine.transition_curves import transition_curves
+from .models import architecture_key
 from .mte import plot_curves
 
 DEFAULT_SHOTS = (1, 2, 5, 10, 20)
@@ -90,8 +91,8 @@ class Report:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         teacher, student, iterations = DATASET_DEFAULTS[args.dataset][:3]
-        self.teacher = (args.teacher or teacher).lower()
-        self.student = (args.student or student).lower()
+        self.teacher = architecture_key(args.teacher or teacher)
+        self.student = architecture_key(args.student or student)
         self.iterations = args.iterations or iterations
         for name in ("iterations", "fewshot_iterations", "scratch_epochs", "mte_images", "mte_steps"):
             if getattr(args, name) is not None:
@@ -104,6 +105,7 @@ class Report:
         self.runs = self.out / "runs"
         self.progress = not args.no_progress
         self.kept, self.ran = [], []
+        self.cleared: set[Path] = set()  # folders --force has emptied in this invocation
 
     def _fresh(self, folder: Path, done: Path) -> bool:
         """Whether a run must (still) be made: forced, or its result `done` is missing."""
@@ -181,7 +183,6 @@ class Report:
     # -- the whole comparison ------------------------------------------------------------------------------------------
     def run(self) -> dict:
         args = self.args
-        self.cleared: set[Path] = set()
         self.mte_images = args.mte_images or MTE_IMAGES.get(args.dataset, 1000)
         writable_folder(self.out, "report folder")
         teacher_path = self.teacher_file()

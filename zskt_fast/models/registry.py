@@ -41,13 +41,11 @@ def _torchvision_classifier(name: str, num_classes: int, in_channels: int) -> nn
 def build_classifier(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """A classifier by name: 'wrn-D-K' (for example wrn-40-2), 'resnet-18', 'resnet-34' (these return (logits, attention
     features)), or 'tv:NAME' for torchvision's NAME (returns logits), built without pretrained weights."""
-    key = name.strip() if isinstance(name, str) else ""
-    if key.lower().startswith(TORCHVISION_PREFIX):
-        key = TORCHVISION_PREFIX + key[len(TORCHVISION_PREFIX):].strip()
+    key = architecture_key(name) if isinstance(name, str) else ""
+    if key.startswith(TORCHVISION_PREFIX):
         net = _torchvision_classifier(key[len(TORCHVISION_PREFIX):], num_classes, in_channels)
         net.arch_name = key
         return net
-    key = key.lower()
     wrn, resnet = re.fullmatch(r"wrn-(\d+)-(\d+)", key), re.fullmatch(r"resnet-?(\d+)", key)
     if wrn:
         net = WideResNet(int(wrn[1]), int(wrn[2]), num_classes=num_classes, in_channels=in_channels)
