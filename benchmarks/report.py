@@ -93,7 +93,7 @@ def op_tables(rows, peak_gbps: float | None) -> list[str]:
 
 def point_label(e) -> tuple:
     """(sort key, text) of a sweep point."""
-    if e.get("classes") is not None and e["sweep"] == "classes":
+    if e.get("classes") is not None and e["sweep"].startswith("classes"):
         return (e["classes"], f"{e['batch']} x {e['classes']:,}")
     return (e["x"], f"{e['x']:,}")
 
@@ -145,7 +145,8 @@ def draw_plots(rows, folder: Path) -> list[Path]:
                     if j == 0:
                         ax.set_ylabel(unit)
             axes[0][0].legend(fontsize=8)
-            what = {"classes": " (B x C of 1M to 2M elements)", "spatial": " (fixed batch)"}.get(sweep, "")
+            what = {"classes": " (B x C of 1M to 2M elements)", "classes-student": " (frozen teacher)",
+                    "spatial": " (fixed batch)"}.get(sweep, "")
             fig.suptitle(f"{op}: {kind} vs {sweep}{what} ({device})")
             fig.tight_layout()
             path = folder / f"{op}_{kind}_vs_{sweep}.png"

@@ -2,7 +2,7 @@
 //
 // The forward ops return per-row / per-sample partial results in float32 (float64 for float64 inputs) together with
 // the small statistics their backward needs; the Python layer applies the reduction, so one kernel serves every
-// reduction and the autograd formula of a reduction stays PyTorch's own.
+// reduction and the autograd formula of a reduction stays PyTorch's own. Their autograd is in autograd.cpp.
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
@@ -13,9 +13,10 @@ TORCH_LIBRARY(zskt_fast, m) {
   // for the largest logits when the softmax saturates.
   m.def("kl_divergence_forward(Tensor student_logits, Tensor teacher_logits, float temperature)"
         " -> (Tensor kl_rows, Tensor student_stats, Tensor teacher_stats)");
-  // Gradients of sum_b grad_rows[b] * kl_rows[b] with respect to both logit sets.
+  // Gradients of sum_b grad_rows[b] * kl_rows[b] with respect to the logit sets that output_mask names (student,
+  // teacher); a gradient not asked for is not computed and comes back as an empty [0] tensor.
   m.def("kl_divergence_backward(Tensor grad_rows, Tensor student_logits, Tensor teacher_logits,"
-        " Tensor student_stats, Tensor teacher_stats, Tensor kl_rows, float temperature)"
+        " Tensor student_stats, Tensor teacher_stats, Tensor kl_rows, float temperature, bool[2] output_mask)"
         " -> (Tensor grad_student, Tensor grad_teacher)");
   // sq_diff[b] = sum_hw (q_s[b,hw] - q_t[b,hw])^2 with q the L2-normalised channel mean of squares;
   // also returns q_s, q_t [B, H*W] and the norms of the unnormalised maps [B].

@@ -88,7 +88,7 @@ def test_report_tables_of_a_recorded_run():
     assert {r["extra_info"]["backend"] for r in point} >= {"eager", "compile", "cpu"}
     first = min(r["extra_info"]["classes"] for r in point)
     by_backend = {r["extra_info"]["backend"]: r for r in point if r["extra_info"]["classes"] == first}
-    table = _table(lines, f"kl_divergence full, float32, cpu, by classes")
+    table = _table(lines, "kl_divergence full, float32, cpu, by classes")
     cpu_row = next(row for row in table if row[1] == "cpu" and row[0].endswith(f"{first:,}"))
     cpu, eager, compiled = (by_backend[b]["extra_info"] for b in ("cpu", "eager", "compile"))
     assert cpu_row[2] == f"{cpu['median_s'] * 1e3:.3f}"

@@ -114,6 +114,31 @@ def test_only_requested_gradients(fused):
     assert s.grad is not None and t.grad is None
 
 
+@pytest.mark.parametrize("wanted", [(True, False), (False, True)], ids=["student", "teacher"])
+def test_one_sided_backward_equals_both_sided(fused, wanted):
+    """The backward op computes only the gradients asked for (a frozen teacher's never), bit for bit the same values;
+    the other comes back empty."""
+    backend, device = fused
+    suffix = "_triton" if backend == "triton" else ""
+    forward = getattr(torch.ops.zskt_fast, "kl_divergence_forward" + suffix)
+    backward = getattr(torch.ops.zskt_fast, "kl_divergence_backward" + suffix)
+    cases = [((5, 37), torch.float32), ((2, 40000), torch.float32)]
+    if not (backend == "triton" and device == "cpu"):  # the interpreter has no bfloat16
+        cases.append(((3, 50), torch.bfloat16))
+    for shape, dtype in cases:
+        s = make_input(shape, dtype, device, seed=12).detach()
+        t = make_input(shape, dtype, device, seed=13).detach()
+        rows, stats_s, stats_t = forward(s, t, 2.0)
+        grad_rows = torch.randn_like(rows)
+        both = backward(grad_rows, s, t, stats_s, stats_t, rows, 2.0, [True, True])
+        one = backward(grad_rows, s, t, stats_s, stats_t, rows, 2.0, list(wanted))
+        for side in range(2):
+            if wanted[side]:
+                assert torch.equal(one[side], both[side])
+            else:
+                assert one[side].shape == (0,)
+
+
 @pytest.mark.parametrize("shape", [(256, 100), (1, 50000), (3, 40000)], ids=lambda s: "x".join(map(str, s)))
 def test_deterministic_and_independent_of_thread_count(fused, shape):
     """Also for rows long enough that the CPU kernel cuts them into segments worked on in parallel."""
@@ -146,8 +171,8 @@ def test_opcheck(fused, dtype):
     torch.library.opcheck(forward, (s, t, 2.0))
     rows, stats_s, stats_t = forward(s.detach(), t.detach(), 2.0)
     grad_rows = torch.randn_like(rows)
-    torch.library.opcheck(backward,
-                          (grad_rows, s.detach(), t.detach(), stats_s, stats_t, rows, 2.0))
+    for mask in ([True, True], [True, False], [False, True]):
+        torch.library.opcheck(backward, (grad_rows, s.detach(), t.detach(), stats_s, stats_t, rows, 2.0, mask))
 
 
 def _relative_errors(backend, device, s, t, temperature):
@@ -278,3 +303,44 @@ def test_bfloat16_vocabulary_sized_rows(fused, shape, scale, temperature):
     rounding = 2 ** -7 if (backend, device) == ("triton", "cpu") else 2 ** -8
     for name, f, e32 in zip(("student gradient", "teacher gradient"), fused_errors[1:], eager32[1:]):
         assert f <= max(rounding, 10 * e32 + 2e-6), f"{name}: relative error {f:.2e} (eager float32 {e32:.2e})"
+
+
+# Triton's interpreter evaluates both sides of tl.where in numpy, which warns of the -inf - -inf on the side not taken.
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("classes", [50, 5000, 40000], ids=lambda c: f"C{c}")
+def test_masked_classes_and_non_finite_logits(fused, classes):
+    """Classes masked with -inf in both logit sets (a vocabulary mask) drop out: the KL and gradients equal those of
+    the remaining classes, and the masked classes get zero gradients (eager F.kl_div gives NaN there: exp(-inf) *
+    (-inf - -inf)). A class where only the student is -inf makes that row's KL +inf (as eager's without the mask); a
+    NaN logit makes its row's KL NaN. Masks fall at the start of rows too, where a one-sweep kernel meets them before
+    any finite logit."""
+    backend, device = fused
+    gen = torch.Generator().manual_seed(classes)
+    s = torch.randn(4, classes, generator=gen, dtype=torch.float64) * 3
+    t = torch.randn(4, classes, generator=gen, dtype=torch.float64) * 3
+    masked = torch.zeros(classes, dtype=torch.bool)
+    masked[: classes // 3] = True
+    masked[classes // 2:: 7] = True
+    masked[-1] = False
+    s[:, masked] = t[:, masked] = float("-inf")
+    kept = ~masked
+    s_ref, t_ref = s[:, kept].clone().requires_grad_(), t[:, kept].clone().requires_grad_()
+    ref = reference.kl_divergence(s_ref, t_ref, 2.0, "none")
+    upstream = torch.randn(4, generator=gen, dtype=torch.float64)
+    (ref * upstream).sum().backward()
+    a, b = s.float().to(device).requires_grad_(), t.float().to(device).requires_grad_()
+    out = zskt_fast.kl_divergence(a, b, temperature=2.0, reduction="none", backend=backend)
+    (out * upstream.to(device, out.dtype)).sum().backward()
+    assert_close_to_reference(out, ref, torch.float32, "loss")
+    for grad, grad_ref in ((a.grad, s_ref.grad), (b.grad, t_ref.grad)):
+        assert torch.equal(grad[:, masked.to(device)].cpu(), torch.zeros(4, int(masked.sum())))
+        assert_close_to_reference(grad[:, kept.to(device)], grad_ref, torch.float32, "grad")
+
+    s[1, classes - 1], t[1, classes - 1] = float("-inf"), 5.0  # teacher mass where the student has none
+    s[2, classes - 1] = float("nan")
+    out = zskt_fast.kl_divergence(s.float().to(device), t.float().to(device), temperature=2.0, reduction="none",
+                                  backend=backend).cpu()
+    assert out[1] == float("inf") and out[2].isnan()
+    assert torch.isfinite(out[[0, 3]]).all()
+    eager = reference.kl_divergence(s[:, kept].float(), t[:, kept].float(), 2.0, "none")
+    assert eager[1] == float("inf") and eager[2].isnan()

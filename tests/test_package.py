@@ -22,6 +22,31 @@ def test_compiled_library_is_loaded():
         assert hasattr(torch.ops.zskt_fast, name)
 
 
+def test_compiled_ops_differentiate_without_python():
+    """The compiled forward ops' autograd is C++ (csrc/autograd.cpp): their graph nodes are C++ nodes, not Python
+    autograd functions, so no Python runs per call (a Python formula cost more than the KL kernel at 10 classes)."""
+    s, t = torch.randn(4, 10, requires_grad=True), torch.randn(4, 10)
+    rows = torch.ops.zskt_fast.kl_divergence_forward(s, t, 1.0)[0]
+    features = [torch.randn(2, 3, 4, 4, requires_grad=True), torch.randn(2, 5, 4, 4)]
+    sq_diff = torch.ops.zskt_fast.attention_transfer_forward(*features)[0]
+    for out, function in ((rows, "KlDivergence"), (sq_diff, "AttentionTransfer")):
+        assert function in out.grad_fn.name() and "CppNode" in out.grad_fn.name(), out.grad_fn.name()
+    grad_s, = torch.autograd.grad(rows.sum(), s)
+    grad_f, = torch.autograd.grad(sq_diff.sum(), features[0])
+    assert grad_s.shape == s.shape and grad_f.shape == features[0].shape
+
+
+def test_compile_caches_are_keyed_by_the_build():
+    """torch.compile's caches name ops, not their versions: the compiled trainer mixes a hash of the compiled library
+    and the ops' Python files into their keys, so that a cache written by another build is not reused."""
+    import torch._inductor.config as inductor_config
+
+    zskt_fast.key_compile_caches_by_build()
+    build = inductor_config.unsafe_marked_cacheable_functions["torch.ops.zskt_fast"]
+    assert build == _library._build_id() and len(build) == 16
+    int(build, 16)
+
+
 def test_backends_reported_for_each_device():
     assert zskt_fast.available_backends("cpu")[0] == "cpu"
     assert zskt_fast.available_backends("cpu")[-1] == "eager"

@@ -11,10 +11,9 @@ import torch
 from zskt_fast import mte, pretrain, toy
 from zskt_fast import train as train_cli
 from zskt_fast.engine import distill as distill_module
-from zskt_fast.engine import trainer
 from zskt_fast.engine.checkpoint import CheckpointError, atomic_save, load_file
 from zskt_fast.engine.config import TrainConfig
-from zskt_fast.engine.trainer import RunFolderError, RunInterrupted, train
+from zskt_fast.engine.trainer import RunFolderError, train
 
 
 def _config(**overrides):
@@ -67,7 +66,7 @@ def test_a_folder_holding_a_run_is_refused_unless_overwritten(tmp_path, teacher_
 def test_a_live_run_holds_its_folder(tmp_path, teacher_cache):
     folder = tmp_path / "run"
     folder.mkdir()
-    with trainer._exclusive(folder):
+    with distill_module._exclusive(folder):
         with pytest.raises(RunFolderError, match=f"in use by another run \\(pid {os.getpid()}\\)"):
             train(_config(iterations=2), folder, progress=False)
     train(_config(iterations=2, eval_every=2), folder, progress=False)  # released

@@ -9,6 +9,7 @@ from .ops import (
     attention_transfer,
     available_backends,
     kd_at_loss,
+    key_compile_caches_by_build,
     kl_divergence,
     zskt_generator_loss,
     zskt_student_loss,
@@ -18,7 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS", "REDUCTIONS", "attention_transfer", "kd_at_loss", "available_backends", "build_classifier", "distill",
-    "DistillResult", "Generator",
+    "DistillResult", "Generator", "key_compile_caches_by_build",
     "kl_divergence", "mean_transition_error", "nn", "transition_curves", "zero_shot_knowledge_transfer",
     "zskt_generator_loss", "zskt_student_loss",
 ]

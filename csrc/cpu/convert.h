@@ -26,26 +26,30 @@ template <typename src_t, typename dst_t>
 }
 
 // bfloat16 is the top half of a float: a shift.
+inline float float_of_bf16_bits(uint16_t bits) {
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline uint16_t bf16_bits_of(float value) {
+  uint32_t u;
+  std::memcpy(&u, &value, sizeof u);
+  const uint32_t rounded = (u + UINT32_C(0x7FFF) + ((u >> 16) & 1)) >> 16;
+  return value != value ? UINT16_C(0x7FC0) : static_cast<uint16_t>(rounded);
+}
+
 [[maybe_unused]] ZSKT_MULTIVERSION void convert(const c10::BFloat16* __restrict__ src, float* __restrict__ dst,
                                                 int64_t n) {
   const auto* bits = reinterpret_cast<const uint16_t*>(src);
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t u = static_cast<uint32_t>(bits[i]) << 16;
-    float f;
-    std::memcpy(&f, &u, sizeof f);
-    dst[i] = f;
-  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = float_of_bf16_bits(bits[i]);
 }
 
 [[maybe_unused]] ZSKT_MULTIVERSION void convert(const float* __restrict__ src, c10::BFloat16* __restrict__ dst,
                                                 int64_t n) {
   auto* bits = reinterpret_cast<uint16_t*>(dst);
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t u;
-    std::memcpy(&u, &src[i], sizeof u);
-    const uint32_t rounded = (u + UINT32_C(0x7FFF) + ((u >> 16) & 1)) >> 16;
-    bits[i] = src[i] != src[i] ? UINT16_C(0x7FC0) : static_cast<uint16_t>(rounded);
-  }
+  for (int64_t i = 0; i < n; ++i) bits[i] = bf16_bits_of(src[i]);
 }
 
 }  // namespace

@@ -1,15 +1,16 @@
 // KL divergence between the softened class distributions of teacher and student, CPU kernel.
 //
 // Per row: one pass for both maxima, one for both sums of exponentials and the KL; the gradients in one pass.
-// bfloat16 / float16 rows are widened to float first, the gradients narrowed at the end. The passes are plain loops
-// over contiguous rows that the compiler vectorises, exp included. Parallel over rows, and over segments of rows when
-// rows are long; a row's result does not depend on the thread count.
+// bfloat16 / float16 rows are widened to float a piece at a time first, the gradients narrowed after. The passes are
+// plain loops over contiguous rows that the compiler vectorises, exp included. Parallel over rows, and over segments
+// of rows when rows are long; a row's result does not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cmath>
 #include <limits>
 #include <tuple>
@@ -101,7 +102,8 @@ inline acc_t log_prob(scalar_t x, acc_t inv_tau, acc_t m, acc_t log_sum) {
   return (static_cast<acc_t>(x) * inv_tau - m) - log_sum;
 }
 
-template <typename scalar_t, typename acc_t>
+// The gradients that kStudent / kTeacher ask for (a frozen teacher's is never computed, nor written).
+template <bool kStudent, bool kTeacher, typename scalar_t, typename acc_t>
 ZSKT_MULTIVERSION void row_gradients(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, int64_t C,
                                      acc_t inv_tau, RowStats<acc_t> st, acc_t kl, acc_t scale,
                                      scalar_t* __restrict__ grad_s, scalar_t* __restrict__ grad_t) {
@@ -109,21 +111,66 @@ ZSKT_MULTIVERSION void row_gradients(const scalar_t* __restrict__ s, const scala
     const acc_t log_ps = log_prob(s[c], inv_tau, st.m_s, st.log_sum_s);
     const acc_t log_pt = log_prob(t[c], inv_tau, st.m_t, st.log_sum_t);
     const acc_t pt = exp_of(log_pt);
-    grad_s[c] = static_cast<scalar_t>(scale * (exp_of(log_ps) - pt));
-    grad_t[c] = static_cast<scalar_t>(pt == acc_t(0) ? acc_t(0) : scale * pt * ((log_pt - log_ps) - kl));
+    if constexpr (kStudent) grad_s[c] = static_cast<scalar_t>(scale * (exp_of(log_ps) - pt));
+    if constexpr (kTeacher)
+      grad_t[c] = static_cast<scalar_t>(pt == acc_t(0) ? acc_t(0) : scale * pt * ((log_pt - log_ps) - kl));
   }
 }
 
-// bfloat16 and float16 rows are widened to float once, into a per-thread buffer, and the gradients narrowed once: the
-// passes above then run on float vectors (a conversion inside each pass keeps the compiler from vectorising it).
-// One row's forward.
+// Rows of float and double are worked on as they are, in one piece. bfloat16 and float16 rows are converted to float
+// kPiece classes at a time, into a per-thread buffer in the L1 cache (2 * kPiece), and the passes run on those float
+// vectors (c10's conversion inside a computing pass keeps the compiler from vectorising it). Calls
+// body(student piece, teacher piece, its length) in order.
+constexpr int64_t kPiece = 1024;
+
+template <typename scalar_t, typename acc_t, typename Body>
+void for_pieces(const scalar_t* s, const scalar_t* t, int64_t n, acc_t* wide, Body body) {
+  if constexpr (kWidened<scalar_t>) {
+    for (int64_t first = 0; first < n; first += kPiece) {
+      const int64_t m = std::min(kPiece, n - first);
+      convert(s + first, wide, m);
+      convert(t + first, wide + kPiece, m);
+      body(wide, wide + kPiece, m);
+    }
+  } else {
+    body(s, t, n);
+  }
+}
+
+// The maxima of both rows of x / T over n classes.
+template <typename scalar_t, typename acc_t>
+void span_maxima(const scalar_t* s, const scalar_t* t, int64_t n, acc_t inv_tau, acc_t* wide, acc_t& m_s, acc_t& m_t) {
+  m_s = m_t = -std::numeric_limits<acc_t>::infinity();
+  for_pieces(s, t, n, wide, [&](const acc_t* ps, const acc_t* pt, int64_t m) {
+    acc_t piece_s, piece_t;
+    row_maxima(ps, pt, m, inv_tau, piece_s, piece_t);
+    m_s = std::max(m_s, piece_s);
+    m_t = std::max(m_t, piece_t);
+  });
+}
+
+// The sums of row_sums over n classes, added piece by piece in order.
+template <typename scalar_t, typename acc_t>
+void span_sums(const scalar_t* s, const scalar_t* t, int64_t n, acc_t inv_tau, acc_t m_s, acc_t m_t, acc_t* wide,
+               acc_t& sum_s, acc_t& sum_t, acc_t& weighted) {
+  sum_s = sum_t = weighted = 0;
+  for_pieces(s, t, n, wide, [&](const acc_t* ps, const acc_t* pt, int64_t m) {
+    acc_t piece_s, piece_t, piece_w;
+    row_sums(ps, pt, m, inv_tau, m_s, m_t, piece_s, piece_t, piece_w);
+    sum_s += piece_s;
+    sum_t += piece_t;
+    weighted += piece_w;
+  });
+}
+
 // One row's forward: a pass for both maxima, a pass for both sums and the KL.
 template <typename scalar_t, typename acc_t>
-void forward_row(const scalar_t* sr, const scalar_t* tr, int64_t C, acc_t inv_tau, acc_t& kl, RowStats<acc_t>& stats) {
+void forward_row(const scalar_t* sr, const scalar_t* tr, int64_t C, acc_t inv_tau, acc_t* wide, acc_t& kl,
+                 RowStats<acc_t>& stats) {
   acc_t m_s, m_t, sum_s = 0, sum_t = 0, weighted = 0;
-  row_maxima(sr, tr, C, inv_tau, m_s, m_t);
+  span_maxima(sr, tr, C, inv_tau, wide, m_s, m_t);
   const bool finite = !std::isinf(m_s) && !std::isinf(m_t);
-  if (finite) row_sums(sr, tr, C, inv_tau, m_s, m_t, sum_s, sum_t, weighted);
+  if (finite) span_sums(sr, tr, C, inv_tau, m_s, m_t, wide, sum_s, sum_t, weighted);
   // All -inf (or a +inf) in a row: a NaN KL, so that the caller sees a non-finite value.
   stats = RowStats<acc_t>{m_s, finite ? std::log(sum_s) : acc_t(0), m_t, finite ? std::log(sum_t) : acc_t(0)};
   kl = finite ? (weighted / sum_t - stats.log_sum_t) + stats.log_sum_s : std::numeric_limits<acc_t>::quiet_NaN();
@@ -136,18 +183,6 @@ int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int6
 // thread count and the segments' partial results are combined in segment order, so results stay bitwise independent of
 // it. Both rows' segments (in float) fit a core's L2 cache.
 constexpr int64_t kSegment = 16384;
-
-// One segment's contribution, from `first` for `n` classes; bfloat16 / float16 segments go through `wide` (2 * n).
-template <typename scalar_t, typename acc_t, typename Body>
-void with_segment(const scalar_t* s, const scalar_t* t, int64_t first, int64_t n, acc_t* wide, Body body) {
-  if (kWidened<scalar_t>) {
-    convert(s + first, wide, n);
-    convert(t + first, wide + n, n);
-    body(wide, wide + n);
-  } else {
-    body(s + first, t + first);
-  }
-}
 
 // The forward of rows cut into segments: the maxima of every segment in parallel, combined per row; then every
 // segment's sums and KL term in parallel, added per row in segment order.
@@ -162,13 +197,12 @@ void forward_segmented(const scalar_t* sp, const scalar_t* tp, int64_t B, int64_
     n = std::min(kSegment, C - first);
   };
   at::parallel_for(0, B * segments, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * kSegment : 0);
+    std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * kPiece : 0);
     for (int64_t item = begin; item < end; ++item) {
       int64_t b, first, n;
       segment_of(item, b, first, n);
-      with_segment(sp + b * C, tp + b * C, first, n, wide.data(), [&](const auto* s, const auto* t) {
-        row_maxima(s, t, n, inv_tau, maxima[2 * item], maxima[2 * item + 1]);
-      });
+      span_maxima(sp + b * C + first, tp + b * C + first, n, inv_tau, wide.data(), maxima[2 * item],
+                  maxima[2 * item + 1]);
     }
   });
   std::vector<acc_t> row_max(2 * B, -std::numeric_limits<acc_t>::infinity());
@@ -178,15 +212,14 @@ void forward_segmented(const scalar_t* sp, const scalar_t* tp, int64_t B, int64_
     row_max[2 * b + 1] = std::max(row_max[2 * b + 1], maxima[2 * item + 1]);
   }
   at::parallel_for(0, B * segments, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * kSegment : 0);
+    std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * kPiece : 0);
     for (int64_t item = begin; item < end; ++item) {
       int64_t b, first, n;
       segment_of(item, b, first, n);
       const acc_t m_s = row_max[2 * b], m_t = row_max[2 * b + 1];
       if (std::isinf(m_s) || std::isinf(m_t)) continue;
-      with_segment(sp + b * C, tp + b * C, first, n, wide.data(), [&](const auto* s, const auto* t) {
-        row_sums(s, t, n, inv_tau, m_s, m_t, sums[3 * item], sums[3 * item + 1], sums[3 * item + 2]);
-      });
+      span_sums(sp + b * C + first, tp + b * C + first, n, inv_tau, m_s, m_t, wide.data(), sums[3 * item],
+                sums[3 * item + 1], sums[3 * item + 2]);
     }
   });
   for (int64_t b = 0; b < B; ++b) {
@@ -232,16 +265,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const a
       return;
     }
     at::parallel_for(0, B, row_grain(C), [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * C : 0);
+      std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * kPiece : 0);
       for (int64_t b = begin; b < end; ++b) {
         RowStats<acc_t> stats;
-        if (kWidened<scalar_t>) {
-          convert(sp + b * C, wide.data(), C);
-          convert(tp + b * C, wide.data() + C, C);
-          forward_row(wide.data(), wide.data() + C, C, inv_tau, klp[b], stats);
-        } else {
-          forward_row(sp + b * C, tp + b * C, C, inv_tau, klp[b], stats);
-        }
+        forward_row(sp + b * C, tp + b * C, C, inv_tau, wide.data(), klp[b], stats);
         ssp[2 * b] = stats.m_s;
         ssp[2 * b + 1] = stats.log_sum_s;
         stp[2 * b] = stats.m_t;
@@ -252,13 +279,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const a
   return {kl, stats_s, stats_t};
 }
 
+// Element by element: parallel over segments of rows (see kSegment), whatever the batch.
+template <bool kStudent, bool kTeacher, typename scalar_t>
+void backward_kernel(const scalar_t* sp, const scalar_t* tp, int64_t B, int64_t C, double temperature,
+                     const at::Tensor& g, const at::Tensor& ss, const at::Tensor& st, const at::Tensor& klr,
+                     scalar_t* gsp, scalar_t* gtp) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t* gp = g.const_data_ptr<acc_t>();
+  const acc_t* ssp = ss.const_data_ptr<acc_t>();
+  const acc_t* stp = st.const_data_ptr<acc_t>();
+  const acc_t* klp = klr.const_data_ptr<acc_t>();
+  const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
+  const int64_t segment = std::min(C, kSegment), segments = (C + segment - 1) / segment;
+  at::parallel_for(0, B * segments, row_grain(segment), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> wide(kWidened<scalar_t> ? 4 * kPiece : 0);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / segments, first = (item % segments) * segment, n = std::min(segment, C - first);
+      const RowStats<acc_t> stats{ssp[2 * b], ssp[2 * b + 1], stp[2 * b], stp[2 * b + 1]};
+      const int64_t offset = b * C + first;
+      if constexpr (kWidened<scalar_t>) {
+        // Converted, computed and converted back a piece at a time, in the L1 cache.
+        acc_t *ws = wide.data(), *wt = ws + kPiece, *gs = wt + kPiece, *gt = gs + kPiece;
+        for (int64_t at = offset; at < offset + n; at += kPiece) {
+          const int64_t m = std::min(kPiece, offset + n - at);
+          convert(sp + at, ws, m);
+          convert(tp + at, wt, m);
+          row_gradients<kStudent, kTeacher>(ws, wt, m, inv_tau, stats, klp[b], gp[b] * inv_tau, gs, gt);
+          if (kStudent) convert(gs, gsp + at, m);
+          if (kTeacher) convert(gt, gtp + at, m);
+        }
+      } else {
+        row_gradients<kStudent, kTeacher>(sp + offset, tp + offset, n, inv_tau, stats, klp[b], gp[b] * inv_tau,
+                                          kStudent ? gsp + offset : nullptr, kTeacher ? gtp + offset : nullptr);
+      }
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cpu(const at::Tensor& grad_rows,
                                                              const at::Tensor& student_logits,
                                                              const at::Tensor& teacher_logits,
                                                              const at::Tensor& student_stats,
                                                              const at::Tensor& teacher_stats,
-                                                             const at::Tensor& kl_rows,
-                                                             double temperature) {
+                                                             const at::Tensor& kl_rows, double temperature,
+                                                             std::array<bool, 2> output_mask) {
   check_logit_pair(student_logits, teacher_logits);
   const int64_t B = student_logits.size(0), C = student_logits.size(1);
   TORCH_CHECK(grad_rows.numel() == B && student_stats.numel() == 2 * B && teacher_stats.numel() == 2 * B &&
@@ -271,41 +335,24 @@ std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cpu(const at::Tensor& 
   const auto ss = student_stats.to(acc_type).contiguous();
   const auto st = teacher_stats.to(acc_type).contiguous();
   const auto klr = kl_rows.contiguous();
-  auto grad_s = at::empty({B, C}, s.options());
-  auto grad_t = at::empty({B, C}, t.options());
+  const auto [want_s, want_t] = output_mask;
+  auto grad_s = want_s ? at::empty({B, C}, s.options()) : at::empty({0}, s.options());
+  auto grad_t = want_t ? at::empty({B, C}, t.options()) : at::empty({0}, t.options());
+  if (!want_s && !want_t) return {grad_s, grad_t};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "kl_divergence_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     TORCH_CHECK(acc_type == c10::CppTypeToScalarType<acc_t>::value, "zskt_fast: row statistics have the wrong dtype");
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
     const scalar_t* tp = t.const_data_ptr<scalar_t>();
-    const acc_t* gp = g.const_data_ptr<acc_t>();
-    const acc_t* ssp = ss.const_data_ptr<acc_t>();
-    const acc_t* stp = st.const_data_ptr<acc_t>();
-    const acc_t* klp = klr.const_data_ptr<acc_t>();
-    scalar_t* gsp = grad_s.mutable_data_ptr<scalar_t>();
-    scalar_t* gtp = grad_t.mutable_data_ptr<scalar_t>();
-    const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
-    // Element by element: parallel over segments of rows (see kSegment), whatever the batch.
-    const int64_t segment = std::min(C, kSegment), segments = (C + segment - 1) / segment;
-    at::parallel_for(0, B * segments, row_grain(segment), [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> wide(kWidened<scalar_t> ? 4 * segment : 0);
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t b = item / segments, first = (item % segments) * segment, n = std::min(segment, C - first);
-        const RowStats<acc_t> stats{ssp[2 * b], ssp[2 * b + 1], stp[2 * b], stp[2 * b + 1]};
-        const int64_t offset = b * C + first;
-        if (kWidened<scalar_t>) {
-          acc_t *ws = wide.data(), *wt = ws + n, *gs = wt + n, *gt = gs + n;
-          convert(sp + offset, ws, n);
-          convert(tp + offset, wt, n);
-          row_gradients(ws, wt, n, inv_tau, stats, klp[b], gp[b] * inv_tau, gs, gt);
-          convert(gs, gsp + offset, n);
-          convert(gt, gtp + offset, n);
-        } else {
-          row_gradients(sp + offset, tp + offset, n, inv_tau, stats, klp[b], gp[b] * inv_tau, gsp + offset,
-                        gtp + offset);
-        }
-      }
-    });
+    scalar_t* gsp = want_s ? grad_s.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* gtp = want_t ? grad_t.mutable_data_ptr<scalar_t>() : nullptr;
+    if (want_s && want_t) {
+      backward_kernel<true, true>(sp, tp, B, C, temperature, g, ss, st, klr, gsp, gtp);
+    } else if (want_s) {
+      backward_kernel<true, false>(sp, tp, B, C, temperature, g, ss, st, klr, gsp, gtp);
+    } else {
+      backward_kernel<false, true>(sp, tp, B, C, temperature, g, ss, st, klr, gsp, gtp);
+    }
   });
   return {grad_s, grad_t};
 }

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..models import FeatureNetwork
-from ..ops import zskt_generator_loss, zskt_student_loss
+from ..ops import key_compile_caches_by_build, zskt_generator_loss, zskt_student_loss
 from .config import AMP_DTYPES, StepSettings, check_cuda_graphs
 from .distributed import World, average_gradients
 from .schedules import cosine_lr
@@ -87,8 +87,10 @@ class ZSKTSteps:
             for net, optimizer in ((generator, self.optimizer_G), (student, self.optimizer_S)))
 
     def _compiled(self, fn, fullgraph: bool):
-        return fn if self.settings.compile == "off" else torch.compile(fn, mode=self.settings.compile,
-                                                                       fullgraph=fullgraph)
+        if self.settings.compile == "off":
+            return fn
+        key_compile_caches_by_build()
+        return torch.compile(fn, mode=self.settings.compile, fullgraph=fullgraph)
 
     def _adam(self, net: nn.Module, lr: float) -> torch.optim.Adam:
         if self.settings.compile == "off":

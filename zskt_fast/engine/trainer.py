@@ -16,11 +16,9 @@ from ..data import dataset_info, evaluation_loader
 from ..models import Generator, build_classifier, pair_networks
 from .checkpoint import CheckpointError, load_file, load_into, recorded_normalisation
 from .config import PretrainConfig, TrainConfig
-from .distill import (LOCK_FILE, RUN_FILES, RunFolderError, RunInterrupted, _exclusive, check_run_folder,
-                      distill)
+from .distill import RunFolderError, RunInterrupted, check_run_folder, distill
 
-__all__ = ["LOCK_FILE", "RUN_FILES", "RunFolderError", "RunInterrupted", "_exclusive", "check_run", "check_run_folder",
-           "find_teacher", "train"]
+__all__ = ["RunFolderError", "RunInterrupted", "check_run", "check_run_folder", "find_teacher", "train"]
 from .teachers import default_teacher_path, pretrain_teacher
 
 

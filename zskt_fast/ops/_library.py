@@ -9,10 +9,13 @@ Backends:
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import importlib.util
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -90,19 +93,46 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def key_compile_caches_by_build() -> None:
+    """Keys torch.compile's on-disk caches (FX graphs, AOTAutograd) by this build of the ops, for graphs compiled
+    from now on in this process.
+
+    Those caches key a graph by its code, which names an op but not its version: a cache written by another build of
+    zskt_fast would call that build's backward ops (say, with another schema). Inductor mixes the entries of
+    `unsafe_marked_cacheable_functions` into its keys; the value set here is a hash of the compiled library and the
+    Python files that register and differentiate the ops."""
+    from torch._inductor import config
+
+    config.unsafe_marked_cacheable_functions["torch.ops.zskt_fast"] = _build_id()
+
+
+@functools.cache
+def _build_id() -> str:
+    package = Path(__file__).resolve().parent.parent
+    files = sorted(package.glob("_C*.so")) + sorted(package.glob("ops/*.py")) + sorted(
+        package.glob("kernels/triton/*.py"))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def register_fake_and_autograd(op: str, triton_kernels: str, *, fake_forward, fake_backward, setup_context,
                                make_backward) -> Callable[[], bool]:
     """For the forward/backward op pairs of `op` (zskt_fast::OP_forward / OP_backward from the compiled library, and
     their _triton twins defined in the module `triton_kernels`): the fake kernels (shapes and dtypes of the outputs,
-    for torch.compile and opcheck) and the forward's autograd formula, which calls the backward op.
+    for torch.compile and opcheck) of both pairs, and the autograd formula of the Triton forward, which calls the
+    Triton backward. The compiled forward's autograd is C++ (csrc/autograd.cpp): no Python runs on its calls.
 
     The compiled pair is registered now; returns the loader of the Triton pair, to be called before its first use."""
     def register(suffix: str) -> None:
         forward, backward = f"zskt_fast::{op}_forward{suffix}", f"zskt_fast::{op}_backward{suffix}"
         torch.library.register_fake(forward, fake_forward)
         torch.library.register_fake(backward, fake_backward)
-        backward_op = getattr(torch.ops.zskt_fast, f"{op}_backward{suffix}")
-        torch.library.register_autograd(forward, make_backward(backward_op), setup_context=setup_context)
+        if suffix:
+            backward_op = getattr(torch.ops.zskt_fast, f"{op}_backward{suffix}")
+            torch.library.register_autograd(forward, make_backward(backward_op), setup_context=setup_context)
 
     if compiled_available():
         register("")

@@ -1,9 +1,9 @@
 """Attention transfer (Zagoruyko & Komodakis, 2017) between matched student and teacher feature maps.
 
-The public function and its checks; for the fused backends, the fake kernels and the autograd formula of
-`torch.ops.zskt_fast.attention_transfer_forward` (kernels: csrc/cpu/attention_transfer.cpp,
-csrc/cuda/attention_transfer.cu) and of `torch.ops.zskt_fast.attention_transfer_forward_triton`
-(zskt_fast/kernels/triton/attention_transfer.py).
+The public function and its checks; for the fused backends, the fake kernels of
+`torch.ops.zskt_fast.attention_transfer_{forward,backward}` (kernels: csrc/cpu/attention_transfer.cpp,
+csrc/cuda/attention_transfer.cu; autograd: csrc/autograd.cpp) and the fake kernels and autograd formula of their
+`_triton` twins (zskt_fast/kernels/triton/attention_transfer.py).
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """KL divergence from the teacher's to the student's softened class distribution.
 
-The public function and its checks; for the fused backends, the fake kernels and the autograd formula of
-`torch.ops.zskt_fast.kl_divergence_forward` (kernels: csrc/cpu/kl_divergence.cpp, csrc/cuda/kl_divergence.cu) and of
-`torch.ops.zskt_fast.kl_divergence_forward_triton` (zskt_fast/kernels/triton/kl_divergence.py).
+The public function and its checks; for the fused backends, the fake kernels of
+`torch.ops.zskt_fast.kl_divergence_{forward,backward}` (kernels: csrc/cpu/kl_divergence.cpp, csrc/cuda/kl_divergence.cu;
+autograd: csrc/autograd.cpp) and the fake kernels and autograd formula of their `_triton` twins
+(zskt_fast/kernels/triton/kl_divergence.py).
 """
 from __future__ import annotations
 
@@ -49,9 +50,11 @@ def _fake_forward(student_logits, teacher_logits, temperature):
     return rows, stats, torch.empty_like(stats)
 
 
-def _fake_backward(grad_rows, student_logits, teacher_logits, student_stats, teacher_stats, kl_rows, temperature):
+def _fake_backward(grad_rows, student_logits, teacher_logits, student_stats, teacher_stats, kl_rows, temperature,
+                   output_mask):
     shape = student_logits.shape
-    return student_logits.new_empty(shape), teacher_logits.new_empty(shape)
+    return (student_logits.new_empty(shape if output_mask[0] else (0,)),
+            teacher_logits.new_empty(shape if output_mask[1] else (0,)))
 
 
 def _setup_context(ctx, inputs, output):
@@ -65,10 +68,10 @@ def _setup_context(ctx, inputs, output):
 def _make_backward(backward_op):
     def backward(ctx, grad_rows, _grad_student_stats, _grad_teacher_stats):
         student_logits, teacher_logits, student_stats, teacher_stats, rows = ctx.saved_tensors
+        wanted = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
         grad_student, grad_teacher = backward_op(grad_rows, student_logits, teacher_logits, student_stats,
-                                                 teacher_stats, rows, ctx.temperature)
-        return (grad_student if ctx.needs_input_grad[0] else None,
-                grad_teacher if ctx.needs_input_grad[1] else None, None)
+                                                 teacher_stats, rows, ctx.temperature, wanted)
+        return grad_student if wanted[0] else None, grad_teacher if wanted[1] else None, None
 
     return backward
 
