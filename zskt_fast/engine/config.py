@@ -1,10 +1,12 @@
 """Settings: one dataclass per concept, holding every default and the help text of its command-line option.
 
+DataSettings   the data set and its image shape (every program); TeacherStudentSettings adds the two networks
 StepSettings   one iteration's steps of Algorithm 1 (the paper's hyper-parameters and how the steps run)
 LoopSettings   a zero-shot run of given networks (zskt_fast.distill): StepSettings plus the loop length, seed, device,
                speed switches and outputs
-TrainConfig    a zero-shot run from the command line: LoopSettings plus the data set and the networks by name
-PretrainConfig supervised pretraining of a teacher
+TrainConfig    a zero-shot run from the command line: LoopSettings plus TeacherStudentSettings
+PretrainConfig supervised pretraining of a teacher (DataSettings plus the recipe)
+FewShotConfig  the few-shot KD+AT baseline (TeacherStudentSettings plus its recipe)
 
 The command-line programs build their options from these fields (`zskt_fast._cli`); `resolved()` fills in what
 depends on the data set or the machine and checks every value, before any work starts.
@@ -20,7 +22,7 @@ import torch
 
 from ..common import (check_choice, check_count, check_non_negative, check_positive, option, resolve_device,
                       settings_from_dict)
-from ..data import DATASETS, DEFAULT_DATA_ROOT, dataset_info, normalisation_of
+from ..data import DATASETS, DEFAULT_DATA_ROOT, DatasetInfo, dataset_info, normalisation_of
 from ..models import ARCHITECTURE_HELP, architecture_key
 from ..models.features import parse_pairs
 from .distributed import DIST_BACKENDS
@@ -45,8 +47,8 @@ DATASET_DEFAULTS = {
 DATA_ROOT_HELP = ("folder holding CIFAR-10 / CIFAR-100 / SVHN, or the image folder (class subfolders, or train/ and "
                   "test/ or val/ holding them)")
 DOWNLOAD_HELP = "download CIFAR-10 / CIFAR-100 / SVHN into --data-root"
-IMAGE_SIZE_HELP = ("side of the square images: the generator makes them, the test images are resized to it; default: "
-                   "the data set's (32; 8 for digits, which cannot change)")
+IMAGE_SIZE_HELP = ("side of the square images: the data set's images are resized to it, a generator makes images of "
+                   "that size; default: the data set's (32; 8 for digits, which cannot change)")
 CHANNELS_HELP = "image channels of an image folder: 3 (RGB) or 1 (grey); default 3"
 PRETRAIN_EPOCHS = {"digits": 30, "cifar10": 200, "svhn": 100, "cifar100": 200, "folder": 100}
 
@@ -71,6 +73,51 @@ def check_cuda_graphs(amp: str, device: torch.device, compile: str = "off") -> N
     if amp == "fp16":
         raise ValueError("CUDA graphs cannot replay fp16 training (its loss scaler checks for overflow on the host "
                          "after each step): use amp bf16 (--amp bf16), or set cuda_graphs off (--no-cuda-graphs)")
+
+
+@dataclass
+class DataSettings:
+    """The data set and its image shape, for every program."""
+    dataset: str = option("digits", "data set: its test set scores the trained network (pretrain and fewshot also "
+                                    "learn from its training set); digits ships with scikit-learn and works offline",
+                          group=DATA, choices=DATASETS)
+    data_root: str = option(DEFAULT_DATA_ROOT, DATA_ROOT_HELP, group=DATA)
+    download: bool = option(False, DOWNLOAD_HELP, group=DATA)
+    image_size: int | None = option(None, IMAGE_SIZE_HELP, group=DATA)
+    channels: int | None = option(None, CHANNELS_HELP, group=DATA)
+
+    def _resolve_data(self) -> DatasetInfo:
+        """Checks the data fields and fills in the data set's image size and channels, in place (on a copy the caller
+        made); returns the data set's description."""
+        check_choice(self.dataset, DATASETS, "dataset")
+        for name in ("image_size", "channels"):
+            if getattr(self, name) is not None:
+                check_count(getattr(self, name), name)
+        self.data_root = os.path.abspath(os.path.expanduser(self.data_root))  # stored resolved: resume from anywhere
+        info = dataset_info(self.dataset, root=self.data_root if self.dataset == "folder" else None,
+                            image_size=self.image_size, channels=self.channels)
+        self.image_size, self.channels = info.image_size, info.channels
+        return info
+
+
+@dataclass
+class TeacherStudentSettings(DataSettings):
+    """The data set and the two networks by name, for the programs that distil (train, fewshot)."""
+    teacher: str | None = option(None, f"teacher architecture: {ARCHITECTURE_HELP}; default per dataset: "
+                                       f"{per_dataset(0)}", group=DATA)
+    student: str | None = option(None, f"student architecture; default: {per_dataset(1)}", group=DATA)
+    teacher_ckpt: str | None = option(
+        None, "teacher weights: the authors' last.pth.tar, a file from zskt_fast.pretrain or a plain state dict; "
+              "default: the cached pretrained teacher ($ZSKT_FAST_CACHE or ~/.cache/zskt_fast/teachers/"
+              "DATASET-ARCH.pt), trained on first use for digits", group=DATA)
+
+    def _resolve_networks(self) -> None:
+        """Fills in the data set's default networks and the teacher file's absolute path, in place."""
+        teacher, student = DATASET_DEFAULTS[self.dataset][:2]
+        self.teacher = architecture_key(self.teacher or teacher)
+        self.student = architecture_key(self.student or student)
+        if self.teacher_ckpt:
+            self.teacher_ckpt = os.path.abspath(os.path.expanduser(self.teacher_ckpt))
 
 
 @dataclass
@@ -185,18 +232,9 @@ class LoopSettings(StepSettings):
 
 
 @dataclass
-class TrainConfig(LoopSettings):
-    dataset: str = option("digits", "test set of the student; digits ships with scikit-learn and works offline",
-                          group=DATA, choices=DATASETS)
-    data_root: str = option(DEFAULT_DATA_ROOT, DATA_ROOT_HELP, group=DATA)
-    download: bool = option(False, DOWNLOAD_HELP, group=DATA)
-    image_size: int | None = option(None, IMAGE_SIZE_HELP, group=DATA)
-    channels: int | None = option(None, CHANNELS_HELP, group=DATA)
+class TrainConfig(LoopSettings, TeacherStudentSettings):
     num_classes: int | None = option(None, "number of classes of teacher and student; default: the data set's "
                                            "(a different value is refused)", group=DATA)
-    teacher: str | None = option(None, f"teacher architecture: {ARCHITECTURE_HELP}; default per dataset: "
-                                       f"{per_dataset(0)}", group=DATA)
-    student: str | None = option(None, f"student architecture; default: {per_dataset(1)}", group=DATA)
     dist_backend: str = option("auto", "torch.distributed backend under torchrun: nccl for CUDA devices, gloo for "
                                        "the CPU (auto picks)", group=PROCESSES, choices=DIST_BACKENDS)
     dist_timeout_minutes: float = option(30.0, "under torchrun: a collective that waits this long (a process died "
@@ -209,21 +247,14 @@ class TrainConfig(LoopSettings):
         None, "per-channel mean the images are normalised with; default: the one the teacher file records, else the "
               "data set's (for CIFAR-10 and SVHN the authors' constants)", group=DATA)
     std: list[float] | None = option(None, "per-channel std, with --mean; default as --mean", group=DATA)
-    teacher_ckpt: str | None = option(
-        None, "teacher weights: the authors' last.pth.tar, a file from zskt_fast.pretrain or a plain state dict; "
-              "default: the cached pretrained teacher ($ZSKT_FAST_CACHE or ~/.cache/zskt_fast/teachers/"
-              "DATASET-ARCH.pt), trained on first use for digits", group=DATA)
+
     def resolved(self) -> TrainConfig:
         """A copy with every None/auto filled in for this data set and machine; raises ValueError on bad values."""
         c = dataclasses.replace(self)
-        check_choice(c.dataset, DATASETS, "dataset")
-        for name in ("image_size", "channels", "num_classes"):
-            if getattr(c, name) is not None:
-                check_count(getattr(c, name), name)
-        c.data_root = os.path.abspath(os.path.expanduser(c.data_root))  # stored resolved: resume from any folder
-        info = dataset_info(c.dataset, root=c.data_root if c.dataset == "folder" else None, image_size=c.image_size,
-                            channels=c.channels)
-        c.image_size, c.channels = info.image_size, info.channels
+        if c.num_classes is not None:
+            check_count(c.num_classes, "num_classes")
+        info = c._resolve_data()
+        c._resolve_networks()
         if c.num_classes is not None and c.num_classes != info.num_classes:
             raise ValueError(f"num_classes is {c.num_classes}, and the {c.dataset} data set has {info.num_classes} "
                              f"classes")
@@ -231,16 +262,11 @@ class TrainConfig(LoopSettings):
         if c.mean is not None or c.std is not None:
             mean, std = normalisation_of(c.dataset, c.mean, c.std, channels=c.channels)
             c.mean, c.std = list(mean), list(std)
-        teacher, student, iterations, eval_every, log_every = DATASET_DEFAULTS[c.dataset]
-        c.teacher = architecture_key(c.teacher or teacher)
-        c.student = architecture_key(c.student or student)
         if c.attention_layers is not None:
             parse_pairs(c.attention_layers)
-        c._resolve_loop(iterations, eval_every, log_every)
+        c._resolve_loop(*DATASET_DEFAULTS[c.dataset][2:])
         check_choice(c.dist_backend, DIST_BACKENDS, "dist_backend")
         check_positive(c.dist_timeout_minutes, "dist_timeout_minutes")
-        if c.teacher_ckpt:
-            c.teacher_ckpt = os.path.abspath(os.path.expanduser(c.teacher_ckpt))
         return c
 
     def to_dict(self) -> dict:
@@ -263,13 +289,8 @@ def default_pretrain_lr(dataset: str, arch: str) -> float:
 
 
 @dataclass
-class PretrainConfig:
-    dataset: str = option("digits", "data set to train on", choices=DATASETS)
-    arch: str = option("wrn-16-2", f"architecture: {ARCHITECTURE_HELP}")
-    data_root: str = option(DEFAULT_DATA_ROOT, DATA_ROOT_HELP)
-    download: bool = option(False, DOWNLOAD_HELP)
-    image_size: int | None = option(None, "side of the square training and test images; default: the data set's")
-    channels: int | None = option(None, CHANNELS_HELP)
+class PretrainConfig(DataSettings):
+    arch: str = option("wrn-16-2", f"architecture: {ARCHITECTURE_HELP}", group=DATA)
     epochs: int | None = option(None, "epochs; default " + ", ".join(f"{k} {v}" for k, v in PRETRAIN_EPOCHS.items()))
     lr: float | None = option(None, "initial learning rate; default 0.1 (0.02 for ResNets on digits)")
     batch_size: int = option(128, "batch size")
@@ -283,11 +304,8 @@ class PretrainConfig:
     def resolved(self) -> PretrainConfig:
         """A copy with epochs, lr and device filled in; raises ValueError on bad values."""
         c = dataclasses.replace(self)
-        check_choice(c.dataset, DATASETS, "dataset")
+        c._resolve_data()
         c.arch = architecture_key(c.arch)
-        c.data_root = os.path.abspath(os.path.expanduser(c.data_root))
-        info = dataset_info(c.dataset, image_size=c.image_size, channels=c.channels)
-        c.image_size, c.channels = info.image_size, info.channels
         c.epochs = PRETRAIN_EPOCHS[c.dataset] if c.epochs is None else c.epochs
         c.lr = default_pretrain_lr(c.dataset, c.arch) if c.lr is None else c.lr
         check_count(c.epochs, "epochs")
@@ -301,23 +319,12 @@ class PretrainConfig:
 
 
 @dataclass
-class FewShotConfig:
+class FewShotConfig(TeacherStudentSettings):
     """The few-shot KD+AT baseline (Zagoruyko & Komodakis, 2017, as the paper uses it): the student learns from the
     teacher on M real images per class."""
     samples_per_class: str = option("10", "M real images per class, drawn once with the seed (the same for every run "
                                           "of that seed); 'all': the whole training set; 0 is refused (zero-shot is "
                                           "python -m zskt_fast.train)", group=DATA)
-    dataset: str = option("digits", "data set whose training images are sampled and whose test set scores the student",
-                          group=DATA, choices=DATASETS)
-    data_root: str = option(DEFAULT_DATA_ROOT, DATA_ROOT_HELP, group=DATA)
-    download: bool = option(False, DOWNLOAD_HELP, group=DATA)
-    image_size: int | None = option(None, IMAGE_SIZE_HELP, group=DATA)
-    channels: int | None = option(None, CHANNELS_HELP, group=DATA)
-    teacher: str | None = option(None, f"teacher architecture: {ARCHITECTURE_HELP}; default per dataset: "
-                                       f"{per_dataset(0)}", group=DATA)
-    student: str | None = option(None, f"student architecture; default: {per_dataset(1)}", group=DATA)
-    teacher_ckpt: str | None = option(None, "teacher weights; default: the cached pretrained teacher, as for "
-                                            "zskt_fast.train", group=DATA)
     iterations: int | None = option(
         None, "SGD steps, whatever M: by default as many as training on the whole training set takes with the "
               "pretraining recipe (epochs x batches per epoch: digits 330, CIFAR-10 78,200), so that a tiny M does "
@@ -346,16 +353,9 @@ class FewShotConfig:
         """A copy with the defaults filled in (`train_size`: the number of training images, for the default number
         of steps); raises ValueError on bad values."""
         c = dataclasses.replace(self)
-        check_choice(c.dataset, DATASETS, "dataset")
+        c._resolve_data()
+        c._resolve_networks()
         c.samples_per_class = parse_samples_per_class(c.samples_per_class)
-        c.data_root = os.path.abspath(os.path.expanduser(c.data_root))
-        info = dataset_info(c.dataset, image_size=c.image_size, channels=c.channels)
-        c.image_size, c.channels = info.image_size, info.channels
-        teacher, student = DATASET_DEFAULTS[c.dataset][:2]
-        c.teacher = architecture_key(c.teacher or teacher)
-        c.student = architecture_key(c.student or student)
-        if c.teacher_ckpt:
-            c.teacher_ckpt = os.path.abspath(os.path.expanduser(c.teacher_ckpt))
         check_count(c.batch_size, "batch_size")
         if c.iterations is None and train_size is not None:
             c.iterations = PRETRAIN_EPOCHS[c.dataset] * math.ceil(train_size / c.batch_size)
