@@ -44,13 +44,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cuda(const 
   auto kl = at::empty({B}, s.options().dtype(accumulation_type(s)));
   auto stats_s = at::empty({B, 2}, kl.options());
   auto stats_t = at::empty({B, 2}, kl.options());
-  const auto dtype = to_dtype(s.scalar_type());
-  // From the caching allocator, on the current stream: safe inside CUDA graphs.
-  auto workspace = at::empty({cuda::kl_forward_workspace_bytes(dtype, B, C)}, s.options().dtype(at::kByte));
-  check_launch(cuda::launch_kl_forward(dtype, s.const_data_ptr(), t.const_data_ptr(), B, C, 1.0 / temperature,
-                                       kl.mutable_data_ptr(), stats_s.mutable_data_ptr(), stats_t.mutable_data_ptr(),
-                                       workspace.numel() > 0 ? workspace.mutable_data_ptr() : nullptr,
-                                       current_stream()),
+  check_launch(cuda::launch_kl_forward(to_dtype(s.scalar_type()), s.const_data_ptr(), t.const_data_ptr(), B, C,
+                                       1.0 / temperature, kl.mutable_data_ptr(), stats_s.mutable_data_ptr(),
+                                       stats_t.mutable_data_ptr(), current_stream()),
                "kl_divergence_forward");
   return {kl, stats_s, stats_t};
 }

@@ -1,9 +1,10 @@
 """Triton kernels of the KL divergence op, and their launchers registered as the ops
 `zskt_fast::kl_divergence_{forward,backward}_triton` (torch.library.triton_op: torch.compile sees the kernels).
 
-One program per row; the class dimension is tiled in blocks of at most 1024, so rows of any length work. Forward: one
-sweep over both rows (online softmax: running maxima, sums rescaled when a tile raises them). Backward: one sweep,
-writing only the gradients asked for.
+One program per row; the class dimension is tiled in blocks of at most 1024, so rows of any length work. Forward: two
+sweeps over both rows (their maxima; their sums of exponentials and the KL), so that the KL is formed from the row
+maxima the backward uses (see RESULTS.md on one-sweep forwards and the teacher gradient). Backward: one sweep, writing
+only the gradients asked for.
 The fake kernels and the autograd formula are registered by `zskt_fast.ops.kl_divergence`.
 """
 from __future__ import annotations
@@ -26,61 +27,38 @@ def _kl_forward_kernel(s_ptr,  # [B, C] student logits
                        stats_s_ptr,  # [B, 2] out: (max, log-sum) of the student row / T, ACC
                        stats_t_ptr,  # [B, 2] out: the same of the teacher row, ACC
                        C, inv_tau, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    """One sweep over both rows (online softmax). With u = x_t / T, v = x_s / T and the running maxima m_t, m_s of
-    the tiles read so far: per lane the sums of exp(v - m_s) and of e = exp(a), a = u - m_t, and W = sum e (a - b),
-    b = v - m_s, all taken again relative to the new maxima when a tile raises them; KL = W / sum_t - log sum_t +
-    log sum_s. The maxima and log-sums are kept apart so that log p = (x / T - m) - log-sum stays exact for the
-    largest logits when the softmax saturates. A class with teacher mass and v = -inf makes the KL +inf; a row that is
-    all -inf, or has a +inf, a NaN KL."""
+    """Two sweeps over both rows: their maxima m, then, with a = x_t / T - m_t, b = x_s / T - m_s and e = exp(a), the
+    sums of exp(b) and e and W = sum e (a - b), from which KL = W / sum_t - log sum_t + log sum_s. The maxima and
+    log-sums are kept apart so that log p = (x / T - m) - log-sum stays exact for the largest logits when the softmax
+    saturates."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     s_row = s_ptr + row * C
     t_row = t_ptr + row * C
-    neg_inf = float("-inf")
-    m_s = tl.full([], neg_inf, ACC)
-    m_t = tl.full([], neg_inf, ACC)
+    max_s = tl.full([BLOCK], float("-inf"), ACC)
+    max_t = tl.full([BLOCK], float("-inf"), ACC)
+    for start in range(0, C, BLOCK):
+        mask = start + offs < C
+        max_s = tl.maximum(max_s, tl.load(s_row + start + offs, mask=mask, other=float("-inf")).to(ACC) * inv_tau)
+        max_t = tl.maximum(max_t, tl.load(t_row + start + offs, mask=mask, other=float("-inf")).to(ACC) * inv_tau)
+    m_s = tl.max(max_s, axis=0)
+    m_t = tl.max(max_t, axis=0)
     sum_s = tl.zeros([BLOCK], ACC)
     sum_t = tl.zeros([BLOCK], ACC)
     weighted = tl.zeros([BLOCK], ACC)
-    infinite = tl.zeros([BLOCK], tl.int32)
     for start in range(0, C, BLOCK):
         mask = start + offs < C
-        u = tl.load(t_row + start + offs, mask=mask, other=neg_inf).to(ACC) * inv_tau
-        v = tl.load(s_row + start + offs, mask=mask, other=neg_inf).to(ACC) * inv_tau
-        new_m_t = tl.maximum(m_t, tl.max(u, axis=0))
-        new_m_s = tl.maximum(m_s, tl.max(v, axis=0))
-        # What was summed so far, relative to the new maxima. While a maximum is still -inf its sums are 0 and no
-        # class has entered W: nothing moves (and no -inf - -inf is formed).
-        known_t = m_t > neg_inf
-        known_s = m_s > neg_inf
-        step_t = tl.where(known_t, m_t, 0.0) - tl.where(known_t, new_m_t, 0.0)
-        step_s = tl.where(known_s, m_s, 0.0) - tl.where(known_s, new_m_s, 0.0)
-        factor_t = tl.exp(step_t)
-        factor_s = tl.exp(step_s)
-        shift = tl.where(known_s, step_t - step_s, 0.0)
-        weighted = factor_t * (weighted + shift * sum_t)
-        sum_t = sum_t * factor_t
-        sum_s = sum_s * factor_s
-        m_t = new_m_t
-        m_s = new_m_s
-        has_t = u != neg_inf  # padding lanes are -inf; NaN logits are summed, so that the KL is NaN
-        has_s = v != neg_inf
-        a = tl.where(has_t, u - m_t, 0.0)
-        b = tl.where(has_s, v - m_s, 0.0)
-        e = tl.where(has_t, tl.exp(a), 0.0)
+        a = tl.load(t_row + start + offs, mask=mask, other=0.0).to(ACC) * inv_tau - m_t
+        b = tl.load(s_row + start + offs, mask=mask, other=0.0).to(ACC) * inv_tau - m_s
+        e = tl.where(mask, tl.exp(a), 0.0)
+        sum_s += tl.where(mask, tl.exp(b), 0.0)
         sum_t += e
-        sum_s += tl.where(has_s, tl.exp(b), 0.0)
         # p_t log p_t = 0 where p_t underflows to 0, as in F.kl_div
-        weighted += tl.where((e > 0) & has_s, e * (a - b), 0.0)
-        infinite = tl.maximum(infinite, ((e > 0) & ~has_s).to(tl.int32))
-    finite = (tl.abs(m_s) < float("inf")) & (tl.abs(m_t) < float("inf"))
-    total_s = tl.sum(sum_s, axis=0)
+        weighted += tl.where(e > 0, e * (a - b), 0.0)
+    log_sum_s = tl.log(tl.sum(sum_s, axis=0))
     total_t = tl.sum(sum_t, axis=0)
-    log_sum_s = tl.where(finite, tl.log(total_s), 0.0)
-    log_sum_t = tl.where(finite, tl.log(total_t), 0.0)
-    kl = (tl.sum(weighted, axis=0) / total_t - log_sum_t) + log_sum_s
-    kl = tl.where(tl.max(infinite, axis=0) > 0, float("inf"), kl)
-    tl.store(kl_ptr + row, tl.where(finite, kl, float("nan")))
+    log_sum_t = tl.log(total_t)
+    tl.store(kl_ptr + row, (tl.sum(weighted, axis=0) / total_t - log_sum_t) + log_sum_s)
     tl.store(stats_s_ptr + 2 * row, m_s)
     tl.store(stats_s_ptr + 2 * row + 1, log_sum_s)
     tl.store(stats_t_ptr + 2 * row, m_t)
