@@ -23,7 +23,7 @@ BATCH_SWEEP = [(b, 10) for b in pick([4], [32, 128, 512, 1024], [32, 128, 512, 1
 CLASS_SWEEP = pick([], [(1024, 1000), (64, 32000), (16, 128256)],
                    [(1024, 1000), (64, 32000), (16, 128256), (64, 128256), (256, 128256)],
                    short=[(64, 32000), (256, 128256)])
-STUDENT_SWEEP = pick([], CLASS_SWEEP, CLASS_SWEEP, short=[(256, 128256)])
+STUDENT_SWEEP = pick([(4, 10)], CLASS_SWEEP, CLASS_SWEEP, short=[(256, 128256)])
 POINTS = ([("batch", s) for s in BATCH_SWEEP] + [("classes", s) for s in CLASS_SWEEP]
           + [("classes-student", s) for s in STUDENT_SWEEP])
 

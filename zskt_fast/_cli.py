@@ -29,6 +29,12 @@ def _value_type(annotation):
     return annotation
 
 
+def program_parser(program: str, description: str) -> argparse.ArgumentParser:
+    """The parser of `python -m zskt_fast.PROGRAM`, showing each option's default (HelpFormatter)."""
+    return argparse.ArgumentParser(prog=f"python -m zskt_fast.{program}", description=description,
+                                   formatter_class=HelpFormatter)
+
+
 def add_options(parser: argparse.ArgumentParser, settings_class, *, skip: tuple[str, ...] = (),
                 group_order: tuple[str, ...] = ()) -> dict[str, argparse._ArgumentGroup]:
     """One --option per field of the dataclass `settings_class` (field x_y -> --x-y), with the field's default and

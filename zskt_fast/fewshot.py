@@ -9,21 +9,20 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli import HelpFormatter, add_options, errors_as_messages, settings_from_args
+from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
 from .engine.config import ALGORITHM, DATA, OUTPUTS, SPEED, FewShotConfig
 from .engine.distill import RunInterrupted
 from .engine.fewshot import train_kd_at
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m zskt_fast.fewshot",
-        description="Few-shot KD+AT (Zagoruyko & Komodakis, 2017, the baseline of Micaelli & Storkey, 2019): the "
-                    "student learns from the teacher on M training images per class with (1 - alpha) CE + alpha T^2 "
-                    "KL(T || S) + beta sum AT, SGD with Nesterov momentum, weight decay and a cosine schedule, random "
-                    "crops and flips. Each seed writes a run folder: config.json, indices.json (the images used), "
-                    "metrics.jsonl, checkpoint.pt, student.pt and summary.json.",
-        formatter_class=HelpFormatter)
+    p = program_parser(
+        "fewshot",
+        "Few-shot KD+AT (Zagoruyko & Komodakis, 2017, the baseline of Micaelli & Storkey, 2019): the "
+        "student learns from the teacher on M training images per class with (1 - alpha) CE + alpha T^2 "
+        "KL(T || S) + beta sum AT, SGD with Nesterov momentum, weight decay and a cosine schedule, random "
+        "crops and flips. Each seed writes a run folder: config.json, indices.json (the images used), "
+        "metrics.jsonl, checkpoint.pt, student.pt and summary.json.")
     groups = add_options(p, FewShotConfig, skip=("seed",), group_order=(DATA, ALGORITHM, SPEED, OUTPUTS))
     groups[ALGORITHM].add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed; several: "
                                                                                       "mean ± std of the accuracy")

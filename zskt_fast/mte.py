@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli import HelpFormatter, errors_as_messages
+from ._cli import errors_as_messages, program_parser
 from .common import resolve_device, writable_folder
 from .data import DATASETS, DEFAULT_DATA_ROOT, dataset_info, evaluation_loader, normalisation_of
 from .engine.checkpoint import CheckpointError, load_classifier
@@ -57,12 +57,11 @@ def plot_curves(results: dict[str, TransitionCurves], path, reference_name: str)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m zskt_fast.mte",
-        description="Transition curves and mean transition error (Algorithm 2 of Micaelli & Storkey, 2019) of one or "
-                    "more networks A against a network B, all trajectories batched. Writes curves_NAME.npz, mte.json "
-                    "and transition_curves.png to --out.",
-        formatter_class=HelpFormatter)
+    p = program_parser(
+        "mte",
+        "Transition curves and mean transition error (Algorithm 2 of Micaelli & Storkey, 2019) of one or "
+        "more networks A against a network B, all trajectories batched. Writes curves_NAME.npz, mte.json "
+        "and transition_curves.png to --out.")
     p.add_argument("--run", default=None, metavar="RUN_FOLDER",
                    help="a run folder of zskt_fast.train (its seedN folder): its student is added to the A networks, "
                         "its teacher is B, its dataset is used")

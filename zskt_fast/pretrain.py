@@ -5,21 +5,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._cli import HelpFormatter, add_options, errors_as_messages, settings_from_args
+from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
 from .common import writable_folder
 from .engine.config import PretrainConfig
 from .engine.teachers import default_teacher_path, pretrain_teacher
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m zskt_fast.pretrain",
-        description="Train a teacher classifier (cross-entropy, SGD with Nesterov momentum and weight decay, cosine or "
-                    "step schedule, crop/flip augmentation where it fits the data) and write a checkpoint in the "
-                    "layout `python -m zskt_fast.train --teacher-ckpt` reads. By default it is written where the "
-                    "trainer looks for its teacher, so a following train run with the same dataset and architecture "
-                    "finds it.",
-        formatter_class=HelpFormatter)
+    parser = program_parser(
+        "pretrain",
+        "Train a teacher classifier (cross-entropy, SGD with Nesterov momentum and weight decay, cosine or "
+        "step schedule, crop/flip augmentation where it fits the data) and write a checkpoint in the "
+        "layout `python -m zskt_fast.train --teacher-ckpt` reads. By default it is written where the "
+        "trainer looks for its teacher, so a following train run with the same dataset and architecture "
+        "finds it.")
     add_options(parser, PretrainConfig)
     parser.add_argument("--out", default=None,
                         help="checkpoint to write; default: the trainer's teacher cache "

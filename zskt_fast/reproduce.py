@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ._cli import HelpFormatter, errors_as_messages
+from ._cli import errors_as_messages, program_parser
 from .common import check_count, check_positive, resolve_device, writable_folder
 from .data import DATASETS, DEFAULT_DATA_ROOT, evaluation_loader
 from .engine.checkpoint import load_classifier, load_file, recorded_normalisation
@@ -45,14 +45,13 @@ MTE_IMAGES = {"digits": 300}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m zskt_fast.reproduce",
-        description="The paper's comparison (Micaelli & Storkey, 2019, Tables 1 and 2) for one teacher/student pair: "
-                    "teacher, student from scratch, zero-shot, few-shot KD+AT for several M and with full data, over "
-                    "several seeds; then MTE and transition curves. Writes report.md, accuracy_vs_shots.png, "
-                    "transition_curves.png and results.json to --out. With no options: the digits pair of "
-                    "`python -m zskt_fast.train`, offline.",
-        formatter_class=HelpFormatter)
+    p = program_parser(
+        "reproduce",
+        "The paper's comparison (Micaelli & Storkey, 2019, Tables 1 and 2) for one teacher/student pair: "
+        "teacher, student from scratch, zero-shot, few-shot KD+AT for several M and with full data, over "
+        "several seeds; then MTE and transition curves. Writes report.md, accuracy_vs_shots.png, "
+        "transition_curves.png and results.json to --out. With no options: the digits pair of "
+        "`python -m zskt_fast.train`, offline.")
     p.add_argument("--dataset", choices=DATASETS, default="digits", help="data set")
     p.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help=DATA_ROOT_HELP)
     p.add_argument("--download", action="store_true", help="download the data set into --data-root")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from tqdm import tqdm
 
-from ._cli import HelpFormatter, errors_as_messages
+from ._cli import errors_as_messages, program_parser
 from .common import check_count, eval_mode, writable_folder
 from .engine.config import StepSettings
 from .engine.loop import zero_shot_knowledge_transfer
@@ -178,12 +178,11 @@ def save_figures(result: dict, out: Path) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m zskt_fast.toy",
-        description="Zero-shot knowledge transfer on 2-D spirals: a teacher MLP trained on them, a student MLP that "
-                    "never sees them and a generator of points, trained with Algorithm 1 and the package's KL op. "
-                    "Writes toy.png, toy.gif (with Pillow) and agreement.json to --out.",
-        formatter_class=HelpFormatter)
+    p = program_parser(
+        "toy",
+        "Zero-shot knowledge transfer on 2-D spirals: a teacher MLP trained on them, a student MLP that "
+        "never sees them and a generator of points, trained with Algorithm 1 and the package's KL op. "
+        "Writes toy.png, toy.gif (with Pillow) and agreement.json to --out.")
     p.add_argument("--classes", type=int, default=3, help="number of spiral arms (classes), 2 to 10")
     p.add_argument("--iterations", type=int, default=2000, help="iterations of Algorithm 1")
     p.add_argument("--n-student-steps", type=int, default=5, help="student steps per iteration")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ._cli import HelpFormatter, add_options, errors_as_messages, settings_from_args
+from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
 from .engine.checkpoint import CheckpointError
 from .engine.config import ALGORITHM, DATA, OUTPUTS, PROCESSES, SPEED, TrainConfig
 from .engine.distributed import (World, broadcast_object, init_world, launched_ranks,
@@ -28,14 +28,13 @@ RUN_INDEX = "run.json"  # in the parent folder: the settings of every seed, for 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m zskt_fast.train",
-        description="Zero-shot knowledge transfer (Micaelli & Storkey, 2019): a generator searches for images on which "
-                    "the student and the frozen teacher disagree, the student learns to agree with the teacher on "
-                    "them. The data set is only used to test the student (and to pretrain a digits teacher). "
-                    "Each seed writes a run folder: config.json, metrics.jsonl, checkpoint.pt, images/, student.pt, "
-                    "generator.pt and summary.json.",
-        formatter_class=HelpFormatter)
+    p = program_parser(
+        "train",
+        "Zero-shot knowledge transfer (Micaelli & Storkey, 2019): a generator searches for images on which "
+        "the student and the frozen teacher disagree, the student learns to agree with the teacher on "
+        "them. The data set is only used to test the student (and to pretrain a digits teacher). "
+        "Each seed writes a run folder: config.json, metrics.jsonl, checkpoint.pt, images/, student.pt, "
+        "generator.pt and summary.json.")
     groups = add_options(p, TrainConfig, skip=("seed",), group_order=(DATA, ALGORITHM, SPEED, OUTPUTS, PROCESSES))
     groups[ALGORITHM].add_argument("--seeds", type=int, nargs="+", default=[TrainConfig.seed],
                                    help="run once per seed; with several, report mean ± std (population std) like "
