@@ -19,7 +19,7 @@ using torch::autograd::variable_list;
 
 using KlForward = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double);
 using KlBackward = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                      const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                                                      const at::Tensor&, const at::Tensor&, double,
                                                       std::array<bool, 2>);
 using AtForward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&,
                                                                                         const at::Tensor&);
@@ -38,7 +38,7 @@ class KlDivergence : public torch::autograd::Function<KlDivergence> {
     static const auto forward_op = op<KlForward>("zskt_fast::kl_divergence_forward");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [rows, student_stats, teacher_stats] = forward_op.call(student_logits, teacher_logits, temperature);
-    ctx->save_for_backward({student_logits, teacher_logits, student_stats, teacher_stats, rows});
+    ctx->save_for_backward({student_logits, teacher_logits, student_stats, teacher_stats});
     ctx->saved_data["temperature"] = temperature;
     ctx->mark_non_differentiable({student_stats, teacher_stats});
     return {rows, student_stats, teacher_stats};
@@ -50,8 +50,8 @@ class KlDivergence : public torch::autograd::Function<KlDivergence> {
     // The teacher side is wanted by the generator step only: a frozen teacher's gradient is never computed.
     const std::array<bool, 2> wanted{ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
     auto [grad_student, grad_teacher] =
-        backward_op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
-                         ctx->saved_data["temperature"].toDouble(), wanted);
+        backward_op.call(grads[0], saved[0], saved[1], saved[2], saved[3], ctx->saved_data["temperature"].toDouble(),
+                         wanted);
     return {wanted[0] ? grad_student : at::Tensor(), wanted[1] ? grad_teacher : at::Tensor(), at::Tensor()};
   }
 };

@@ -27,6 +27,14 @@ inline void check_feature_pair(const at::Tensor& s, const at::Tensor& t) {
   TORCH_CHECK(s.scalar_type() == t.scalar_type(), "zskt_fast: student and teacher features differ in dtype");
 }
 
+// The [B] upstream gradient and the forward's row statistics (student [B, 2], teacher [B, 4]) of a KL backward.
+inline void check_kl_row_statistics(const at::Tensor& grad_rows, const at::Tensor& student_stats,
+                                    const at::Tensor& teacher_stats, int64_t B) {
+  TORCH_CHECK(grad_rows.numel() == B && student_stats.numel() == 2 * B && teacher_stats.numel() == 4 * B,
+              "zskt_fast: kl_divergence_backward expects [B] grad_rows, [B, 2] student_stats and [B, 4] teacher_stats "
+              "for B = ", B, ", got ", grad_rows.sizes(), ", ", student_stats.sizes(), " and ", teacher_stats.sizes());
+}
+
 // Kernels accumulate, and return losses and statistics, in float32; float64 inputs stay in float64.
 inline at::ScalarType accumulation_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

@@ -8,15 +8,16 @@
 
 TORCH_LIBRARY(zskt_fast, m) {
   // kl_rows[b] = sum_c p_t[b,c] (log p_t[b,c] - log p_s[b,c]), p = softmax(logits / temperature);
-  // also returns the row statistics [B, 2] of logits / temperature for student and teacher: the row maximum m and
-  // log sum_c exp(x_c - m). Kept apart (not added into one log-sum-exp) so that log p = (x - m) - log-sum stays exact
-  // for the largest logits when the softmax saturates.
+  // also returns the row statistics of logits / temperature (csrc/kl_state.h): student_stats [B, 2] = (m_s, log sum_c
+  // exp(v_c - m_s)), teacher_stats [B, 4] = (m_t, log sum_c exp(u_c - m_t), v at the teacher's first maximum, R). Kept
+  // apart (not added into one log-sum-exp) so that log p = (x - m) - log-sum stays exact for the largest logits when
+  // the softmax saturates, and so that the teacher gradient does not cancel there.
   m.def("kl_divergence_forward(Tensor student_logits, Tensor teacher_logits, float temperature)"
         " -> (Tensor kl_rows, Tensor student_stats, Tensor teacher_stats)");
   // Gradients of sum_b grad_rows[b] * kl_rows[b] with respect to the logit sets that output_mask names (student,
   // teacher); a gradient not asked for is not computed and comes back as an empty [0] tensor.
   m.def("kl_divergence_backward(Tensor grad_rows, Tensor student_logits, Tensor teacher_logits,"
-        " Tensor student_stats, Tensor teacher_stats, Tensor kl_rows, float temperature, bool[2] output_mask)"
+        " Tensor student_stats, Tensor teacher_stats, float temperature, bool[2] output_mask)"
         " -> (Tensor grad_student, Tensor grad_teacher)");
   // sq_diff[b] = sum_hw (q_s[b,hw] - q_t[b,hw])^2 with q the L2-normalised channel mean of squares;
   // also returns q_s, q_t [B, H*W] and the norms of the unnormalised maps [B].

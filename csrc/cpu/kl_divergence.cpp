@@ -1,6 +1,7 @@
 // KL divergence between the softened class distributions of teacher and student, CPU kernel.
 //
-// Per row: one pass for both maxima, one for both sums of exponentials and the KL; the gradients in one pass.
+// Per row: one pass for both maxima (and a class of the teacher's), one for both sums of exponentials and the KL;
+// the gradients in one pass. The row state and gradient formulas are kl_state.h's, shared with the CUDA kernels.
 // bfloat16 / float16 rows are widened to float a piece at a time first, the gradients narrowed after. The passes are
 // plain loops over contiguous rows that the compiler vectorises, exp included. Parallel over rows, and over segments
 // of rows when rows are long; a row's result does not depend on the thread count.
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../kl_state.h"
 #include "convert.h"
 #include "multiversion.h"
 
@@ -31,33 +33,32 @@ namespace {
 
 inline float exp_of(float x) { return expf(x); }
 inline double exp_of(double x) { return exp(x); }
+struct Exp {
+  template <typename acc_t>
+  acc_t operator()(acc_t x) const { return exp_of(x); }
+};
 
 // Independent partial results in a few lanes, combined in a fixed order at the end: the compiler vectorises the lanes
 // without reordering any one sum, and a row's result does not depend on how rows are spread over threads.
 constexpr int kLanes = 8;
 
-// Row statistics of x / temperature are kept as the maximum m and log sum_c exp(x_c - m), apart, so that
-// log p_c = (x_c - m) - log-sum loses nothing for the largest logits when the softmax saturates.
-template <typename acc_t>
-struct RowStats {
-  acc_t m_s, log_sum_s, m_t, log_sum_t;
-};
-
+// Both rows' maxima (in logit units: x / T has the same maximum class), and a lane of the teacher's: the classes
+// lane, lane + kLanes, ... (and, for lane 0, the last C % kLanes) hold its maximum.
 template <typename scalar_t, typename acc_t>
 ZSKT_MULTIVERSION void row_maxima(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, int64_t C,
-                                  acc_t inv_tau, acc_t& m_s, acc_t& m_t) {
+                                  acc_t& m_s, acc_t& m_t, int& lane_t) {
   acc_t ms[kLanes], mt[kLanes];
   for (int l = 0; l < kLanes; ++l) ms[l] = mt[l] = -std::numeric_limits<acc_t>::infinity();
   int64_t c = 0;
   for (; c + kLanes <= C; c += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      ms[l] = std::max(ms[l], static_cast<acc_t>(s[c + l]) * inv_tau);
-      mt[l] = std::max(mt[l], static_cast<acc_t>(t[c + l]) * inv_tau);
+      ms[l] = std::max(ms[l], static_cast<acc_t>(s[c + l]));
+      mt[l] = std::max(mt[l], static_cast<acc_t>(t[c + l]));
     }
   }
   for (; c < C; ++c) {
-    ms[0] = std::max(ms[0], static_cast<acc_t>(s[c]) * inv_tau);
-    mt[0] = std::max(mt[0], static_cast<acc_t>(t[c]) * inv_tau);
+    ms[0] = std::max(ms[0], static_cast<acc_t>(s[c]));
+    mt[0] = std::max(mt[0], static_cast<acc_t>(t[c]));
   }
   m_s = ms[0];
   m_t = mt[0];
@@ -65,22 +66,41 @@ ZSKT_MULTIVERSION void row_maxima(const scalar_t* __restrict__ s, const scalar_t
     m_s = std::max(m_s, ms[l]);
     m_t = std::max(m_t, mt[l]);
   }
+  lane_t = 0;
+  while (lane_t < kLanes - 1 && mt[lane_t] != m_t) ++lane_t;
 }
 
-// With A = x_t / T - m_t and B = x_s / T - m_s: the sums of exp(B) and of e = exp(A), and W = sum_c e_c (A_c - B_c).
-// Then KL = sum_c p_t,c (log p_t,c - log p_s,c) = W / sum_t - log sum_t + log sum_s, so that the KL takes no pass of
-// its own. A term with e = 0 is 0 (p_t log p_t = 0 where p_t underflows, as F.kl_div's xlogy).
+// A class of row_maxima's lane that holds the teacher's maximum m: a scan of C / kLanes classes at most (tracking
+// where each lane's maximum was inside the vectorised pass measured slower).
+template <typename scalar_t, typename acc_t>
+int64_t class_of_maximum(const scalar_t* t, int64_t C, acc_t m, int lane) {
+  const int64_t blocked = C - C % kLanes;
+  for (int64_t c = lane; c < blocked; c += kLanes) {
+    if (static_cast<acc_t>(t[c]) == m) return c;
+  }
+  for (int64_t c = blocked; c < C; ++c) {
+    if (static_cast<acc_t>(t[c]) == m) return c;
+  }
+  return 0;  // not reached: m is the lane's maximum
+}
+
+// With e = exp((x_t - m_t) / T): the sums of exp((x_s - m_s) / T) and of e, and
+// w = sum_c e_c ((x_t,c - x_s,c) - (m_t - y_ref)) (see KlState; the same difference as (x_t - m_t) - (x_s - y_ref),
+// exactly 0 at the reference class, in fewer operations). A class without teacher mass (x_t = -inf) adds nothing to w;
+// one with teacher mass and a student at -inf makes w non-finite (+inf, or NaN where e underflows), which marks the KL
+// +inf.
 template <typename scalar_t, typename acc_t>
 ZSKT_MULTIVERSION void row_sums(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, int64_t C,
-                                acc_t inv_tau, acc_t m_s, acc_t m_t, acc_t& sum_s, acc_t& sum_t, acc_t& weighted) {
+                                acc_t inv_tau, acc_t m_s, acc_t m_t, acc_t y_ref, acc_t& sum_s, acc_t& sum_t,
+                                acc_t& weighted) {
   acc_t ss[kLanes] = {}, st[kLanes] = {}, ww[kLanes] = {};
+  const acc_t m_s_scaled = m_s * inv_tau, m_t_scaled = m_t * inv_tau, gap = m_t - y_ref;
   auto add = [&](int l, scalar_t xs, scalar_t xt) {
-    const acc_t a = static_cast<acc_t>(xt) * inv_tau - m_t;
-    const acc_t b = static_cast<acc_t>(xs) * inv_tau - m_s;
-    const acc_t e = exp_of(a);
-    ss[l] += exp_of(b);
+    const acc_t x = static_cast<acc_t>(xt), y = static_cast<acc_t>(xs);
+    const acc_t e = exp_of(x * inv_tau - m_t_scaled);
+    ss[l] += exp_of(y * inv_tau - m_s_scaled);
     st[l] += e;
-    ww[l] += e == acc_t(0) ? acc_t(0) : e * (a - b);
+    ww[l] += x == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : e * ((x - y) - gap);
   };
   int64_t c = 0;
   for (; c + kLanes <= C; c += kLanes) {
@@ -97,30 +117,28 @@ ZSKT_MULTIVERSION void row_sums(const scalar_t* __restrict__ s, const scalar_t* 
   }
 }
 
-template <typename scalar_t, typename acc_t>
-inline acc_t log_prob(scalar_t x, acc_t inv_tau, acc_t m, acc_t log_sum) {
-  return (static_cast<acc_t>(x) * inv_tau - m) - log_sum;
-}
-
-// The gradients that kStudent / kTeacher ask for (a frozen teacher's is never computed, nor written).
+// The gradients that kStudent / kTeacher ask for (a frozen teacher's is never computed, nor written); the formulas
+// are kl_state.h's.
 template <bool kStudent, bool kTeacher, typename scalar_t, typename acc_t>
 ZSKT_MULTIVERSION void row_gradients(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, int64_t C,
-                                     acc_t inv_tau, RowStats<acc_t> st, acc_t kl, acc_t scale,
+                                     acc_t inv_tau, const acc_t* stats_s, const acc_t* stats_t, acc_t scale,
                                      scalar_t* __restrict__ grad_s, scalar_t* __restrict__ grad_t) {
+  // Local copies: the compiler cannot tell that the stores leave the statistics alone, and would neither keep them in
+  // registers nor vectorise the loop.
+  const acc_t row_s[2] = {stats_s[0], stats_s[1]}, row_t[4] = {stats_t[0], stats_t[1], stats_t[2], stats_t[3]};
   for (int64_t c = 0; c < C; ++c) {
-    const acc_t log_ps = log_prob(s[c], inv_tau, st.m_s, st.log_sum_s);
-    const acc_t log_pt = log_prob(t[c], inv_tau, st.m_t, st.log_sum_t);
-    const acc_t pt = exp_of(log_pt);
-    if constexpr (kStudent) grad_s[c] = static_cast<scalar_t>(scale * (exp_of(log_ps) - pt));
-    if constexpr (kTeacher)
-      grad_t[c] = static_cast<scalar_t>(pt == acc_t(0) ? acc_t(0) : scale * pt * ((log_pt - log_ps) - kl));
+    acc_t gs, gt;
+    kl_gradients<kStudent, kTeacher>(static_cast<acc_t>(t[c]), static_cast<acc_t>(s[c]), inv_tau, row_s, row_t,
+                                     scale, Exp{}, gs, gt);
+    if constexpr (kStudent) grad_s[c] = static_cast<scalar_t>(gs);
+    if constexpr (kTeacher) grad_t[c] = static_cast<scalar_t>(gt);
   }
 }
 
 // Rows of float and double are worked on as they are, in one piece. bfloat16 and float16 rows are converted to float
 // kPiece classes at a time, into a per-thread buffer in the L1 cache (2 * kPiece), and the passes run on those float
 // vectors (c10's conversion inside a computing pass keeps the compiler from vectorising it). Calls
-// body(student piece, teacher piece, its length) in order.
+// body(student piece, teacher piece, its length, its first class) in order until body returns false.
 constexpr int64_t kPiece = 1024;
 
 template <typename scalar_t, typename acc_t, typename Body>
@@ -130,115 +148,59 @@ void for_pieces(const scalar_t* s, const scalar_t* t, int64_t n, acc_t* wide, Bo
       const int64_t m = std::min(kPiece, n - first);
       convert(s + first, wide, m);
       convert(t + first, wide + kPiece, m);
-      body(wide, wide + kPiece, m);
+      if (!body(static_cast<const acc_t*>(wide), static_cast<const acc_t*>(wide + kPiece), m, first)) return;
     }
   } else {
-    body(s, t, n);
+    body(s, t, n, int64_t{0});
   }
 }
 
-// The maxima of both rows of x / T over n classes.
+// The state (kl_state.h) of n classes, in two passes over them: both maxima (and a class of the teacher's), then the
+// sums relative to those. A side without a finite maximum sums relative to 0, so that an all -inf side sums to 0
+// (a NaN one to NaN) and merges as empty.
 template <typename scalar_t, typename acc_t>
-void span_maxima(const scalar_t* s, const scalar_t* t, int64_t n, acc_t inv_tau, acc_t* wide, acc_t& m_s, acc_t& m_t) {
-  m_s = m_t = -std::numeric_limits<acc_t>::infinity();
-  for_pieces(s, t, n, wide, [&](const acc_t* ps, const acc_t* pt, int64_t m) {
+KlState<acc_t> span_state(const scalar_t* s, const scalar_t* t, int64_t n, acc_t inv_tau, acc_t* wide) {
+  auto state = KlState<acc_t>::empty();
+  int64_t piece_of_max = 0, piece_length = 0;
+  int lane_of_max = 0;
+  for_pieces(s, t, n, wide, [&](const acc_t* ps, const acc_t* pt, int64_t m, int64_t first) {
     acc_t piece_s, piece_t;
-    row_maxima(ps, pt, m, inv_tau, piece_s, piece_t);
-    m_s = std::max(m_s, piece_s);
-    m_t = std::max(m_t, piece_t);
+    int lane;
+    row_maxima(ps, pt, m, piece_s, piece_t, lane);
+    state.m_s = std::max(state.m_s, piece_s);
+    if (piece_t > state.m_t) {  // the first piece that reaches the maximum holds the reference class
+      state.m_t = piece_t;
+      piece_of_max = first;
+      piece_length = m;
+      lane_of_max = lane;
+    }
+    return true;
   });
-}
-
-// The sums of row_sums over n classes, added piece by piece in order.
-template <typename scalar_t, typename acc_t>
-void span_sums(const scalar_t* s, const scalar_t* t, int64_t n, acc_t inv_tau, acc_t m_s, acc_t m_t, acc_t* wide,
-               acc_t& sum_s, acc_t& sum_t, acc_t& weighted) {
-  sum_s = sum_t = weighted = 0;
-  for_pieces(s, t, n, wide, [&](const acc_t* ps, const acc_t* pt, int64_t m) {
+  const acc_t m_s = std::isfinite(state.m_s) ? state.m_s : acc_t(0);
+  const acc_t m_t = std::isfinite(state.m_t) ? state.m_t : acc_t(0);
+  if (std::isfinite(state.m_t)) {
+    const int64_t k = piece_of_max + class_of_maximum(t + piece_of_max, piece_length, state.m_t, lane_of_max);
+    state.y_ref = static_cast<acc_t>(s[k]);
+  }
+  for_pieces(s, t, n, wide, [&](const acc_t* ps, const acc_t* pt, int64_t m, int64_t) {
     acc_t piece_s, piece_t, piece_w;
-    row_sums(ps, pt, m, inv_tau, m_s, m_t, piece_s, piece_t, piece_w);
-    sum_s += piece_s;
-    sum_t += piece_t;
-    weighted += piece_w;
+    row_sums(ps, pt, m, inv_tau, m_s, m_t, state.y_ref, piece_s, piece_t, piece_w);
+    state.sum_s += piece_s;
+    state.sum_t += piece_t;
+    state.w += piece_w;
+    return true;
   });
-}
-
-// One row's forward: a pass for both maxima, a pass for both sums and the KL.
-template <typename scalar_t, typename acc_t>
-void forward_row(const scalar_t* sr, const scalar_t* tr, int64_t C, acc_t inv_tau, acc_t* wide, acc_t& kl,
-                 RowStats<acc_t>& stats) {
-  acc_t m_s, m_t, sum_s = 0, sum_t = 0, weighted = 0;
-  span_maxima(sr, tr, C, inv_tau, wide, m_s, m_t);
-  const bool finite = !std::isinf(m_s) && !std::isinf(m_t);
-  if (finite) span_sums(sr, tr, C, inv_tau, m_s, m_t, wide, sum_s, sum_t, weighted);
-  // All -inf (or a +inf) in a row: a NaN KL, so that the caller sees a non-finite value.
-  stats = RowStats<acc_t>{m_s, finite ? std::log(sum_s) : acc_t(0), m_t, finite ? std::log(sum_t) : acc_t(0)};
-  kl = finite ? (weighted / sum_t - stats.log_sum_t) + stats.log_sum_s : std::numeric_limits<acc_t>::quiet_NaN();
+  state.infinite = !std::isfinite(state.w);
+  return state;
 }
 
 int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)); }
 
 // Rows longer than this are cut into segments of this many classes, each a unit of parallel work, so that a few long
 // rows (a language model's vocabulary at a small batch) still spread over every thread. The cut does not depend on the
-// thread count and the segments' partial results are combined in segment order, so results stay bitwise independent of
-// it. Both rows' segments (in float) fit a core's L2 cache.
+// thread count and the segments' states are merged in segment order, so results stay bitwise independent of it. Both
+// rows' segments (in float) fit a core's L2 cache.
 constexpr int64_t kSegment = 16384;
-
-// The forward of rows cut into segments: the maxima of every segment in parallel, combined per row; then every
-// segment's sums and KL term in parallel, added per row in segment order.
-template <typename scalar_t, typename acc_t>
-void forward_segmented(const scalar_t* sp, const scalar_t* tp, int64_t B, int64_t C, acc_t inv_tau, acc_t* klp,
-                       acc_t* ssp, acc_t* stp) {
-  const int64_t segments = (C + kSegment - 1) / kSegment;
-  std::vector<acc_t> maxima(2 * B * segments), sums(3 * B * segments);
-  auto segment_of = [&](int64_t item, int64_t& b, int64_t& first, int64_t& n) {
-    b = item / segments;
-    first = (item % segments) * kSegment;
-    n = std::min(kSegment, C - first);
-  };
-  at::parallel_for(0, B * segments, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * kPiece : 0);
-    for (int64_t item = begin; item < end; ++item) {
-      int64_t b, first, n;
-      segment_of(item, b, first, n);
-      span_maxima(sp + b * C + first, tp + b * C + first, n, inv_tau, wide.data(), maxima[2 * item],
-                  maxima[2 * item + 1]);
-    }
-  });
-  std::vector<acc_t> row_max(2 * B, -std::numeric_limits<acc_t>::infinity());
-  for (int64_t item = 0; item < B * segments; ++item) {
-    const int64_t b = item / segments;
-    row_max[2 * b] = std::max(row_max[2 * b], maxima[2 * item]);
-    row_max[2 * b + 1] = std::max(row_max[2 * b + 1], maxima[2 * item + 1]);
-  }
-  at::parallel_for(0, B * segments, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * kPiece : 0);
-    for (int64_t item = begin; item < end; ++item) {
-      int64_t b, first, n;
-      segment_of(item, b, first, n);
-      const acc_t m_s = row_max[2 * b], m_t = row_max[2 * b + 1];
-      if (std::isinf(m_s) || std::isinf(m_t)) continue;
-      span_sums(sp + b * C + first, tp + b * C + first, n, inv_tau, m_s, m_t, wide.data(), sums[3 * item],
-                sums[3 * item + 1], sums[3 * item + 2]);
-    }
-  });
-  for (int64_t b = 0; b < B; ++b) {
-    const acc_t m_s = row_max[2 * b], m_t = row_max[2 * b + 1];
-    const bool finite = !std::isinf(m_s) && !std::isinf(m_t);
-    acc_t sum_s = 0, sum_t = 0, weighted = 0;
-    for (int64_t j = 0; finite && j < segments; ++j) {
-      sum_s += sums[3 * (b * segments + j)];
-      sum_t += sums[3 * (b * segments + j) + 1];
-      weighted += sums[3 * (b * segments + j) + 2];
-    }
-    const acc_t log_sum_s = finite ? std::log(sum_s) : acc_t(0), log_sum_t = finite ? std::log(sum_t) : acc_t(0);
-    klp[b] = finite ? (weighted / sum_t - log_sum_t) + log_sum_s : std::numeric_limits<acc_t>::quiet_NaN();
-    ssp[2 * b] = m_s;
-    ssp[2 * b + 1] = log_sum_s;
-    stp[2 * b] = m_t;
-    stp[2 * b + 1] = log_sum_t;
-  }
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const at::Tensor& student_logits,
                                                                         const at::Tensor& teacher_logits,
@@ -251,7 +213,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const a
   const auto acc_type = accumulation_type(s);
   auto kl = at::empty({B}, s.options().dtype(acc_type));
   auto stats_s = at::empty({B, 2}, kl.options());
-  auto stats_t = at::empty({B, 2}, kl.options());
+  auto stats_t = at::empty({B, 4}, kl.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "kl_divergence_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
@@ -260,21 +222,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const a
     acc_t* ssp = stats_s.mutable_data_ptr<acc_t>();
     acc_t* stp = stats_t.mutable_data_ptr<acc_t>();
     const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
-    if (C > kSegment) {
-      forward_segmented(sp, tp, B, C, inv_tau, klp, ssp, stp);
-      return;
-    }
-    at::parallel_for(0, B, row_grain(C), [&](int64_t begin, int64_t end) {
+    // Every segment's state in parallel, then each row's merged in segment order.
+    const int64_t segment = std::min(C, kSegment), segments = (C + segment - 1) / segment;
+    std::vector<KlState<acc_t>> states(segments > 1 ? B * segments : 0);
+    at::parallel_for(0, B * segments, row_grain(segment), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * kPiece : 0);
-      for (int64_t b = begin; b < end; ++b) {
-        RowStats<acc_t> stats;
-        forward_row(sp + b * C, tp + b * C, C, inv_tau, wide.data(), klp[b], stats);
-        ssp[2 * b] = stats.m_s;
-        ssp[2 * b + 1] = stats.log_sum_s;
-        stp[2 * b] = stats.m_t;
-        stp[2 * b + 1] = stats.log_sum_t;
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t b = item / segments, first = (item % segments) * segment, n = std::min(segment, C - first);
+        const auto state = span_state(sp + b * C + first, tp + b * C + first, n, inv_tau, wide.data());
+        if (segments == 1) state.finish(inv_tau, klp + b, ssp + 2 * b, stp + 4 * b);
+        else states[item] = state;
       }
     });
+    for (int64_t b = 0; segments > 1 && b < B; ++b) {
+      auto state = states[b * segments];
+      for (int64_t j = 1; j < segments; ++j) state.merge(states[b * segments + j], inv_tau);
+      state.finish(inv_tau, klp + b, ssp + 2 * b, stp + 4 * b);
+    }
   });
   return {kl, stats_s, stats_t};
 }
@@ -282,20 +246,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const a
 // Element by element: parallel over segments of rows (see kSegment), whatever the batch.
 template <bool kStudent, bool kTeacher, typename scalar_t>
 void backward_kernel(const scalar_t* sp, const scalar_t* tp, int64_t B, int64_t C, double temperature,
-                     const at::Tensor& g, const at::Tensor& ss, const at::Tensor& st, const at::Tensor& klr,
-                     scalar_t* gsp, scalar_t* gtp) {
+                     const at::Tensor& g, const at::Tensor& ss, const at::Tensor& st, scalar_t* gsp, scalar_t* gtp) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t* gp = g.const_data_ptr<acc_t>();
   const acc_t* ssp = ss.const_data_ptr<acc_t>();
   const acc_t* stp = st.const_data_ptr<acc_t>();
-  const acc_t* klp = klr.const_data_ptr<acc_t>();
   const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
   const int64_t segment = std::min(C, kSegment), segments = (C + segment - 1) / segment;
   at::parallel_for(0, B * segments, row_grain(segment), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> wide(kWidened<scalar_t> ? 4 * kPiece : 0);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / segments, first = (item % segments) * segment, n = std::min(segment, C - first);
-      const RowStats<acc_t> stats{ssp[2 * b], ssp[2 * b + 1], stp[2 * b], stp[2 * b + 1]};
+      const acc_t *row_s = ssp + 2 * b, *row_t = stp + 4 * b, scale = gp[b] * inv_tau;
       const int64_t offset = b * C + first;
       if constexpr (kWidened<scalar_t>) {
         // Converted, computed and converted back a piece at a time, in the L1 cache.
@@ -304,12 +266,12 @@ void backward_kernel(const scalar_t* sp, const scalar_t* tp, int64_t B, int64_t 
           const int64_t m = std::min(kPiece, offset + n - at);
           convert(sp + at, ws, m);
           convert(tp + at, wt, m);
-          row_gradients<kStudent, kTeacher>(ws, wt, m, inv_tau, stats, klp[b], gp[b] * inv_tau, gs, gt);
+          row_gradients<kStudent, kTeacher>(ws, wt, m, inv_tau, row_s, row_t, scale, gs, gt);
           if (kStudent) convert(gs, gsp + at, m);
           if (kTeacher) convert(gt, gtp + at, m);
         }
       } else {
-        row_gradients<kStudent, kTeacher>(sp + offset, tp + offset, n, inv_tau, stats, klp[b], gp[b] * inv_tau,
+        row_gradients<kStudent, kTeacher>(sp + offset, tp + offset, n, inv_tau, row_s, row_t, scale,
                                           kStudent ? gsp + offset : nullptr, kTeacher ? gtp + offset : nullptr);
       }
     }
@@ -320,38 +282,32 @@ std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cpu(const at::Tensor& 
                                                              const at::Tensor& student_logits,
                                                              const at::Tensor& teacher_logits,
                                                              const at::Tensor& student_stats,
-                                                             const at::Tensor& teacher_stats,
-                                                             const at::Tensor& kl_rows, double temperature,
+                                                             const at::Tensor& teacher_stats, double temperature,
                                                              std::array<bool, 2> output_mask) {
   check_logit_pair(student_logits, teacher_logits);
   const int64_t B = student_logits.size(0), C = student_logits.size(1);
-  TORCH_CHECK(grad_rows.numel() == B && student_stats.numel() == 2 * B && teacher_stats.numel() == 2 * B &&
-                  kl_rows.numel() == B,
-              "zskt_fast: kl_divergence_backward expects [B] rows and [B, 2] row statistics");
+  check_kl_row_statistics(grad_rows, student_stats, teacher_stats, B);
   const auto s = student_logits.contiguous();
   const auto t = teacher_logits.contiguous();
-  const auto acc_type = kl_rows.scalar_type();
+  const auto acc_type = accumulation_type(s);
   const auto g = grad_rows.to(acc_type).contiguous();
   const auto ss = student_stats.to(acc_type).contiguous();
   const auto st = teacher_stats.to(acc_type).contiguous();
-  const auto klr = kl_rows.contiguous();
   const auto [want_s, want_t] = output_mask;
   auto grad_s = want_s ? at::empty({B, C}, s.options()) : at::empty({0}, s.options());
   auto grad_t = want_t ? at::empty({B, C}, t.options()) : at::empty({0}, t.options());
   if (!want_s && !want_t) return {grad_s, grad_t};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "kl_divergence_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    TORCH_CHECK(acc_type == c10::CppTypeToScalarType<acc_t>::value, "zskt_fast: row statistics have the wrong dtype");
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
     const scalar_t* tp = t.const_data_ptr<scalar_t>();
     scalar_t* gsp = want_s ? grad_s.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* gtp = want_t ? grad_t.mutable_data_ptr<scalar_t>() : nullptr;
     if (want_s && want_t) {
-      backward_kernel<true, true>(sp, tp, B, C, temperature, g, ss, st, klr, gsp, gtp);
+      backward_kernel<true, true>(sp, tp, B, C, temperature, g, ss, st, gsp, gtp);
     } else if (want_s) {
-      backward_kernel<true, false>(sp, tp, B, C, temperature, g, ss, st, klr, gsp, gtp);
+      backward_kernel<true, false>(sp, tp, B, C, temperature, g, ss, st, gsp, gtp);
     } else {
-      backward_kernel<false, true>(sp, tp, B, C, temperature, g, ss, st, klr, gsp, gtp);
+      backward_kernel<false, true>(sp, tp, B, C, temperature, g, ss, st, gsp, gtp);
     }
   });
   return {grad_s, grad_t};

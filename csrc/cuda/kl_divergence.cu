@@ -1,109 +1,197 @@
 // KL divergence between softened class distributions, CUDA kernels.
-// Forward: one warp per row (warp shuffles only, so the reduction order is fixed), reading each row three times (its
-// maximum, its sum of exponentials, the KL) so that the KL is formed from the same per-class log-probabilities as the
-// backward's (see RESULTS.md on one-sweep forwards and the teacher gradient). Backward: one thread per element.
+//
+// Forward: one sweep (online softmax), each logit read once. Every thread folds its classes into a running KlState
+// (../kl_state.h: both maxima and sums, and the KL's sum relative to the teacher's maximum class, so that the teacher
+// gradient of a saturated row does not cancel), and states are merged by a fixed tree: within a warp by shuffles,
+// across warps through shared memory. Short rows take a warp each; longer rows take a block per chunk, with enough
+// chunks per row to fill the GPU at a small batch, and a second kernel merges each row's chunk states in a fixed order.
+// The cut depends on B and C only, never on the device or timing; no atomics. Backward: one thread per element.
 #include <cmath>
 
+#include "../kl_state.h"
 #include "common.cuh"
 
 namespace zskt::cuda {
 namespace {
 
-constexpr int kWarpsPerBlock = 4;
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int64_t kWarpRowMax = 2048;  // rows up to this long: a warp per row
+constexpr int64_t kClassesPerChunk = 4096;  // longer rows: a block per chunk, at most one chunk per this many classes,
+constexpr int64_t kTargetBlocks = 1024;     // and as many as reach this many blocks in all (several per multiprocessor)
+constexpr int kUnroll = 4;             // loads in flight per thread before they are folded in
 
-// Row statistics of x / temperature: the maximum m and log sum_c exp(x_c - m), kept apart so that
-// log p_c = (x_c - m) - log-sum stays exact for the largest logits when the softmax saturates.
-template <typename T, typename A>
-__device__ void row_stats(const T* row, int64_t C, A inv_tau, int lane, A& m, A& log_sum) {
-  m = -INFINITY;
-  for (int64_t c = lane; c < C; c += 32) m = max(m, load<A>(row + c) * inv_tau);
-  m = warp_max(m);
-  log_sum = 0;
-  if (isinf(m)) return;  // all -inf (or a +inf): the caller sees a non-finite value
-  A sum = 0;
-  for (int64_t c = lane; c < C; c += 32) sum += exp(load<A>(row + c) * inv_tau - m);
-  log_sum = log(warp_sum(sum));
+struct DeviceExp {
+  template <typename A>
+  __device__ A operator()(A x) const { return exp(x); }
+};
+
+template <typename A>
+__device__ KlState<A> shuffle(const KlState<A>& s, int lane_mask) {
+  return {__shfl_xor_sync(0xffffffffu, s.m_t, lane_mask),
+          __shfl_xor_sync(0xffffffffu, s.sum_t, lane_mask),
+          __shfl_xor_sync(0xffffffffu, s.y_ref, lane_mask),
+          __shfl_xor_sync(0xffffffffu, s.w, lane_mask),
+          __shfl_xor_sync(0xffffffffu, s.m_s, lane_mask),
+          __shfl_xor_sync(0xffffffffu, s.sum_s, lane_mask),
+          static_cast<bool>(__shfl_xor_sync(0xffffffffu, static_cast<int>(s.infinite), lane_mask))};
 }
 
-template <typename T, typename A>
-__device__ A log_prob(const T* x, A inv_tau, A m, A log_sum) {
-  return (load<A>(x) * inv_tau - m) - log_sum;
+// Every lane takes part; lane 0's state is the whole warp's, merged in a fixed order.
+template <typename A>
+__device__ KlState<A> warp_merge(KlState<A> s, A tau) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) s.merge(shuffle(s, offset), tau);
+  return s;
 }
 
+// Classes first, first + stride, ... below end of one row pair, kUnroll loads in flight at a time.
 template <typename T, typename A>
-__global__ void kl_forward_kernel(const T* __restrict__ student, const T* __restrict__ teacher, int64_t B, int64_t C,
-                                  A inv_tau, A* __restrict__ kl, A* __restrict__ stats_s, A* __restrict__ stats_t) {
+__device__ KlState<A> fold(const T* __restrict__ s, const T* __restrict__ t, int64_t first, int64_t end, int stride,
+                           A inv_tau) {
+  auto state = KlState<A>::empty();
+  int64_t c = first;
+  for (; c + (kUnroll - 1) * static_cast<int64_t>(stride) < end; c += kUnroll * static_cast<int64_t>(stride)) {
+    A x[kUnroll], y[kUnroll];
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      x[k] = load<A>(t + c + k * stride);
+      y[k] = load<A>(s + c + k * stride);
+    }
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) state.add(x[k], y[k], inv_tau);
+  }
+  for (; c < end; c += stride) state.add(load<A>(t + c), load<A>(s + c), inv_tau);
+  return state;
+}
+
+// Rows of up to kWarpRowMax classes: a warp per row.
+template <typename T, typename A>
+__global__ void kl_forward_warp_kernel(const T* __restrict__ student, const T* __restrict__ teacher, int64_t B,
+                                       int64_t C, A inv_tau, A* __restrict__ kl, A* __restrict__ stats_s,
+                                       A* __restrict__ stats_t) {
   const int lane = threadIdx.x & 31;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (row >= B) return;  // whole warps leave together
-  const T* s = student + row * C;
-  const T* t = teacher + row * C;
-  A ms, ls, mt, lt;
-  row_stats(s, C, inv_tau, lane, ms, ls);
-  row_stats(t, C, inv_tau, lane, mt, lt);
-  A sum = 0;
-  for (int64_t c = lane; c < C; c += 32) {
-    const A log_pt = log_prob(t + c, inv_tau, mt, lt);
-    const A log_ps = log_prob(s + c, inv_tau, ms, ls);
-    const A pt = exp(log_pt);
-    sum += pt == A(0) ? A(0) : pt * (log_pt - log_ps);  // p_t log p_t = 0 where p_t underflows
-  }
-  sum = warp_sum(sum);
-  if (lane == 0) {
-    kl[row] = sum;
-    stats_s[2 * row] = ms;
-    stats_s[2 * row + 1] = ls;
-    stats_t[2 * row] = mt;
-    stats_t[2 * row + 1] = lt;
-  }
+  const auto state = warp_merge(fold(student + row * C, teacher + row * C, lane, C, 32, inv_tau), inv_tau);
+  if (lane == 0) state.finish(inv_tau, kl + row, stats_s + 2 * row, stats_t + 4 * row);
+}
+
+// Longer rows: block i handles chunk i % chunks (classes [chunk * chunk_size, ...)) of row i / chunks. With one chunk
+// per row it finishes the row; otherwise it writes its state to partial[i] for kl_merge_chunks_kernel.
+template <typename T, typename A>
+__global__ void kl_forward_chunk_kernel(const T* __restrict__ student, const T* __restrict__ teacher, int64_t C,
+                                        int64_t chunks, int64_t chunk_size, A inv_tau,
+                                        KlState<A>* __restrict__ partial, A* __restrict__ kl, A* __restrict__ stats_s,
+                                        A* __restrict__ stats_t) {
+  __shared__ KlState<A> warp_states[kWarps];
+  const int64_t row = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
+  const int64_t first = chunk * chunk_size, end = min(C, first + chunk_size);
+  auto state =
+      warp_merge(fold(student + row * C, teacher + row * C, first + threadIdx.x, end, kThreads, inv_tau), inv_tau);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warp_states[warp] = state;
+  __syncthreads();
+  if (warp != 0) return;
+  state = warp_merge(lane < kWarps ? warp_states[lane] : KlState<A>::empty(), inv_tau);
+  if (lane != 0) return;
+  if (chunks == 1) state.finish(inv_tau, kl + row, stats_s + 2 * row, stats_t + 4 * row);
+  else partial[blockIdx.x] = state;
+}
+
+// A warp per row merges its chunks' states: lane j folds chunks j, j + 32, ... in order, then the warp's tree.
+template <typename A>
+__global__ void kl_merge_chunks_kernel(const KlState<A>* __restrict__ partial, int64_t B, int64_t chunks, A inv_tau,
+                                       A* __restrict__ kl, A* __restrict__ stats_s, A* __restrict__ stats_t) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (row >= B) return;
+  auto state = KlState<A>::empty();
+  for (int64_t j = lane; j < chunks; j += 32) state.merge(partial[row * chunks + j], inv_tau);
+  state = warp_merge(state, inv_tau);
+  if (lane == 0) state.finish(inv_tau, kl + row, stats_s + 2 * row, stats_t + 4 * row);
 }
 
 // The gradients that kStudent / kTeacher ask for (a frozen teacher's is neither computed nor written).
 template <bool kStudent, bool kTeacher, typename T, typename A>
 __global__ void kl_backward_kernel(const A* __restrict__ grad_rows, const T* __restrict__ student,
                                    const T* __restrict__ teacher, const A* __restrict__ stats_s,
-                                   const A* __restrict__ stats_t, const A* __restrict__ kl, int64_t B, int64_t C,
-                                   A inv_tau, T* __restrict__ grad_s, T* __restrict__ grad_t) {
+                                   const A* __restrict__ stats_t, int64_t B, int64_t C, A inv_tau,
+                                   T* __restrict__ grad_s, T* __restrict__ grad_t) {
   const int64_t n = B * C;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = i / C;
     const A scale = grad_rows[b] * inv_tau;
-    const A log_pt = log_prob(teacher + i, inv_tau, stats_t[2 * b], stats_t[2 * b + 1]);
-    const A log_ps = log_prob(student + i, inv_tau, stats_s[2 * b], stats_s[2 * b + 1]);
-    const A pt = exp(log_pt);
-    if constexpr (kStudent) store(grad_s + i, scale * (exp(log_ps) - pt));
-    if constexpr (kTeacher) store(grad_t + i, pt == A(0) ? A(0) : scale * pt * ((log_pt - log_ps) - kl[b]));
+    A gs, gt;
+    kl_gradients<kStudent, kTeacher>(load<A>(teacher + i), load<A>(student + i), inv_tau, stats_s + 2 * b,
+                                     stats_t + 4 * b, scale, DeviceExp{}, gs, gt);
+    if constexpr (kStudent) store(grad_s + i, gs);
+    if constexpr (kTeacher) store(grad_t + i, gt);
   }
+}
+
+// How a row of C classes is cut for kl_forward_chunk_kernel: (chunks, classes per chunk).
+void chunking(int64_t B, int64_t C, int64_t& chunks, int64_t& chunk_size) {
+  const int64_t most = (C + kClassesPerChunk - 1) / kClassesPerChunk;
+  const int64_t wanted = (kTargetBlocks + B - 1) / B;
+  chunks = wanted < most ? wanted : most;
+  if (chunks < 1) chunks = 1;
+  chunk_size = (C + chunks - 1) / chunks;
+  chunks = (C + chunk_size - 1) / chunk_size;
 }
 
 }  // namespace
 
+int64_t kl_forward_workspace_bytes(DType dtype, int64_t B, int64_t C) {
+  if (C <= kWarpRowMax) return 0;
+  int64_t chunks, chunk_size;
+  chunking(B, C, chunks, chunk_size);
+  if (chunks == 1) return 0;
+  return B * chunks * (dtype == DType::Float64 ? sizeof(KlState<double>) : sizeof(KlState<float>));
+}
+
 int launch_kl_forward(DType dtype, const void* student, const void* teacher, int64_t B, int64_t C, double inv_tau,
-                      void* kl, void* stats_s, void* stats_t, void* stream) {
+                      void* kl, void* stats_s, void* stats_t, void* workspace, void* stream) {
   return dispatch(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using A = typename Acc<T>::type;
-    const unsigned int blocks = static_cast<unsigned int>((B + kWarpsPerBlock - 1) / kWarpsPerBlock);
-    kl_forward_kernel<T, A><<<blocks, 32 * kWarpsPerBlock, 0, static_cast<cudaStream_t>(stream)>>>(
-        static_cast<const T*>(student), static_cast<const T*>(teacher), B, C, static_cast<A>(inv_tau),
-        static_cast<A*>(kl), static_cast<A*>(stats_s), static_cast<A*>(stats_t));
+    const auto s = static_cast<const T*>(student);
+    const auto t = static_cast<const T*>(teacher);
+    const auto cuda_stream = static_cast<cudaStream_t>(stream);
+    const auto out = static_cast<A*>(kl);
+    const auto out_s = static_cast<A*>(stats_s);
+    const auto out_t = static_cast<A*>(stats_t);
+    const auto tau = static_cast<A>(inv_tau);
+    const unsigned int row_blocks = static_cast<unsigned int>((B + kWarps - 1) / kWarps);
+    if (C <= kWarpRowMax) {
+      kl_forward_warp_kernel<T, A><<<row_blocks, kThreads, 0, cuda_stream>>>(s, t, B, C, tau, out, out_s, out_t);
+      return static_cast<int>(cudaGetLastError());
+    }
+    int64_t chunks, chunk_size;
+    chunking(B, C, chunks, chunk_size);
+    const auto partial = static_cast<KlState<A>*>(workspace);
+    kl_forward_chunk_kernel<T, A><<<static_cast<unsigned int>(B * chunks), kThreads, 0, cuda_stream>>>(
+        s, t, C, chunks, chunk_size, tau, partial, out, out_s, out_t);
+    if (chunks > 1) {
+      kl_merge_chunks_kernel<A><<<row_blocks, kThreads, 0, cuda_stream>>>(partial, B, chunks, tau, out, out_s,
+                                                                            out_t);
+    }
     return static_cast<int>(cudaGetLastError());
   });
 }
 
 int launch_kl_backward(DType dtype, const void* grad_rows, const void* student, const void* teacher,
-                       const void* stats_s, const void* stats_t, const void* kl, int64_t B, int64_t C, double inv_tau,
-                       void* grad_s, void* grad_t, void* stream) {
+                       const void* stats_s, const void* stats_t, int64_t B, int64_t C, double inv_tau, void* grad_s,
+                       void* grad_t, void* stream) {
   return dispatch(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using A = typename Acc<T>::type;
-    constexpr int threads = 256;
     auto launch = [&](auto kernel) {
-      kernel<<<blocks_for(B * C, threads), threads, 0, static_cast<cudaStream_t>(stream)>>>(
+      kernel<<<blocks_for(B * C, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
           static_cast<const A*>(grad_rows), static_cast<const T*>(student), static_cast<const T*>(teacher),
-          static_cast<const A*>(stats_s), static_cast<const A*>(stats_t), static_cast<const A*>(kl), B, C,
-          static_cast<A>(inv_tau), static_cast<T*>(grad_s), static_cast<T*>(grad_t));
+          static_cast<const A*>(stats_s), static_cast<const A*>(stats_t), B, C, static_cast<A>(inv_tau),
+          static_cast<T*>(grad_s), static_cast<T*>(grad_t));
     };
     if (grad_s != nullptr && grad_t != nullptr) launch(kl_backward_kernel<true, true, T, A>);
     else if (grad_s != nullptr) launch(kl_backward_kernel<true, false, T, A>);

@@ -43,10 +43,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cuda(const 
   const int64_t B = s.size(0), C = s.size(1);
   auto kl = at::empty({B}, s.options().dtype(accumulation_type(s)));
   auto stats_s = at::empty({B, 2}, kl.options());
-  auto stats_t = at::empty({B, 2}, kl.options());
-  check_launch(cuda::launch_kl_forward(to_dtype(s.scalar_type()), s.const_data_ptr(), t.const_data_ptr(), B, C,
-                                       1.0 / temperature, kl.mutable_data_ptr(), stats_s.mutable_data_ptr(),
-                                       stats_t.mutable_data_ptr(), current_stream()),
+  auto stats_t = at::empty({B, 4}, kl.options());
+  const auto dtype = to_dtype(s.scalar_type());
+  // From the caching allocator, on the current stream: safe inside CUDA graphs.
+  auto workspace = at::empty({cuda::kl_forward_workspace_bytes(dtype, B, C)}, s.options().dtype(at::kByte));
+  check_launch(cuda::launch_kl_forward(dtype, s.const_data_ptr(), t.const_data_ptr(), B, C, 1.0 / temperature,
+                                       kl.mutable_data_ptr(), stats_s.mutable_data_ptr(), stats_t.mutable_data_ptr(),
+                                       workspace.numel() > 0 ? workspace.mutable_data_ptr() : nullptr,
+                                       current_stream()),
                "kl_divergence_forward");
   return {kl, stats_s, stats_t};
 }
@@ -55,8 +59,7 @@ std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cuda(const at::Tensor&
                                                               const at::Tensor& student_logits,
                                                               const at::Tensor& teacher_logits,
                                                               const at::Tensor& student_stats,
-                                                              const at::Tensor& teacher_stats,
-                                                              const at::Tensor& kl_rows, double temperature,
+                                                              const at::Tensor& teacher_stats, double temperature,
                                                               std::array<bool, 2> output_mask) {
   check_logit_pair(student_logits, teacher_logits);
   const c10::cuda::CUDAGuard guard(student_logits.device());
@@ -64,21 +67,17 @@ std::tuple<at::Tensor, at::Tensor> kl_divergence_backward_cuda(const at::Tensor&
   const auto t = teacher_logits.contiguous();
   const int64_t B = s.size(0), C = s.size(1);
   const auto acc = accumulation_type(s);
-  TORCH_CHECK(grad_rows.numel() == B && student_stats.numel() == 2 * B && teacher_stats.numel() == 2 * B &&
-                  kl_rows.numel() == B,
-              "zskt_fast: kl_divergence_backward expects [B] rows and [B, 2] row statistics");
+  check_kl_row_statistics(grad_rows, student_stats, teacher_stats, B);
   const auto g = grad_rows.to(acc).contiguous();
   const auto ls = student_stats.to(acc).contiguous();
   const auto lt = teacher_stats.to(acc).contiguous();
-  const auto kl = kl_rows.to(acc).contiguous();
   const auto [want_s, want_t] = output_mask;
   auto grad_s = want_s ? at::empty({B, C}, s.options()) : at::empty({0}, s.options());
   auto grad_t = want_t ? at::empty({B, C}, t.options()) : at::empty({0}, t.options());
   if (!want_s && !want_t) return {grad_s, grad_t};
   check_launch(cuda::launch_kl_backward(to_dtype(s.scalar_type()), g.const_data_ptr(), s.const_data_ptr(),
-                                        t.const_data_ptr(), ls.const_data_ptr(), lt.const_data_ptr(),
-                                        kl.const_data_ptr(), B, C, 1.0 / temperature,
-                                        want_s ? grad_s.mutable_data_ptr() : nullptr,
+                                        t.const_data_ptr(), ls.const_data_ptr(), lt.const_data_ptr(), B, C,
+                                        1.0 / temperature, want_s ? grad_s.mutable_data_ptr() : nullptr,
                                         want_t ? grad_t.mutable_data_ptr() : nullptr, current_stream()),
                "kl_divergence_backward");
   return {grad_s, grad_t};

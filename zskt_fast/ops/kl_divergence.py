@@ -46,12 +46,11 @@ def checked_kl_divergence(student_logits, teacher_logits, temperature: float, re
 
 def _fake_forward(student_logits, teacher_logits, temperature):
     rows = student_logits.new_empty((student_logits.shape[0],), dtype=accumulation_dtype(student_logits.dtype))
-    stats = rows.new_empty((student_logits.shape[0], 2))  # per row: max of logits / T, log-sum-exp past the max
-    return rows, stats, torch.empty_like(stats)
+    # per row (csrc/kl_state.h): student (m_s, log sum_s), teacher (m_t, log sum_t, v_ref, R)
+    return rows, rows.new_empty((student_logits.shape[0], 2)), rows.new_empty((student_logits.shape[0], 4))
 
 
-def _fake_backward(grad_rows, student_logits, teacher_logits, student_stats, teacher_stats, kl_rows, temperature,
-                   output_mask):
+def _fake_backward(grad_rows, student_logits, teacher_logits, student_stats, teacher_stats, temperature, output_mask):
     shape = student_logits.shape
     return (student_logits.new_empty(shape if output_mask[0] else (0,)),
             teacher_logits.new_empty(shape if output_mask[1] else (0,)))
@@ -59,18 +58,18 @@ def _fake_backward(grad_rows, student_logits, teacher_logits, student_stats, tea
 
 def _setup_context(ctx, inputs, output):
     student_logits, teacher_logits, temperature = inputs
-    rows, student_stats, teacher_stats = output
-    ctx.save_for_backward(student_logits, teacher_logits, student_stats, teacher_stats, rows)
+    _rows, student_stats, teacher_stats = output
+    ctx.save_for_backward(student_logits, teacher_logits, student_stats, teacher_stats)
     ctx.temperature = temperature
     ctx.mark_non_differentiable(student_stats, teacher_stats)
 
 
 def _make_backward(backward_op):
     def backward(ctx, grad_rows, _grad_student_stats, _grad_teacher_stats):
-        student_logits, teacher_logits, student_stats, teacher_stats, rows = ctx.saved_tensors
+        student_logits, teacher_logits, student_stats, teacher_stats = ctx.saved_tensors
         wanted = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
         grad_student, grad_teacher = backward_op(grad_rows, student_logits, teacher_logits, student_stats,
-                                                 teacher_stats, rows, ctx.temperature, wanted)
+                                                 teacher_stats, ctx.temperature, wanted)
         return grad_student if wanted[0] else None, grad_teacher if wanted[1] else None, None
 
     return backward

@@ -2,6 +2,7 @@
 launch wrapper."""
 from __future__ import annotations
 
+import numpy
 import torch
 import triton.language as tl
 from torch.library import wrap_triton
@@ -22,5 +23,21 @@ def num_warps(block: int) -> int:
 
 def launcher(kernel):
     """wrap_triton(kernel), through which torch.compile sees the launch; under TRITON_INTERPRET=1 the kernel itself
-    (the interpreter's kernels run eagerly on CPU tensors, and torch 2.11's wrap_triton refuses them)."""
-    return wrap_triton(kernel) if isinstance(kernel, JITFunction) else kernel
+    (the interpreter's kernels run eagerly on CPU tensors, and torch 2.11's wrap_triton refuses them), with numpy's
+    warnings of invalid values off: the interpreter evaluates both sides of every tl.where, and the kernels guard
+    -inf - -inf and log(0) with tl.where."""
+    return wrap_triton(kernel) if isinstance(kernel, JITFunction) else _Quiet(kernel)
+
+
+class _Quiet:
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def quietly(*args, **kwargs):
+            with numpy.errstate(invalid="ignore", divide="ignore"):
+                return launch(*args, **kwargs)
+
+        return quietly
