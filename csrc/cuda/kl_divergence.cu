@@ -16,10 +16,10 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int64_t kWarpRowMax = 2048;  // rows up to this long: a warp per row
+constexpr int64_t kWarpRowMax = 2048;       // rows up to this long: a warp per row
 constexpr int64_t kClassesPerChunk = 4096;  // longer rows: a block per chunk, at most one chunk per this many classes,
 constexpr int64_t kTargetBlocks = 1024;     // and as many as reach this many blocks in all (several per multiprocessor)
-constexpr int kUnroll = 4;             // loads in flight per thread before they are folded in
+constexpr int kUnroll = 4;                  // loads in flight per thread before they are folded in
 
 struct DeviceExp {
   template <typename A>
