@@ -22,7 +22,7 @@ from ._launch import accumulator, launcher, num_warps
 MAX_BLOCK = 1024
 CLASSES_PER_CHUNK = 4096  # rows longer than this are cut into chunks, at most one per this many classes,
 TARGET_PROGRAMS = 1024  # and as many as reach this many programs in all
-STATE = 7  # (m_t, sum_t, v_ref, w, m_s, sum_s, infinite) per chunk
+STATE = tl.constexpr(7)  # (m_t, sum_t, y_ref, w, m_s, sum_s, infinite) per chunk
 
 
 @triton.jit
@@ -199,7 +199,7 @@ def kl_divergence_forward(student_logits: torch.Tensor, teacher_logits: torch.Te
     block = _block(C)
     chunks, chunk_size = chunking(B, C)
     # one chunk per row: the kernel writes the results directly, and `partial` is a stand-in it never touches
-    partial = torch.empty((B, chunks, STATE), dtype=kl.dtype, device=s.device) if chunks > 1 else kl
+    partial = torch.empty((B, chunks, STATE.value), dtype=kl.dtype, device=s.device) if chunks > 1 else kl
     launcher(_kl_forward_kernel)[(B, chunks)](s, t, partial, kl, stats_s, stats_t, C, chunk_size, 1.0 / temperature,
                                               CHUNKS=chunks, BLOCK=block, ACC=accumulator(s.dtype),
                                               num_warps=num_warps(block))
