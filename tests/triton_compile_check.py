@@ -17,8 +17,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-import zskt_fast  # noqa: E402,F401  (registers the ops)
-from zskt_fast.kernels.triton import attention_transfer, kl_divergence  # noqa: E402
+from zskt_fast.kernels.triton import attention_transfer, kl_divergence  # noqa: E402  (registers the Triton ops)
 
 TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
 launches = []
