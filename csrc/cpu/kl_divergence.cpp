@@ -60,14 +60,16 @@ ZSKT_MULTIVERSION void row_maxima(const scalar_t* __restrict__ s, const scalar_t
     ms[0] = std::max(ms[0], static_cast<acc_t>(s[c]));
     mt[0] = std::max(mt[0], static_cast<acc_t>(t[c]));
   }
-  m_s = ms[0];
-  m_t = mt[0];
+  acc_t top_s = ms[0], top_t = mt[0];
   for (int l = 1; l < kLanes; ++l) {
-    m_s = std::max(m_s, ms[l]);
-    m_t = std::max(m_t, mt[l]);
+    top_s = std::max(top_s, ms[l]);
+    top_t = std::max(top_t, mt[l]);
   }
-  lane_t = 0;
-  while (lane_t < kLanes - 1 && mt[lane_t] != m_t) ++lane_t;
+  int lane = 0;
+  while (lane < kLanes - 1 && mt[lane] != top_t) ++lane;
+  m_s = top_s;
+  m_t = top_t;
+  lane_t = lane;
 }
 
 // A class of row_maxima's lane that holds the teacher's maximum m: a scan of C / kLanes classes at most (tracking
@@ -107,14 +109,16 @@ ZSKT_MULTIVERSION void row_sums(const scalar_t* __restrict__ s, const scalar_t* 
     for (int l = 0; l < kLanes; ++l) add(l, s[c + l], t[c + l]);
   }
   for (; c < C; ++c) add(0, s[c], t[c]);
-  sum_s = 0;
-  sum_t = 0;
-  weighted = 0;
+  // Added in locals, stored once: through the references every addition would wait on a store and a reload.
+  acc_t total_s = 0, total_t = 0, total_w = 0;
   for (int l = 0; l < kLanes; ++l) {
-    sum_s += ss[l];
-    sum_t += st[l];
-    weighted += ww[l];
+    total_s += ss[l];
+    total_t += st[l];
+    total_w += ww[l];
   }
+  sum_s = total_s;
+  sum_t = total_t;
+  weighted = total_w;
 }
 
 // The gradients that kStudent / kTeacher ask for (a frozen teacher's is never computed, nor written); the formulas
