@@ -8,10 +8,11 @@
 
 TORCH_LIBRARY(zskt_fast, m) {
   // kl_rows[b] = sum_c p_t[b,c] (log p_t[b,c] - log p_s[b,c]), p = softmax(logits / temperature);
-  // also returns the row statistics of logits / temperature (csrc/kl_state.h): student_stats [B, 2] = (m_s, log sum_c
-  // exp(v_c - m_s)), teacher_stats [B, 4] = (m_t, log sum_c exp(u_c - m_t), v at the teacher's first maximum, R). Kept
-  // apart (not added into one log-sum-exp) so that log p = (x - m) - log-sum stays exact for the largest logits when
-  // the softmax saturates, and so that the teacher gradient does not cancel there.
+  // also returns the row statistics (csrc/kl_state.h), with x the teacher's logits, y the student's, maxima in logit
+  // units: student_stats [B, 2] = (m_s, log sum_c exp((y_c - m_s) / T)), teacher_stats [B, 4] = (m_t,
+  // log sum_c exp((x_c - m_t) / T), y at a class where x reaches m_t, R). Kept apart (not added into one log-sum-exp)
+  // so that log p = (x - m) / T - log-sum stays exact for the largest logits when the softmax saturates, and so that
+  // the teacher gradient does not cancel there.
   m.def("kl_divergence_forward(Tensor student_logits, Tensor teacher_logits, float temperature)"
         " -> (Tensor kl_rows, Tensor student_stats, Tensor teacher_stats)");
   // Gradients of sum_b grad_rows[b] * kl_rows[b] with respect to the logit sets that output_mask names (student,

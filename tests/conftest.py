@@ -107,6 +107,17 @@ def make_input(shape, dtype, device, *, layout: str = "contiguous", seed: int = 
     return x.detach().requires_grad_()
 
 
+def float64_teacher_gradient(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                             temperature: float) -> torch.Tensor:
+    """The gradient of each row's KL with respect to the teacher's logits, in float64 (on the CPU). Autograd's
+    p_c (d_c - KL), d = log p_t - log p_s, cancels in float64 too where one class dominates; written as
+    p_c sum_j p_j (d_c - d_j) / T (the p_j add up to 1) nothing cancels. Memory B * C^2."""
+    s, t = student_logits.detach().double().cpu(), teacher_logits.detach().double().cpu()
+    log_ps, log_pt = torch.log_softmax(s / temperature, 1), torch.log_softmax(t / temperature, 1)
+    p_t, d = log_pt.exp(), log_pt - log_ps
+    return p_t * (p_t[:, None, :] * (d[:, :, None] - d[:, None, :])).sum(2) / temperature
+
+
 def as_reference(x: torch.Tensor) -> torch.Tensor:
     """The same values in float64 on the CPU, as a fresh leaf."""
     return x.detach().double().cpu().requires_grad_()

@@ -142,7 +142,7 @@ ZSKT_MULTIVERSION void row_gradients(const scalar_t* __restrict__ s, const scala
 // Rows of float and double are worked on as they are, in one piece. bfloat16 and float16 rows are converted to float
 // kPiece classes at a time, into a per-thread buffer in the L1 cache (2 * kPiece), and the passes run on those float
 // vectors (c10's conversion inside a computing pass keeps the compiler from vectorising it). Calls
-// body(student piece, teacher piece, its length, its first class) in order until body returns false.
+// body(student piece, teacher piece, its length, its first class) in order.
 constexpr int64_t kPiece = 1024;
 
 template <typename scalar_t, typename acc_t, typename Body>
@@ -152,7 +152,7 @@ void for_pieces(const scalar_t* s, const scalar_t* t, int64_t n, acc_t* wide, Bo
       const int64_t m = std::min(kPiece, n - first);
       convert(s + first, wide, m);
       convert(t + first, wide + kPiece, m);
-      if (!body(static_cast<const acc_t*>(wide), static_cast<const acc_t*>(wide + kPiece), m, first)) return;
+      body(static_cast<const acc_t*>(wide), static_cast<const acc_t*>(wide + kPiece), m, first);
     }
   } else {
     body(s, t, n, int64_t{0});
@@ -178,7 +178,6 @@ KlState<acc_t> span_state(const scalar_t* s, const scalar_t* t, int64_t n, acc_t
       piece_length = m;
       lane_of_max = lane;
     }
-    return true;
   });
   const acc_t m_s = std::isfinite(state.m_s) ? state.m_s : acc_t(0);
   const acc_t m_t = std::isfinite(state.m_t) ? state.m_t : acc_t(0);
@@ -192,7 +191,6 @@ KlState<acc_t> span_state(const scalar_t* s, const scalar_t* t, int64_t n, acc_t
     state.sum_s += piece_s;
     state.sum_t += piece_t;
     state.w += piece_w;
-    return true;
   });
   state.infinite = !std::isfinite(state.w);
   return state;

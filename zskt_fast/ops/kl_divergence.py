@@ -46,7 +46,7 @@ def checked_kl_divergence(student_logits, teacher_logits, temperature: float, re
 
 def _fake_forward(student_logits, teacher_logits, temperature):
     rows = student_logits.new_empty((student_logits.shape[0],), dtype=accumulation_dtype(student_logits.dtype))
-    # per row (csrc/kl_state.h): student (m_s, log sum_s), teacher (m_t, log sum_t, v_ref, R)
+    # per row (csrc/kl_state.h): student (m_s, log sum_s), teacher (m_t, log sum_t, y_ref, R)
     return rows, rows.new_empty((student_logits.shape[0], 2)), rows.new_empty((student_logits.shape[0], 4))
 
 
