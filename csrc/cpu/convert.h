@@ -7,9 +7,9 @@
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 
+#include "bits.h"
 #include "multiversion.h"
 
 namespace zskt {
@@ -26,16 +26,10 @@ template <typename src_t, typename dst_t>
 }
 
 // bfloat16 is the top half of a float: a shift.
-inline float float_of_bf16_bits(uint16_t bits) {
-  const uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
+inline float float_of_bf16_bits(uint16_t bits) { return float_of_bits(static_cast<uint32_t>(bits) << 16); }
 
 inline uint16_t bf16_bits_of(float value) {
-  uint32_t u;
-  std::memcpy(&u, &value, sizeof u);
+  const uint32_t u = bits_of_float(value);
   const uint32_t rounded = (u + UINT32_C(0x7FFF) + ((u >> 16) & 1)) >> 16;
   return value != value ? UINT16_C(0x7FC0) : static_cast<uint16_t>(rounded);
 }

@@ -2,15 +2,17 @@
 //
 // Per row: one pass for both maxima (and a class of the teacher's), one for both sums of exponentials and the KL;
 // the gradients in one pass. The row state and gradient formulas are kl_state.h's, shared with the CUDA kernels.
-// bfloat16 / float16 rows are widened to float a piece at a time first, the gradients narrowed after. The passes are
-// plain loops over contiguous rows that the compiler vectorises, exp included. Parallel over rows, and over segments
-// of rows when rows are long; a row's result does not depend on the thread count.
+// bfloat16 / float16 rows are widened to float first (by segments for the forward, by pieces for the gradients), the
+// gradients narrowed after. The passes are plain loops over contiguous rows that the compiler vectorises, exp (exp.h)
+// included. Parallel over rows, and over segments of rows when rows are long; a row's result does not depend on the
+// thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <limits>
@@ -21,67 +23,74 @@
 #include "../checks.h"
 #include "../kl_state.h"
 #include "convert.h"
+#include "exp.h"
 #include "multiversion.h"
 
-// glibc's vector exp (libmvec, reached through libm), declared for the vectoriser: glibc's own headers declare it only
-// under -ffast-math, whose reassociation would undo the order of the subtractions below.
-extern "C" float expf(float) noexcept __attribute__((simd("notinbranch")));
+// glibc's vector exp for double (libmvec, reached through libm), declared for the vectoriser: glibc's own headers
+// declare it only under -ffast-math, whose reassociation would undo the order of the subtractions below. Float rows
+// use exp.h's, inline.
 extern "C" double exp(double) noexcept __attribute__((simd("notinbranch")));
 
 namespace zskt {
 namespace {
 
-inline float exp_of(float x) { return expf(x); }
+inline float exp_of(float x) { return exp_float(x); }
 inline double exp_of(double x) { return exp(x); }
 struct Exp {
   template <typename acc_t>
   acc_t operator()(acc_t x) const { return exp_of(x); }
 };
 
-// Independent partial results in a few lanes, combined in a fixed order at the end: the compiler vectorises the lanes
-// without reordering any one sum, and a row's result does not depend on how rows are spread over threads.
-constexpr int kLanes = 8;
+// Independent partial results in kLanes lanes, combined in a fixed order at the end: the compiler vectorises the lanes
+// without reordering any one sum, and a row's result does not depend on how rows are spread over threads. Long spans
+// use 16 lanes (more exponentials in flight), short ones 8 (fewer classes left to scalar code): the choice depends on
+// the span's length alone.
+constexpr int64_t kManyLanesFrom = 128;
 
-// Both rows' maxima (in logit units: x / T has the same maximum class), and a lane of the teacher's: the classes
-// lane, lane + kLanes, ... (and, for lane 0, the last C % kLanes) hold its maximum.
-template <typename scalar_t, typename acc_t>
-ZSKT_MULTIVERSION void row_maxima(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, int64_t C,
-                                  acc_t& m_s, acc_t& m_t, int& lane_t) {
-  acc_t ms[kLanes], mt[kLanes];
-  for (int l = 0; l < kLanes; ++l) ms[l] = mt[l] = -std::numeric_limits<acc_t>::infinity();
+// Calls add(lane, student logit, teacher logit) on every class in order, class c in lane c % kLanes: the whole
+// lanes in vector code, the last C % kLanes classes in scalar code.
+template <int kLanes, typename acc_t, typename Add>
+ZSKT_INLINE_INTO_CLONE inline void for_lanes(const acc_t* __restrict__ s, const acc_t* __restrict__ t, int64_t C,
+                                             Add add) {
   int64_t c = 0;
   for (; c + kLanes <= C; c += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      ms[l] = std::max(ms[l], static_cast<acc_t>(s[c + l]));
-      mt[l] = std::max(mt[l], static_cast<acc_t>(t[c + l]));
-    }
+    for (int l = 0; l < kLanes; ++l) add(l, s[c + l], t[c + l]);
   }
-  for (; c < C; ++c) {
-    ms[0] = std::max(ms[0], static_cast<acc_t>(s[c]));
-    mt[0] = std::max(mt[0], static_cast<acc_t>(t[c]));
-  }
-  acc_t top_s = ms[0], top_t = mt[0];
-  for (int l = 1; l < kLanes; ++l) {
-    top_s = std::max(top_s, ms[l]);
-    top_t = std::max(top_t, mt[l]);
-  }
+  for (int l = 0; c + l < C; ++l) add(l, s[c + l], t[c + l]);
+}
+
+// The lanes folded in lane order (a tree of pairs measured slower: its steps went through memory).
+template <int kLanes, typename acc_t, typename Op>
+ZSKT_INLINE_INTO_CLONE inline acc_t fold_lanes(const acc_t* a, Op op) {
+  acc_t total = a[0];
+  for (int l = 1; l < kLanes; ++l) total = op(total, a[l]);
+  return total;
+}
+
+// Both rows' maxima (in logit units: x / T has the same maximum class), and a lane that holds the teacher's.
+template <int kLanes, typename acc_t>
+ZSKT_MULTIVERSION void row_maxima(const acc_t* __restrict__ s, const acc_t* __restrict__ t, int64_t C, acc_t& m_s,
+                                  acc_t& m_t, int& lane_t) {
+  acc_t ms[kLanes], mt[kLanes];
+  for (int l = 0; l < kLanes; ++l) ms[l] = mt[l] = -std::numeric_limits<acc_t>::infinity();
+  for_lanes<kLanes>(s, t, C, [&](int l, acc_t y, acc_t x) ZSKT_INLINE_INTO_CLONE {
+    ms[l] = std::max(ms[l], y);
+    mt[l] = std::max(mt[l], x);
+  });
+  const auto larger = [](acc_t a, acc_t b) ZSKT_INLINE_INTO_CLONE { return std::max(a, b); };
+  m_s = fold_lanes<kLanes>(ms, larger);
+  m_t = fold_lanes<kLanes>(mt, larger);
   int lane = 0;
-  while (lane < kLanes - 1 && mt[lane] != top_t) ++lane;
-  m_s = top_s;
-  m_t = top_t;
+  while (lane < kLanes - 1 && mt[lane] != m_t) ++lane;
   lane_t = lane;
 }
 
 // A class of row_maxima's lane that holds the teacher's maximum m: a scan of C / kLanes classes at most (tracking
 // where each lane's maximum was inside the vectorised pass measured slower).
-template <typename scalar_t, typename acc_t>
-int64_t class_of_maximum(const scalar_t* t, int64_t C, acc_t m, int lane) {
-  const int64_t blocked = C - C % kLanes;
-  for (int64_t c = lane; c < blocked; c += kLanes) {
-    if (static_cast<acc_t>(t[c]) == m) return c;
-  }
-  for (int64_t c = blocked; c < C; ++c) {
-    if (static_cast<acc_t>(t[c]) == m) return c;
+template <int kLanes, typename acc_t>
+int64_t class_of_maximum(const acc_t* t, int64_t C, acc_t m, int lane) {
+  for (int64_t c = lane; c < C; c += kLanes) {
+    if (t[c] == m) return c;
   }
   return 0;  // not reached: m is the lane's maximum
 }
@@ -91,34 +100,21 @@ int64_t class_of_maximum(const scalar_t* t, int64_t C, acc_t m, int lane) {
 // exactly 0 at the reference class, in fewer operations). A class without teacher mass (x_t = -inf) adds nothing to w;
 // one with teacher mass and a student at -inf makes w non-finite (+inf, or NaN where e underflows), which marks the KL
 // +inf.
-template <typename scalar_t, typename acc_t>
-ZSKT_MULTIVERSION void row_sums(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, int64_t C,
-                                acc_t inv_tau, acc_t m_s, acc_t m_t, acc_t y_ref, acc_t& sum_s, acc_t& sum_t,
-                                acc_t& weighted) {
+template <int kLanes, typename acc_t>
+ZSKT_MULTIVERSION void row_sums(const acc_t* __restrict__ s, const acc_t* __restrict__ t, int64_t C, acc_t inv_tau,
+                                acc_t m_s, acc_t m_t, acc_t y_ref, acc_t& sum_s, acc_t& sum_t, acc_t& weighted) {
   acc_t ss[kLanes] = {}, st[kLanes] = {}, ww[kLanes] = {};
   const acc_t m_s_scaled = m_s * inv_tau, m_t_scaled = m_t * inv_tau, gap = m_t - y_ref;
-  auto add = [&](int l, scalar_t xs, scalar_t xt) {
-    const acc_t x = static_cast<acc_t>(xt), y = static_cast<acc_t>(xs);
+  for_lanes<kLanes>(s, t, C, [&](int l, acc_t y, acc_t x) ZSKT_INLINE_INTO_CLONE {
     const acc_t e = exp_of(x * inv_tau - m_t_scaled);
     ss[l] += exp_of(y * inv_tau - m_s_scaled);
     st[l] += e;
     ww[l] += x == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : e * ((x - y) - gap);
-  };
-  int64_t c = 0;
-  for (; c + kLanes <= C; c += kLanes) {
-    for (int l = 0; l < kLanes; ++l) add(l, s[c + l], t[c + l]);
-  }
-  for (; c < C; ++c) add(0, s[c], t[c]);
-  // Added in locals, stored once: through the references every addition would wait on a store and a reload.
-  acc_t total_s = 0, total_t = 0, total_w = 0;
-  for (int l = 0; l < kLanes; ++l) {
-    total_s += ss[l];
-    total_t += st[l];
-    total_w += ww[l];
-  }
-  sum_s = total_s;
-  sum_t = total_t;
-  weighted = total_w;
+  });
+  const auto plus = [](acc_t a, acc_t b) ZSKT_INLINE_INTO_CLONE { return a + b; };
+  sum_s = fold_lanes<kLanes>(ss, plus);
+  sum_t = fold_lanes<kLanes>(st, plus);
+  weighted = fold_lanes<kLanes>(ww, plus);
 }
 
 // The gradients that kStudent / kTeacher ask for (a frozen teacher's is never computed, nor written); the formulas
@@ -139,61 +135,25 @@ ZSKT_MULTIVERSION void row_gradients(const scalar_t* __restrict__ s, const scala
   }
 }
 
-// Rows of float and double are worked on as they are, in one piece. bfloat16 and float16 rows are converted to float
-// kPiece classes at a time, into a per-thread buffer in the L1 cache (2 * kPiece), and the passes run on those float
-// vectors (c10's conversion inside a computing pass keeps the compiler from vectorising it). Calls
-// body(student piece, teacher piece, its length, its first class) in order.
-constexpr int64_t kPiece = 1024;
-
-template <typename scalar_t, typename acc_t, typename Body>
-void for_pieces(const scalar_t* s, const scalar_t* t, int64_t n, acc_t* wide, Body body) {
-  if constexpr (kWidened<scalar_t>) {
-    for (int64_t first = 0; first < n; first += kPiece) {
-      const int64_t m = std::min(kPiece, n - first);
-      convert(s + first, wide, m);
-      convert(t + first, wide + kPiece, m);
-      body(static_cast<const acc_t*>(wide), static_cast<const acc_t*>(wide + kPiece), m, first);
-    }
-  } else {
-    body(s, t, n, int64_t{0});
-  }
-}
-
 // The state (kl_state.h) of n classes, in two passes over them: both maxima (and a class of the teacher's), then the
 // sums relative to those. A side without a finite maximum sums relative to 0, so that an all -inf side sums to 0
 // (a NaN one to NaN) and merges as empty.
-template <typename scalar_t, typename acc_t>
-KlState<acc_t> span_state(const scalar_t* s, const scalar_t* t, int64_t n, acc_t inv_tau, acc_t* wide) {
+template <int kLanes, typename acc_t>
+KlState<acc_t> span_state_in_lanes(const acc_t* s, const acc_t* t, int64_t n, acc_t inv_tau) {
   auto state = KlState<acc_t>::empty();
-  int64_t piece_of_max = 0, piece_length = 0;
-  int lane_of_max = 0;
-  for_pieces(s, t, n, wide, [&](const acc_t* ps, const acc_t* pt, int64_t m, int64_t first) {
-    acc_t piece_s, piece_t;
-    int lane;
-    row_maxima(ps, pt, m, piece_s, piece_t, lane);
-    state.m_s = std::max(state.m_s, piece_s);
-    if (piece_t > state.m_t) {  // the first piece that reaches the maximum holds the reference class
-      state.m_t = piece_t;
-      piece_of_max = first;
-      piece_length = m;
-      lane_of_max = lane;
-    }
-  });
+  int lane_of_max;
+  row_maxima<kLanes>(s, t, n, state.m_s, state.m_t, lane_of_max);
   const acc_t m_s = std::isfinite(state.m_s) ? state.m_s : acc_t(0);
   const acc_t m_t = std::isfinite(state.m_t) ? state.m_t : acc_t(0);
-  if (std::isfinite(state.m_t)) {
-    const int64_t k = piece_of_max + class_of_maximum(t + piece_of_max, piece_length, state.m_t, lane_of_max);
-    state.y_ref = static_cast<acc_t>(s[k]);
-  }
-  for_pieces(s, t, n, wide, [&](const acc_t* ps, const acc_t* pt, int64_t m, int64_t) {
-    acc_t piece_s, piece_t, piece_w;
-    row_sums(ps, pt, m, inv_tau, m_s, m_t, state.y_ref, piece_s, piece_t, piece_w);
-    state.sum_s += piece_s;
-    state.sum_t += piece_t;
-    state.w += piece_w;
-  });
+  if (std::isfinite(state.m_t)) state.y_ref = s[class_of_maximum<kLanes>(t, n, state.m_t, lane_of_max)];
+  row_sums<kLanes>(s, t, n, inv_tau, m_s, m_t, state.y_ref, state.sum_s, state.sum_t, state.w);
   state.infinite = !std::isfinite(state.w);
   return state;
+}
+
+template <typename acc_t>
+KlState<acc_t> span_state(const acc_t* s, const acc_t* t, int64_t n, acc_t inv_tau) {
+  return n < kManyLanesFrom ? span_state_in_lanes<8>(s, t, n, inv_tau) : span_state_in_lanes<16>(s, t, n, inv_tau);
 }
 
 int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)); }
@@ -203,6 +163,29 @@ int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int6
 // thread count and the segments' states are merged in segment order, so results stay bitwise independent of it. Both
 // rows' segments (in float) fit a core's L2 cache.
 constexpr int64_t kSegment = 16384;
+
+// bfloat16 and float16 logits are converted to float before they are worked on (c10's conversion inside a computing
+// pass keeps the compiler from vectorising it), into a per-thread buffer, whole spans at a time: for the forward a
+// segment, or as many short rows as fill kPiece classes; for the gradients kPiece elements, converted, computed and
+// converted back in the L1 cache (4 * kPiece floats). At 10 classes a conversion per row cost more than the row's work.
+constexpr int64_t kPiece = 1024;
+
+// The n logits at src in the accumulation type: src itself, or converted into buffer.
+template <typename scalar_t, typename acc_t>
+const acc_t* in_accumulation_type(const scalar_t* src, int64_t n, acc_t* buffer) {
+  if constexpr (kWidened<scalar_t>) {
+    convert(src, buffer, n);
+    return buffer;
+  } else {
+    return src;
+  }
+}
+
+// Segments in order lie end to end: segments [begin, end) of rows of C classes are the elements
+// [segment_offset(begin), segment_offset(end)).
+int64_t segment_offset(int64_t item, int64_t C, int64_t segment, int64_t segments) {
+  return (item / segments) * C + (item % segments) * segment;
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const at::Tensor& student_logits,
                                                                         const at::Tensor& teacher_logits,
@@ -228,12 +211,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const a
     const int64_t segment = std::min(C, kSegment), segments = (C + segment - 1) / segment;
     std::vector<KlState<acc_t>> states(segments > 1 ? B * segments : 0);
     at::parallel_for(0, B * segments, row_grain(segment), [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * kPiece : 0);
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t b = item / segments, first = (item % segments) * segment, n = std::min(segment, C - first);
-        const auto state = span_state(sp + b * C + first, tp + b * C + first, n, inv_tau, wide.data());
-        if (segments == 1) state.finish(inv_tau, klp + b, ssp + 2 * b, stp + 4 * b);
-        else states[item] = state;
+      std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * std::max(segment, kPiece) : 0);
+      for (int64_t item = begin, count; item < end; item += count) {
+        // count spans converted together: short whole rows of a widened type, else one
+        count = kWidened<scalar_t> && segments == 1 ? std::clamp<int64_t>(kPiece / C, 1, end - item) : 1;
+        const int64_t at = segment_offset(item, C, segment, segments);
+        const int64_t n = std::min(segment, C - (item % segments) * segment);
+        const acc_t* s_wide = in_accumulation_type(sp + at, count * n, wide.data());
+        const acc_t* t_wide = in_accumulation_type(tp + at, count * n, wide.data() + count * n);
+        for (int64_t j = 0; j < count; ++j) {
+          const auto state = span_state(s_wide + j * n, t_wide + j * n, n, inv_tau);
+          const int64_t b = (item + j) / segments;
+          if (segments == 1) state.finish(inv_tau, klp + b, ssp + 2 * b, stp + 4 * b);
+          else states[item + j] = state;
+        }
       }
     });
     for (int64_t b = 0; segments > 1 && b < B; ++b) {
@@ -255,26 +246,30 @@ void backward_kernel(const scalar_t* sp, const scalar_t* tp, int64_t B, int64_t 
   const acc_t* stp = st.const_data_ptr<acc_t>();
   const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
   const int64_t segment = std::min(C, kSegment), segments = (C + segment - 1) / segment;
+  const auto offset = [&](int64_t item) { return segment_offset(item, C, segment, segments); };
   at::parallel_for(0, B * segments, row_grain(segment), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> wide(kWidened<scalar_t> ? 4 * kPiece : 0);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / segments, first = (item % segments) * segment, n = std::min(segment, C - first);
-      const acc_t *row_s = ssp + 2 * b, *row_t = stp + 4 * b, scale = gp[b] * inv_tau;
-      const int64_t offset = b * C + first;
-      if constexpr (kWidened<scalar_t>) {
-        // Converted, computed and converted back a piece at a time, in the L1 cache.
-        acc_t *ws = wide.data(), *wt = ws + kPiece, *gs = wt + kPiece, *gt = gs + kPiece;
-        for (int64_t at = offset; at < offset + n; at += kPiece) {
-          const int64_t m = std::min(kPiece, offset + n - at);
-          convert(sp + at, ws, m);
-          convert(tp + at, wt, m);
-          row_gradients<kStudent, kTeacher>(ws, wt, m, inv_tau, row_s, row_t, scale, gs, gt);
-          if (kStudent) convert(gs, gsp + at, m);
-          if (kTeacher) convert(gt, gtp + at, m);
+    if constexpr (kWidened<scalar_t>) {
+      std::vector<acc_t> wide(4 * kPiece);
+      acc_t *ws = wide.data(), *wt = ws + kPiece, *gs = wt + kPiece, *gt = gs + kPiece;
+      const int64_t last = offset(end);
+      for (int64_t at = offset(begin); at < last; at += kPiece) {
+        const int64_t m = std::min(kPiece, last - at);
+        convert(sp + at, ws, m);
+        convert(tp + at, wt, m);
+        for (int64_t i = at, next; i < at + m; i = next) {  // the piece's part of each row it meets
+          const int64_t b = i / C;
+          next = std::min((b + 1) * C, at + m);
+          row_gradients<kStudent, kTeacher>(ws + (i - at), wt + (i - at), next - i, inv_tau, ssp + 2 * b,
+                                            stp + 4 * b, gp[b] * inv_tau, gs + (i - at), gt + (i - at));
         }
-      } else {
-        row_gradients<kStudent, kTeacher>(sp + offset, tp + offset, n, inv_tau, row_s, row_t, scale,
-                                          kStudent ? gsp + offset : nullptr, kTeacher ? gtp + offset : nullptr);
+        if (kStudent) convert(gs, gsp + at, m);
+        if (kTeacher) convert(gt, gtp + at, m);
+      }
+    } else {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t b = item / segments, at = offset(item), n = std::min(segment, C - (item % segments) * segment);
+        row_gradients<kStudent, kTeacher>(sp + at, tp + at, n, inv_tau, ssp + 2 * b, stp + 4 * b, gp[b] * inv_tau,
+                                          kStudent ? gsp + at : nullptr, kTeacher ? gtp + at : nullptr);
       }
     }
   });
