@@ -2,10 +2,9 @@
 //
 // Per row: one pass for both maxima (and a class of the teacher's), one for both sums of exponentials and the KL;
 // the gradients in one pass. The row state and gradient formulas are kl_state.h's, shared with the CUDA kernels.
-// bfloat16 / float16 rows are widened to float first (by segments for the forward, by pieces for the gradients), the
-// gradients narrowed after. The passes are plain loops over contiguous rows that the compiler vectorises, exp (exp.h)
-// included. Parallel over rows, and over segments of rows when rows are long; a row's result does not depend on the
-// thread count.
+// bfloat16 / float16 rows are widened to float first (see kPiece), the gradients narrowed after. The passes are plain
+// loops over contiguous rows that the compiler vectorises, exp (exp.h) included. Parallel over rows, and over segments
+// of rows when rows are long; a row's result does not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -119,19 +118,18 @@ ZSKT_MULTIVERSION void row_sums(const acc_t* __restrict__ s, const acc_t* __rest
 
 // The gradients that kStudent / kTeacher ask for (a frozen teacher's is never computed, nor written); the formulas
 // are kl_state.h's.
-template <bool kStudent, bool kTeacher, typename scalar_t, typename acc_t>
-ZSKT_MULTIVERSION void row_gradients(const scalar_t* __restrict__ s, const scalar_t* __restrict__ t, int64_t C,
+template <bool kStudent, bool kTeacher, typename acc_t>
+ZSKT_MULTIVERSION void row_gradients(const acc_t* __restrict__ s, const acc_t* __restrict__ t, int64_t C,
                                      acc_t inv_tau, const acc_t* stats_s, const acc_t* stats_t, acc_t scale,
-                                     scalar_t* __restrict__ grad_s, scalar_t* __restrict__ grad_t) {
+                                     acc_t* __restrict__ grad_s, acc_t* __restrict__ grad_t) {
   // Local copies: the compiler cannot tell that the stores leave the statistics alone, and would neither keep them in
   // registers nor vectorise the loop.
   const acc_t row_s[2] = {stats_s[0], stats_s[1]}, row_t[4] = {stats_t[0], stats_t[1], stats_t[2], stats_t[3]};
   for (int64_t c = 0; c < C; ++c) {
     acc_t gs, gt;
-    kl_gradients<kStudent, kTeacher>(static_cast<acc_t>(t[c]), static_cast<acc_t>(s[c]), inv_tau, row_s, row_t,
-                                     scale, Exp{}, gs, gt);
-    if constexpr (kStudent) grad_s[c] = static_cast<scalar_t>(gs);
-    if constexpr (kTeacher) grad_t[c] = static_cast<scalar_t>(gt);
+    kl_gradients<kStudent, kTeacher>(t[c], s[c], inv_tau, row_s, row_t, scale, Exp{}, gs, gt);
+    if constexpr (kStudent) grad_s[c] = gs;
+    if constexpr (kTeacher) grad_t[c] = gt;
   }
 }
 
@@ -156,13 +154,24 @@ KlState<acc_t> span_state(const acc_t* s, const acc_t* t, int64_t n, acc_t inv_t
   return n < kManyLanesFrom ? span_state_in_lanes<8>(s, t, n, inv_tau) : span_state_in_lanes<16>(s, t, n, inv_tau);
 }
 
-int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)); }
-
-// Rows longer than this are cut into segments of this many classes, each a unit of parallel work, so that a few long
-// rows (a language model's vocabulary at a small batch) still spread over every thread. The cut does not depend on the
-// thread count and the segments' states are merged in segment order, so results stay bitwise independent of it. Both
-// rows' segments (in float) fit a core's L2 cache.
+// Rows longer than kSegment classes are cut into segments of that many, each a unit of parallel work, so that a few
+// long rows (a language model's vocabulary at a small batch) still spread over every thread. The cut does not depend on
+// the thread count and the segments' states are merged in segment order, so results stay bitwise independent of it.
+// Both rows' segments (in float) fit a core's L2 cache.
 constexpr int64_t kSegment = 16384;
+
+// The segments of B rows of C classes, numbered row by row (items); a row shorter than kSegment is one segment. Items
+// in order lie end to end: items [begin, end) are the elements [offset(begin), offset(end)).
+struct Segments {
+  int64_t C, length, per_row;  // the last segment of a row may be shorter than length
+
+  explicit Segments(int64_t C) : C(C), length(std::min(C, kSegment)), per_row((C + length - 1) / length) {}
+  int64_t row(int64_t item) const { return item / per_row; }
+  int64_t offset(int64_t item) const { return row(item) * C + (item % per_row) * length; }
+  int64_t size(int64_t item) const { return std::min(length, C - (item % per_row) * length); }
+  // Items per unit of parallel work: about 16,384 classes.
+  int64_t grain() const { return std::max<int64_t>(1, kSegment / length); }
+};
 
 // bfloat16 and float16 logits are converted to float before they are worked on (c10's conversion inside a computing
 // pass keeps the compiler from vectorising it), into a per-thread buffer, whole spans at a time: for the forward a
@@ -179,12 +188,6 @@ const acc_t* in_accumulation_type(const scalar_t* src, int64_t n, acc_t* buffer)
   } else {
     return src;
   }
-}
-
-// Segments in order lie end to end: segments [begin, end) of rows of C classes are the elements
-// [segment_offset(begin), segment_offset(end)).
-int64_t segment_offset(int64_t item, int64_t C, int64_t segment, int64_t segments) {
-  return (item / segments) * C + (item % segments) * segment;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const at::Tensor& student_logits,
@@ -208,28 +211,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_cpu(const a
     acc_t* stp = stats_t.mutable_data_ptr<acc_t>();
     const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
     // Every segment's state in parallel, then each row's merged in segment order.
-    const int64_t segment = std::min(C, kSegment), segments = (C + segment - 1) / segment;
-    std::vector<KlState<acc_t>> states(segments > 1 ? B * segments : 0);
-    at::parallel_for(0, B * segments, row_grain(segment), [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * std::max(segment, kPiece) : 0);
+    const Segments cut(C);
+    const bool whole_rows = cut.per_row == 1;
+    std::vector<KlState<acc_t>> states(whole_rows ? 0 : B * cut.per_row);
+    at::parallel_for(0, B * cut.per_row, cut.grain(), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> wide(kWidened<scalar_t> ? 2 * std::max(cut.length, kPiece) : 0);
       for (int64_t item = begin, count; item < end; item += count) {
-        // count spans converted together: short whole rows of a widened type, else one
-        count = kWidened<scalar_t> && segments == 1 ? std::clamp<int64_t>(kPiece / C, 1, end - item) : 1;
-        const int64_t at = segment_offset(item, C, segment, segments);
-        const int64_t n = std::min(segment, C - (item % segments) * segment);
+        // count segments converted together: short whole rows of a widened type, else one
+        count = kWidened<scalar_t> && whole_rows ? std::clamp<int64_t>(kPiece / C, 1, end - item) : 1;
+        const int64_t at = cut.offset(item), n = cut.size(item);
         const acc_t* s_wide = in_accumulation_type(sp + at, count * n, wide.data());
         const acc_t* t_wide = in_accumulation_type(tp + at, count * n, wide.data() + count * n);
         for (int64_t j = 0; j < count; ++j) {
           const auto state = span_state(s_wide + j * n, t_wide + j * n, n, inv_tau);
-          const int64_t b = (item + j) / segments;
-          if (segments == 1) state.finish(inv_tau, klp + b, ssp + 2 * b, stp + 4 * b);
+          const int64_t b = cut.row(item + j);
+          if (whole_rows) state.finish(inv_tau, klp + b, ssp + 2 * b, stp + 4 * b);
           else states[item + j] = state;
         }
       }
     });
-    for (int64_t b = 0; segments > 1 && b < B; ++b) {
-      auto state = states[b * segments];
-      for (int64_t j = 1; j < segments; ++j) state.merge(states[b * segments + j], inv_tau);
+    for (int64_t b = 0; !whole_rows && b < B; ++b) {
+      auto state = states[b * cut.per_row];
+      for (int64_t j = 1; j < cut.per_row; ++j) state.merge(states[b * cut.per_row + j], inv_tau);
       state.finish(inv_tau, klp + b, ssp + 2 * b, stp + 4 * b);
     }
   });
@@ -245,14 +248,13 @@ void backward_kernel(const scalar_t* sp, const scalar_t* tp, int64_t B, int64_t 
   const acc_t* ssp = ss.const_data_ptr<acc_t>();
   const acc_t* stp = st.const_data_ptr<acc_t>();
   const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(temperature);
-  const int64_t segment = std::min(C, kSegment), segments = (C + segment - 1) / segment;
-  const auto offset = [&](int64_t item) { return segment_offset(item, C, segment, segments); };
-  at::parallel_for(0, B * segments, row_grain(segment), [&](int64_t begin, int64_t end) {
+  const Segments cut(C);
+  at::parallel_for(0, B * cut.per_row, cut.grain(), [&](int64_t begin, int64_t end) {
     if constexpr (kWidened<scalar_t>) {
       std::vector<acc_t> wide(4 * kPiece);
       acc_t *ws = wide.data(), *wt = ws + kPiece, *gs = wt + kPiece, *gt = gs + kPiece;
-      const int64_t last = offset(end);
-      for (int64_t at = offset(begin); at < last; at += kPiece) {
+      const int64_t last = cut.offset(end);
+      for (int64_t at = cut.offset(begin); at < last; at += kPiece) {
         const int64_t m = std::min(kPiece, last - at);
         convert(sp + at, ws, m);
         convert(tp + at, wt, m);
@@ -267,9 +269,10 @@ void backward_kernel(const scalar_t* sp, const scalar_t* tp, int64_t B, int64_t 
       }
     } else {
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t b = item / segments, at = offset(item), n = std::min(segment, C - (item % segments) * segment);
-        row_gradients<kStudent, kTeacher>(sp + at, tp + at, n, inv_tau, ssp + 2 * b, stp + 4 * b, gp[b] * inv_tau,
-                                          kStudent ? gsp + at : nullptr, kTeacher ? gtp + at : nullptr);
+        const int64_t b = cut.row(item), at = cut.offset(item);
+        row_gradients<kStudent, kTeacher>(sp + at, tp + at, cut.size(item), inv_tau, ssp + 2 * b, stp + 4 * b,
+                                          gp[b] * inv_tau, kStudent ? gsp + at : nullptr,
+                                          kTeacher ? gtp + at : nullptr);
       }
     }
   });
