@@ -111,3 +111,25 @@ def test_report_refuses_a_file_that_is_not_a_benchmark_result(tmp_path):
     path.write_text("{}")
     with pytest.raises(SystemExit, match="not a pytest-benchmark JSON"):
         report.main([str(path)])
+
+
+def test_sass_loops_counts_the_kl_kernels_main_loops():
+    """benchmarks/sass_loops.py finds every KL kernel's main loop in nvcc's sm_90 code, and its counts say what the
+    kernels are built to do: the long rows' backward loads two logits per gradient element and nothing else (the row's
+    statistics stay in registers), and every loop takes its exponentials on the MUFU unit."""
+    import sass_loops
+
+    if sass_loops.tool("nvcc", "CUDACXX") is None or sass_loops.tool("cuobjdump") is None:
+        pytest.skip("nvcc or cuobjdump not found: no sm_90 code to count")
+    loops = {loop.kernel: loop for loop in sass_loops.compile_and_count(ROOT / "csrc/cuda/kl_divergence.cu", 90)}
+    sides = {"student": 1, "teacher": 1, "student, teacher": 2}
+    for dtype in ("float32", "bfloat16", "float16", "float64"):
+        for kernel in ("kl_forward_warp_kernel", "kl_forward_chunk_kernel"):
+            loop = loops[f"{kernel}<{dtype}>"]
+            assert loop.loads == 8 and loop.stores == 0, loop  # kUnroll (4) classes of two logit sets a trip
+        for wanted, count in sides.items():
+            assert f"kl_backward_kernel<{wanted}, {dtype}>" in loops  # short rows
+            chunk = loops[f"kl_backward_chunk_kernel<{wanted}, {dtype}>"]
+            assert chunk.stores % count == 0 and chunk.loads == 2 * chunk.stores // count, chunk
+    for name, loop in loops.items():
+        assert loop.instructions > 0 and (loop.exponentials > 0 or name.endswith("float64>")), loop

@@ -35,7 +35,7 @@ namespace {
 
 inline float exp_of(float x) { return exp_float(x); }
 inline double exp_of(double x) { return exp(x); }
-struct Exp {
+struct Exp : NaturalExp {  // NaturalExp's scale
   template <typename acc_t>
   acc_t operator()(acc_t x) const { return exp_of(x); }
 };

@@ -5,7 +5,9 @@
 // gradient of a saturated row does not cancel), and states are merged by a fixed tree: within a warp by shuffles,
 // across warps through shared memory. Short rows take a warp each; longer rows take a block per chunk, with enough
 // chunks per row to fill the GPU at a small batch, and a second kernel merges each row's chunk states in a fixed order.
-// The cut depends on B and C only, never on the device or timing; no atomics. Backward: one thread per element.
+// The cut depends on B and C only, never on the device or timing; no atomics. Backward: no reduction; short rows one
+// thread per element, longer rows the forward's cut, each block with its row's statistics in registers (a division and
+// seven loads of the statistics per element made the long rows' loop issue-bound).
 #include <cmath>
 
 #include "../kl_state.h"
@@ -21,13 +23,12 @@ constexpr int64_t kClassesPerChunk = 4096;  // longer rows: a block per chunk, a
 constexpr int64_t kTargetBlocks = 1024;     // and as many as reach this many blocks in all (several per multiprocessor)
 constexpr int kUnroll = 4;                  // loads in flight per thread before they are folded in
 
-struct DeviceExp {
-  template <typename A>
-  __device__ A operator()(A x) const { return exp(x); }
-};
+// Exponentials in base 2, log2(e) folded into the scale (../kl_state.h): four instructions each, expf takes 8 to 10.
+template <typename A>
+using State = KlState<A, Base2Exp>;
 
 template <typename A>
-__device__ KlState<A> shuffle(const KlState<A>& s, int lane_mask) {
+__device__ State<A> shuffle(const State<A>& s, int lane_mask) {
   return {__shfl_xor_sync(0xffffffffu, s.m_t, lane_mask),
           __shfl_xor_sync(0xffffffffu, s.sum_t, lane_mask),
           __shfl_xor_sync(0xffffffffu, s.y_ref, lane_mask),
@@ -39,17 +40,17 @@ __device__ KlState<A> shuffle(const KlState<A>& s, int lane_mask) {
 
 // Every lane takes part; lane 0's state is the whole warp's, merged in a fixed order.
 template <typename A>
-__device__ KlState<A> warp_merge(KlState<A> s, A tau) {
+__device__ State<A> warp_merge(State<A> s, A tau) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) s.merge(shuffle(s, offset), tau);
   return s;
 }
 
-// Classes first, first + stride, ... below end of one row pair, kUnroll loads in flight at a time.
-template <typename T, typename A>
-__device__ KlState<A> fold(const T* __restrict__ s, const T* __restrict__ t, int64_t first, int64_t end, int stride,
-                           A inv_tau) {
-  auto state = KlState<A>::empty();
+// Calls f(c, x, y) for the classes c = first, first + stride, ... below end of one row pair (teacher logit x, student
+// logit y, in A), with kUnroll classes' loads in flight before the first of them is used.
+template <typename A, typename T, typename F>
+__device__ __forceinline__ void for_classes(const T* __restrict__ s, const T* __restrict__ t, int64_t first,
+                                            int64_t end, int stride, F&& f) {
   int64_t c = first;
   for (; c + (kUnroll - 1) * static_cast<int64_t>(stride) < end; c += kUnroll * static_cast<int64_t>(stride)) {
     A x[kUnroll], y[kUnroll];
@@ -59,9 +60,17 @@ __device__ KlState<A> fold(const T* __restrict__ s, const T* __restrict__ t, int
       y[k] = load<A>(s + c + k * stride);
     }
 #pragma unroll
-    for (int k = 0; k < kUnroll; ++k) state.add(x[k], y[k], inv_tau);
+    for (int k = 0; k < kUnroll; ++k) f(c + k * stride, x[k], y[k]);
   }
-  for (; c < end; c += stride) state.add(load<A>(t + c), load<A>(s + c), inv_tau);
+  for (; c < end; c += stride) f(c, load<A>(t + c), load<A>(s + c));
+}
+
+// The state of the classes first, first + stride, ... below end of one row pair.
+template <typename T, typename A>
+__device__ State<A> fold(const T* __restrict__ s, const T* __restrict__ t, int64_t first, int64_t end, int stride,
+                         A inv_tau) {
+  auto state = State<A>::empty();
+  for_classes<A>(s, t, first, end, stride, [&](int64_t, A x, A y) { state.add(x, y, inv_tau); });
   return state;
 }
 
@@ -82,9 +91,9 @@ __global__ void kl_forward_warp_kernel(const T* __restrict__ student, const T* _
 template <typename T, typename A>
 __global__ void kl_forward_chunk_kernel(const T* __restrict__ student, const T* __restrict__ teacher, int64_t C,
                                         int64_t chunks, int64_t chunk_size, A inv_tau,
-                                        KlState<A>* __restrict__ partial, A* __restrict__ kl, A* __restrict__ stats_s,
+                                        State<A>* __restrict__ partial, A* __restrict__ kl, A* __restrict__ stats_s,
                                         A* __restrict__ stats_t) {
-  __shared__ KlState<A> warp_states[kWarps];
+  __shared__ State<A> warp_states[kWarps];
   const int64_t row = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
   const int64_t first = chunk * chunk_size, end = min(C, first + chunk_size);
   auto state =
@@ -93,7 +102,7 @@ __global__ void kl_forward_chunk_kernel(const T* __restrict__ student, const T* 
   if (lane == 0) warp_states[warp] = state;
   __syncthreads();
   if (warp != 0) return;
-  state = warp_merge(lane < kWarps ? warp_states[lane] : KlState<A>::empty(), inv_tau);
+  state = warp_merge(lane < kWarps ? warp_states[lane] : State<A>::empty(), inv_tau);
   if (lane != 0) return;
   if (chunks == 1) state.finish(inv_tau, kl + row, stats_s + 2 * row, stats_t + 4 * row);
   else partial[blockIdx.x] = state;
@@ -101,18 +110,19 @@ __global__ void kl_forward_chunk_kernel(const T* __restrict__ student, const T* 
 
 // A warp per row merges its chunks' states: lane j folds chunks j, j + 32, ... in order, then the warp's tree.
 template <typename A>
-__global__ void kl_merge_chunks_kernel(const KlState<A>* __restrict__ partial, int64_t B, int64_t chunks, A inv_tau,
+__global__ void kl_merge_chunks_kernel(const State<A>* __restrict__ partial, int64_t B, int64_t chunks, A inv_tau,
                                        A* __restrict__ kl, A* __restrict__ stats_s, A* __restrict__ stats_t) {
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (row >= B) return;
-  auto state = KlState<A>::empty();
+  auto state = State<A>::empty();
   for (int64_t j = lane; j < chunks; j += 32) state.merge(partial[row * chunks + j], inv_tau);
   state = warp_merge(state, inv_tau);
   if (lane == 0) state.finish(inv_tau, kl + row, stats_s + 2 * row, stats_t + 4 * row);
 }
 
-// The gradients that kStudent / kTeacher ask for (a frozen teacher's is neither computed nor written).
+// The gradients that kStudent / kTeacher ask for (a frozen teacher's is neither computed nor written), rows of up to
+// kWarpRowMax classes.
 template <bool kStudent, bool kTeacher, typename T, typename A>
 __global__ void kl_backward_kernel(const A* __restrict__ grad_rows, const T* __restrict__ student,
                                    const T* __restrict__ teacher, const A* __restrict__ stats_s,
@@ -125,13 +135,33 @@ __global__ void kl_backward_kernel(const A* __restrict__ grad_rows, const T* __r
     const A scale = grad_rows[b] * inv_tau;
     A gs, gt;
     kl_gradients<kStudent, kTeacher>(load<A>(teacher + i), load<A>(student + i), inv_tau, stats_s + 2 * b,
-                                     stats_t + 4 * b, scale, DeviceExp{}, gs, gt);
+                                     stats_t + 4 * b, scale, Base2Exp{}, gs, gt);
     if constexpr (kStudent) store(grad_s + i, gs);
     if constexpr (kTeacher) store(grad_t + i, gt);
   }
 }
 
-// How a row of C classes is cut for kl_forward_chunk_kernel: (chunks, classes per chunk).
+// Longer rows: block i writes the gradients of chunk i % chunks of row i / chunks, as kl_forward_chunk_kernel reads it.
+template <bool kStudent, bool kTeacher, typename T, typename A>
+__global__ void kl_backward_chunk_kernel(const A* __restrict__ grad_rows, const T* __restrict__ student,
+                                         const T* __restrict__ teacher, const A* __restrict__ stats_s,
+                                         const A* __restrict__ stats_t, int64_t C, int64_t chunks, int64_t chunk_size,
+                                         A inv_tau, T* __restrict__ grad_s, T* __restrict__ grad_t) {
+  const int64_t row = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
+  const int64_t first = chunk * chunk_size, end = min(C, first + chunk_size);
+  const A scale = grad_rows[row] * inv_tau;
+  const A row_s[2] = {stats_s[2 * row], stats_s[2 * row + 1]};
+  const A row_t[4] = {stats_t[4 * row], stats_t[4 * row + 1], stats_t[4 * row + 2], stats_t[4 * row + 3]};
+  const int64_t offset = row * C;
+  for_classes<A>(student + offset, teacher + offset, first + threadIdx.x, end, kThreads, [&](int64_t c, A x, A y) {
+    A gs, gt;
+    kl_gradients<kStudent, kTeacher>(x, y, inv_tau, row_s, row_t, scale, Base2Exp{}, gs, gt);
+    if constexpr (kStudent) store(grad_s + offset + c, gs);
+    if constexpr (kTeacher) store(grad_t + offset + c, gt);
+  });
+}
+
+// How a row of C classes is cut for kl_forward_chunk_kernel and kl_backward_chunk_kernel: (chunks, classes per chunk).
 void chunking(int64_t B, int64_t C, int64_t& chunks, int64_t& chunk_size) {
   const int64_t most = (C + kClassesPerChunk - 1) / kClassesPerChunk;
   const int64_t wanted = (kTargetBlocks + B - 1) / B;
@@ -148,7 +178,7 @@ int64_t kl_forward_workspace_bytes(DType dtype, int64_t B, int64_t C) {
   int64_t chunks, chunk_size;
   chunking(B, C, chunks, chunk_size);
   if (chunks == 1) return 0;
-  return B * chunks * (dtype == DType::Float64 ? sizeof(KlState<double>) : sizeof(KlState<float>));
+  return B * chunks * (dtype == DType::Float64 ? sizeof(State<double>) : sizeof(State<float>));
 }
 
 int launch_kl_forward(DType dtype, const void* student, const void* teacher, int64_t B, int64_t C, double inv_tau,
@@ -170,7 +200,7 @@ int launch_kl_forward(DType dtype, const void* student, const void* teacher, int
     }
     int64_t chunks, chunk_size;
     chunking(B, C, chunks, chunk_size);
-    const auto partial = static_cast<KlState<A>*>(workspace);
+    const auto partial = static_cast<State<A>*>(workspace);
     kl_forward_chunk_kernel<T, A><<<static_cast<unsigned int>(B * chunks), kThreads, 0, cuda_stream>>>(
         s, t, C, chunks, chunk_size, tau, partial, out, out_s, out_t);
     if (chunks > 1) {
@@ -187,15 +217,32 @@ int launch_kl_backward(DType dtype, const void* grad_rows, const void* student, 
   return dispatch(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using A = typename Acc<T>::type;
-    auto launch = [&](auto kernel) {
-      kernel<<<blocks_for(B * C, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-          static_cast<const A*>(grad_rows), static_cast<const T*>(student), static_cast<const T*>(teacher),
-          static_cast<const A*>(stats_s), static_cast<const A*>(stats_t), B, C, static_cast<A>(inv_tau),
-          static_cast<T*>(grad_s), static_cast<T*>(grad_t));
+    const auto g = static_cast<const A*>(grad_rows);
+    const auto s = static_cast<const T*>(student);
+    const auto t = static_cast<const T*>(teacher);
+    const auto row_s = static_cast<const A*>(stats_s);
+    const auto row_t = static_cast<const A*>(stats_t);
+    const auto tau = static_cast<A>(inv_tau);
+    const auto out_s = static_cast<T*>(grad_s);
+    const auto out_t = static_cast<T*>(grad_t);
+    const auto cuda_stream = static_cast<cudaStream_t>(stream);
+    // kStudent, kTeacher as std::bool_constant, so that each pair selects its kernels at compile time
+    auto launch = [&](auto student_wanted, auto teacher_wanted) {
+      constexpr bool kStudent = decltype(student_wanted)::value, kTeacher = decltype(teacher_wanted)::value;
+      if (C <= kWarpRowMax) {
+        kl_backward_kernel<kStudent, kTeacher, T, A><<<blocks_for(B * C, kThreads), kThreads, 0, cuda_stream>>>(
+            g, s, t, row_s, row_t, B, C, tau, out_s, out_t);
+        return;
+      }
+      int64_t chunks, chunk_size;
+      chunking(B, C, chunks, chunk_size);
+      kl_backward_chunk_kernel<kStudent, kTeacher, T, A>
+          <<<static_cast<unsigned int>(B * chunks), kThreads, 0, cuda_stream>>>(g, s, t, row_s, row_t, C, chunks,
+                                                                                  chunk_size, tau, out_s, out_t);
     };
-    if (grad_s != nullptr && grad_t != nullptr) launch(kl_backward_kernel<true, true, T, A>);
-    else if (grad_s != nullptr) launch(kl_backward_kernel<true, false, T, A>);
-    else if (grad_t != nullptr) launch(kl_backward_kernel<false, true, T, A>);
+    if (grad_s != nullptr && grad_t != nullptr) launch(std::true_type{}, std::true_type{});
+    else if (grad_s != nullptr) launch(std::true_type{}, std::false_type{});
+    else if (grad_t != nullptr) launch(std::false_type{}, std::true_type{});
     return static_cast<int>(cudaGetLastError());
   });
 }
