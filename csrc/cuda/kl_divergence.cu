@@ -23,7 +23,7 @@ constexpr int64_t kClassesPerChunk = 4096;  // longer rows: a block per chunk, a
 constexpr int64_t kTargetBlocks = 1024;     // and as many as reach this many blocks in all (several per multiprocessor)
 constexpr int kUnroll = 4;                  // loads in flight per thread before they are folded in
 
-// Exponentials in base 2, log2(e) folded into the scale (../kl_state.h): four instructions each, expf takes 8 to 10.
+// Exponentials in base 2, log2(e) folded into the scale (../kl_state.h): one instruction each in float.
 template <typename A>
 using State = KlState<A, Base2Exp>;
 
