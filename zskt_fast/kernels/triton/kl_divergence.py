@@ -23,26 +23,48 @@ MAX_BLOCK = 1024
 CLASSES_PER_CHUNK = 4096  # rows longer than this are cut into chunks, at most one per this many classes,
 TARGET_PROGRAMS = 1024  # and as many as reach this many programs in all
 STATE = tl.constexpr(7)  # (m_t, sum_t, y_ref, w, m_s, sum_s, infinite) per chunk
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
-def _rescaled(total, m, new_m, tau):
+def _exp(d, tau, k, ACC: tl.constexpr):
+    """exp(d tau), k = tau log2(e). In float32 as exp2(d k): one ex2.approx.ftz instruction on the GPU (tl.exp takes
+    four, with log2(e) multiplied in again), results below 2^-126 flushed to 0, as the CUDA kernels' Base2Exp
+    (csrc/kl_state.h). In float64 exp itself: log2(e) folded in at float32, as scalar arguments arrive, would cost
+    float64 its precision."""
+    if ACC == tl.float64:
+        return tl.exp(d * tau)
+    else:
+        return tl.exp2(d * k)
+
+
+@triton.jit
+def _exp_over(d, log_total, tau, k, ACC: tl.constexpr):
+    """exp(d tau - log_total), as _exp."""
+    if ACC == tl.float64:
+        return tl.exp(d * tau - log_total)
+    else:
+        return tl.exp2(d * k - log_total * LOG2E)
+
+
+@triton.jit
+def _rescaled(total, m, new_m, tau, k, ACC: tl.constexpr):
     # an empty sum stays 0 (exp(-inf - -inf) is NaN), a NaN one stays NaN
-    return tl.where(total == 0, 0.0, total * tl.exp((m - new_m) * tau))
+    return tl.where(total == 0, 0.0, total * _exp(m - new_m, tau, k, ACC))
 
 
 @triton.jit
-def _merge_lanes(m_t, sum_t, y_ref, w, m_s, sum_s, infinite, lanes, tau):
+def _merge_lanes(m_t, sum_t, y_ref, w, m_s, sum_s, infinite, lanes, tau, k, ACC: tl.constexpr):
     """The states of all lanes merged into one (scalars): each lane's sums re-expressed relative to the largest
     maxima, and its w to the reference class of the first lane that holds the teacher's maximum."""
     top_t = tl.max(m_t, axis=0)
     first = tl.min(tl.where(m_t == top_t, lanes, 1 << 30), axis=0)
     top_y = tl.sum(tl.where(lanes == first, y_ref, 0.0), axis=0)
-    f = tl.exp((m_t - top_t) * tau)
+    f = _exp(m_t - top_t, tau, k, ACC)
     w = tl.where((sum_t == 0) | (f == 0), 0.0, f * (w + ((m_t - top_t) + (top_y - y_ref)) * sum_t))
     top_s = tl.max(m_s, axis=0)
-    return (top_t, tl.sum(_rescaled(sum_t, m_t, top_t, tau), axis=0), top_y, tl.sum(w, axis=0), top_s,
-            tl.sum(_rescaled(sum_s, m_s, top_s, tau), axis=0), tl.max(infinite, axis=0))
+    return (top_t, tl.sum(_rescaled(sum_t, m_t, top_t, tau, k, ACC), axis=0), top_y, tl.sum(w, axis=0), top_s,
+            tl.sum(_rescaled(sum_s, m_s, top_s, tau, k, ACC), axis=0), tl.max(infinite, axis=0))
 
 
 @triton.jit
@@ -70,7 +92,7 @@ def _kl_forward_kernel(s_ptr,  # [B, C] student logits
                        kl_ptr,  # [B] out when CHUNKS == 1: KL of each row, ACC
                        stats_s_ptr,  # [B, 2] out when CHUNKS == 1: (m_s, log sum_s), ACC
                        stats_t_ptr,  # [B, 4] out when CHUNKS == 1: (m_t, log sum_t, y_ref, R), ACC
-                       C, chunk_size, tau, CHUNKS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+                       C, chunk_size, tau, k, CHUNKS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Differences of logits are taken before scaling by tau = 1 / T (csrc/kl_state.h): exactly 0 at the reference
     class, whether or not Triton fuses the scaling into a multiply-add."""
     row = tl.program_id(0).to(tl.int64)
@@ -92,7 +114,7 @@ def _kl_forward_kernel(s_ptr,  # [B, C] student logits
         x = tl.load(t_row + start + lanes, mask=mask, other=-float("inf")).to(ACC)
         y = tl.load(s_row + start + lanes, mask=mask, other=-float("inf")).to(ACC)
         # exp(-|x - m| tau) is exp((m - x) tau) where x raises the maximum and exp((x - m) tau) elsewhere: one exp
-        z_s = tl.exp(-tl.abs(y - m_s) * tau)
+        z_s = _exp(-tl.abs(y - m_s), tau, k, ACC)
         grow_s = y > m_s
         sum_s = tl.where(grow_s, tl.where(sum_s == 0, 0.0, sum_s * z_s) + 1.0,
                          tl.where(y == -float("inf"), sum_s, sum_s + z_s))  # a NaN y makes sum_s NaN
@@ -100,7 +122,7 @@ def _kl_forward_kernel(s_ptr,  # [B, C] student logits
         mass = x != -float("inf")  # a class without teacher mass (masked) drops out
         infinite = tl.where(mass & (y == -float("inf")), 1, infinite)
         delta = x - m_t
-        z_t = tl.exp(-tl.abs(delta) * tau)
+        z_t = _exp(-tl.abs(delta), tau, k, ACC)
         grow_t = x > m_t
         # a new maximum: earlier terms e (a - b) become z e (a - b - delta + (y - y_ref)); its own term is 0
         w_grown = tl.where((sum_t == 0) | (z_t == 0), 0.0, z_t * (w + ((y - y_ref) - delta) * sum_t))
@@ -110,7 +132,8 @@ def _kl_forward_kernel(s_ptr,  # [B, C] student logits
                          tl.where(mass, sum_t + z_t, sum_t))  # a NaN x makes sum_t NaN
         y_ref = tl.where(grow_t, y, y_ref)
         m_t = tl.where(grow_t, x, m_t)
-    m_t, sum_t, y_ref, w, m_s, sum_s, infinite = _merge_lanes(m_t, sum_t, y_ref, w, m_s, sum_s, infinite, lanes, tau)
+    m_t, sum_t, y_ref, w, m_s, sum_s, infinite = _merge_lanes(m_t, sum_t, y_ref, w, m_s, sum_s, infinite, lanes, tau,
+                                                              k, ACC)
     if CHUNKS == 1:
         _finish(m_t, sum_t, y_ref, w, m_s, sum_s, infinite, tau, kl_ptr, stats_s_ptr, stats_t_ptr, row)
     else:
@@ -127,7 +150,7 @@ def _kl_forward_kernel(s_ptr,  # [B, C] student logits
 @triton.jit
 def _kl_merge_chunks_kernel(partial_ptr,  # [B, CHUNKS, STATE] from _kl_forward_kernel, ACC
                             kl_ptr, stats_s_ptr, stats_t_ptr,  # out, as _kl_forward_kernel's
-                            tau, CHUNKS: tl.constexpr, LANES: tl.constexpr):
+                            tau, k, CHUNKS: tl.constexpr, LANES: tl.constexpr, ACC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     lanes = tl.arange(0, LANES)
     mask = lanes < CHUNKS
@@ -136,7 +159,7 @@ def _kl_merge_chunks_kernel(partial_ptr,  # [B, CHUNKS, STATE] from _kl_forward_
         tl.load(at, mask=mask, other=-float("inf")), tl.load(at + 1, mask=mask, other=0.0),
         tl.load(at + 2, mask=mask, other=0.0), tl.load(at + 3, mask=mask, other=0.0),
         tl.load(at + 4, mask=mask, other=-float("inf")), tl.load(at + 5, mask=mask, other=0.0),
-        tl.load(at + 6, mask=mask, other=0.0), lanes, tau)
+        tl.load(at + 6, mask=mask, other=0.0), lanes, tau, k, ACC)
     _finish(m_t, sum_t, y_ref, w, m_s, sum_s, infinite, tau, kl_ptr, stats_s_ptr, stats_t_ptr, row)
 
 
@@ -148,7 +171,7 @@ def _kl_backward_kernel(g_ptr,  # [B] upstream gradient of each row's KL, ACC
                         stats_t_ptr,  # [B, 4] from the forward, ACC
                         gs_ptr,  # [B, C] out: gradient of the student logits, input dtype (if STUDENT)
                         gt_ptr,  # [B, C] out: gradient of the teacher logits, input dtype (if TEACHER)
-                        C, chunk_size, tau, BLOCK: tl.constexpr, ACC: tl.constexpr, STUDENT: tl.constexpr,
+                        C, chunk_size, tau, k, BLOCK: tl.constexpr, ACC: tl.constexpr, STUDENT: tl.constexpr,
                         TEACHER: tl.constexpr):
     """The gradient formulas of csrc/kl_state.h."""
     row = tl.program_id(0).to(tl.int64)
@@ -164,9 +187,9 @@ def _kl_backward_kernel(g_ptr,  # [B] upstream gradient of each row's KL, ACC
         idx = row * C + start + offs
         a = tl.load(t_ptr + idx, mask=mask, other=0.0).to(ACC) - m_t
         y = tl.load(s_ptr + idx, mask=mask, other=0.0).to(ACC)
-        p_t = tl.exp(a * tau - log_sum_t)
+        p_t = _exp_over(a, log_sum_t, tau, k, ACC)
         if STUDENT:
-            grad_s = scale * (tl.exp((y - m_s) * tau - log_sum_s) - p_t)
+            grad_s = scale * (_exp_over(y - m_s, log_sum_s, tau, k, ACC) - p_t)
             tl.store(gs_ptr + idx, grad_s.to(gs_ptr.dtype.element_ty), mask=mask)
         if TEACHER:
             grad_t = tl.where(p_t == 0, 0.0, scale * p_t * ((a - (y - y_ref)) * tau - r))
@@ -200,12 +223,14 @@ def kl_divergence_forward(student_logits: torch.Tensor, teacher_logits: torch.Te
     chunks, chunk_size = chunking(B, C)
     # one chunk per row: the kernel writes the results directly, and `partial` is a stand-in it never touches
     partial = torch.empty((B, chunks, STATE.value), dtype=kl.dtype, device=s.device) if chunks > 1 else kl
-    launcher(_kl_forward_kernel)[(B, chunks)](s, t, partial, kl, stats_s, stats_t, C, chunk_size, 1.0 / temperature,
+    tau = 1.0 / temperature
+    k = tau * LOG2E.value
+    launcher(_kl_forward_kernel)[(B, chunks)](s, t, partial, kl, stats_s, stats_t, C, chunk_size, tau, k,
                                               CHUNKS=chunks, BLOCK=block, ACC=accumulator(s.dtype),
                                               num_warps=num_warps(block))
     if chunks > 1:
-        launcher(_kl_merge_chunks_kernel)[(B,)](partial, kl, stats_s, stats_t, 1.0 / temperature, CHUNKS=chunks,
-                                                LANES=triton.next_power_of_2(chunks))
+        launcher(_kl_merge_chunks_kernel)[(B,)](partial, kl, stats_s, stats_t, tau, k, CHUNKS=chunks,
+                                                LANES=triton.next_power_of_2(chunks), ACC=accumulator(s.dtype))
     return kl, stats_s, stats_t
 
 
@@ -228,8 +253,8 @@ def kl_divergence_backward(grad_rows: torch.Tensor, student_logits: torch.Tensor
     # a gradient not asked for is never written: its pointer is a stand-in (an empty tensor's may be null)
     launcher(_kl_backward_kernel)[(B, chunks)](grad_rows.to(acc).contiguous(), s, t, student_stats.to(acc).contiguous(),
                                                teacher_stats.to(acc).contiguous(), grad_s if student else s,
-                                               grad_t if teacher else t, C, chunk_size,
-                                               1.0 / temperature, BLOCK=block, ACC=accumulator(s.dtype),
+                                               grad_t if teacher else t, C, chunk_size, 1.0 / temperature,
+                                               LOG2E.value / temperature, BLOCK=block, ACC=accumulator(s.dtype),
                                                STUDENT=student, TEACHER=teacher, num_warps=num_warps(block))
     return grad_s, grad_t
 
