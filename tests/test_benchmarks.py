@@ -115,8 +115,9 @@ def test_report_refuses_a_file_that_is_not_a_benchmark_result(tmp_path):
 
 def test_sass_loops_counts_the_kl_kernels_main_loops():
     """benchmarks/sass_loops.py finds every KL kernel's main loop in nvcc's sm_90 code, and its counts say what the
-    kernels are built to do: the long rows' backward loads two logits per gradient element and nothing else (the row's
-    statistics stay in registers), and every loop takes its exponentials on the MUFU unit."""
+    kernels are built to do: the backward of rows of 32 classes and more (a warp or a block per row) loads two logits
+    per gradient element and nothing else (the row's statistics stay in registers), and every loop takes its
+    exponentials on the MUFU unit."""
     import sass_loops
 
     if sass_loops.tool("nvcc", "CUDACXX") is None or sass_loops.tool("cuobjdump") is None:
@@ -128,8 +129,9 @@ def test_sass_loops_counts_the_kl_kernels_main_loops():
             loop = loops[f"{kernel}<{dtype}>"]
             assert loop.loads == 8 and loop.stores == 0, loop  # kUnroll (4) classes of two logit sets a trip
         for wanted, count in sides.items():
-            assert f"kl_backward_kernel<{wanted}, {dtype}>" in loops  # short rows
-            chunk = loops[f"kl_backward_chunk_kernel<{wanted}, {dtype}>"]
-            assert chunk.stores % count == 0 and chunk.loads == 2 * chunk.stores // count, chunk
+            assert f"kl_backward_kernel<{wanted}, {dtype}>" in loops  # rows under 32 classes
+            for kernel in ("kl_backward_warp_kernel", "kl_backward_chunk_kernel"):
+                loop = loops[f"{kernel}<{wanted}, {dtype}>"]
+                assert loop.stores % count == 0 and loop.loads == 2 * loop.stores // count, loop
     for name, loop in loops.items():
         assert loop.instructions > 0 and (loop.exponentials > 0 or name.endswith("float64>")), loop

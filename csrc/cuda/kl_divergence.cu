@@ -5,9 +5,9 @@
 // gradient of a saturated row does not cancel), and states are merged by a fixed tree: within a warp by shuffles,
 // across warps through shared memory. Short rows take a warp each; longer rows take a block per chunk, with enough
 // chunks per row to fill the GPU at a small batch, and a second kernel merges each row's chunk states in a fixed order.
-// The cut depends on B and C only, never on the device or timing; no atomics. Backward: no reduction; short rows one
-// thread per element, longer rows the forward's cut, each block with its row's statistics in registers (a division and
-// seven loads of the statistics per element made the long rows' loop issue-bound).
+// The cut depends on B and C only, never on the device or timing; no atomics. Backward: no reduction; the forward's
+// cut, each warp or block with its row's statistics in registers (a division and seven loads of the statistics per
+// element made a thread-per-element loop issue-bound), except rows under 32 classes: a thread per element.
 #include <cmath>
 
 #include "../kl_state.h"
@@ -19,6 +19,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int64_t kWarpRowMax = 2048;       // rows up to this long: a warp per row
+constexpr int64_t kWarpRowMin = 32;         // (the backward's rows shorter than this: a thread per element)
 constexpr int64_t kClassesPerChunk = 4096;  // longer rows: a block per chunk, at most one chunk per this many classes,
 constexpr int64_t kTargetBlocks = 1024;     // and as many as reach this many blocks in all (several per multiprocessor)
 constexpr int kUnroll = 4;                  // loads in flight per thread before they are folded in
@@ -121,8 +122,8 @@ __global__ void kl_merge_chunks_kernel(const State<A>* __restrict__ partial, int
   if (lane == 0) state.finish(inv_tau, kl + row, stats_s + 2 * row, stats_t + 4 * row);
 }
 
-// The gradients that kStudent / kTeacher ask for (a frozen teacher's is neither computed nor written), rows of up to
-// kWarpRowMax classes.
+// The gradients that kStudent / kTeacher ask for (a frozen teacher's is neither computed nor written), rows of fewer
+// than kWarpRowMin classes: a thread per element (a warp per row would leave most lanes idle).
 template <bool kStudent, bool kTeacher, typename T, typename A>
 __global__ void kl_backward_kernel(const A* __restrict__ grad_rows, const T* __restrict__ student,
                                    const T* __restrict__ teacher, const A* __restrict__ stats_s,
@@ -141,6 +142,38 @@ __global__ void kl_backward_kernel(const A* __restrict__ grad_rows, const T* __r
   }
 }
 
+// The gradients of the classes first, first + stride, ... below end of one row, the row's statistics and scale held
+// in registers (read per element, they and the row's index cost more instructions than the gradients themselves).
+template <bool kStudent, bool kTeacher, typename T, typename A>
+__device__ __forceinline__ void row_gradients(const A* __restrict__ grad_rows, const T* __restrict__ student,
+                                              const T* __restrict__ teacher, const A* __restrict__ stats_s,
+                                              const A* __restrict__ stats_t, int64_t row, int64_t C, int64_t first,
+                                              int64_t end, int stride, A inv_tau, T* __restrict__ grad_s,
+                                              T* __restrict__ grad_t) {
+  const A scale = grad_rows[row] * inv_tau;
+  const A row_s[2] = {stats_s[2 * row], stats_s[2 * row + 1]};
+  const A row_t[4] = {stats_t[4 * row], stats_t[4 * row + 1], stats_t[4 * row + 2], stats_t[4 * row + 3]};
+  const int64_t offset = row * C;
+  for_classes<A>(student + offset, teacher + offset, first, end, stride, [&](int64_t c, A x, A y) {
+    A gs, gt;
+    kl_gradients<kStudent, kTeacher>(x, y, inv_tau, row_s, row_t, scale, Base2Exp{}, gs, gt);
+    if constexpr (kStudent) store(grad_s + offset + c, gs);
+    if constexpr (kTeacher) store(grad_t + offset + c, gt);
+  });
+}
+
+// Rows of kWarpRowMin to kWarpRowMax classes: a warp per row, as kl_forward_warp_kernel reads them.
+template <bool kStudent, bool kTeacher, typename T, typename A>
+__global__ void kl_backward_warp_kernel(const A* __restrict__ grad_rows, const T* __restrict__ student,
+                                        const T* __restrict__ teacher, const A* __restrict__ stats_s,
+                                        const A* __restrict__ stats_t, int64_t B, int64_t C, A inv_tau,
+                                        T* __restrict__ grad_s, T* __restrict__ grad_t) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (row >= B) return;
+  row_gradients<kStudent, kTeacher>(grad_rows, student, teacher, stats_s, stats_t, row, C, threadIdx.x & 31, C, 32,
+                                    inv_tau, grad_s, grad_t);
+}
+
 // Longer rows: block i writes the gradients of chunk i % chunks of row i / chunks, as kl_forward_chunk_kernel reads it.
 template <bool kStudent, bool kTeacher, typename T, typename A>
 __global__ void kl_backward_chunk_kernel(const A* __restrict__ grad_rows, const T* __restrict__ student,
@@ -149,16 +182,8 @@ __global__ void kl_backward_chunk_kernel(const A* __restrict__ grad_rows, const 
                                          A inv_tau, T* __restrict__ grad_s, T* __restrict__ grad_t) {
   const int64_t row = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
   const int64_t first = chunk * chunk_size, end = min(C, first + chunk_size);
-  const A scale = grad_rows[row] * inv_tau;
-  const A row_s[2] = {stats_s[2 * row], stats_s[2 * row + 1]};
-  const A row_t[4] = {stats_t[4 * row], stats_t[4 * row + 1], stats_t[4 * row + 2], stats_t[4 * row + 3]};
-  const int64_t offset = row * C;
-  for_classes<A>(student + offset, teacher + offset, first + threadIdx.x, end, kThreads, [&](int64_t c, A x, A y) {
-    A gs, gt;
-    kl_gradients<kStudent, kTeacher>(x, y, inv_tau, row_s, row_t, scale, Base2Exp{}, gs, gt);
-    if constexpr (kStudent) store(grad_s + offset + c, gs);
-    if constexpr (kTeacher) store(grad_t + offset + c, gt);
-  });
+  row_gradients<kStudent, kTeacher>(grad_rows, student, teacher, stats_s, stats_t, row, C, first + threadIdx.x, end,
+                                    kThreads, inv_tau, grad_s, grad_t);
 }
 
 // How a row of C classes is cut for kl_forward_chunk_kernel and kl_backward_chunk_kernel: (chunks, classes per chunk).
@@ -229,9 +254,15 @@ int launch_kl_backward(DType dtype, const void* grad_rows, const void* student, 
     // kStudent, kTeacher as std::bool_constant, so that each pair selects its kernels at compile time
     auto launch = [&](auto student_wanted, auto teacher_wanted) {
       constexpr bool kStudent = decltype(student_wanted)::value, kTeacher = decltype(teacher_wanted)::value;
-      if (C <= kWarpRowMax) {
+      if (C < kWarpRowMin) {
         kl_backward_kernel<kStudent, kTeacher, T, A><<<blocks_for(B * C, kThreads), kThreads, 0, cuda_stream>>>(
             g, s, t, row_s, row_t, B, C, tau, out_s, out_t);
+        return;
+      }
+      if (C <= kWarpRowMax) {
+        kl_backward_warp_kernel<kStudent, kTeacher, T, A>
+            <<<static_cast<unsigned int>((B + kWarps - 1) / kWarps), kThreads, 0, cuda_stream>>>(
+                g, s, t, row_s, row_t, B, C, tau, out_s, out_t);
         return;
       }
       int64_t chunks, chunk_size;
