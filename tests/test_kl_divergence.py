@@ -6,8 +6,8 @@ import torch.nn.functional as F
 import zskt_fast
 from zskt_fast.ops import reference
 
-from conftest import (as_reference, assert_close_to_reference, float64_teacher_gradient, make_input,
-                      skip_unsupported_dtype, triton_interpreter_problem)
+from conftest import (HAS_CUDA, as_reference, assert_close_to_reference, float64_teacher_gradient, make_input,
+                      skip_unless_runnable, skip_unsupported_dtype, triton_interpreter_problem)
 
 SHAPES = [(1, 1), (1, 10), (7, 10), (128, 10), (3, 1000), (5, 37)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -112,6 +112,40 @@ def test_only_requested_gradients(fused):
     t = make_input((4, 10), torch.float32, device, seed=7).detach()
     zskt_fast.kl_divergence(s, t, backend=backend).backward()
     assert s.grad is not None and t.grad is None
+
+
+def test_triton_float64_keeps_its_precision_through_float32_scalar_arguments(monkeypatch):
+    """Compiled Triton passes a Python float to a kernel as float32: the float64 kernels rebuild 1 / T from a float32
+    pair (`scales`) and stay within float64's tolerance at temperatures float32 cannot hold (1 / T alone in float32
+    errs by 1e-7 at T = 3). Triton's interpreter keeps Python floats as they are; on the CPU the launches round their
+    float arguments to float32 here, as compiled Triton does. Rows of 1,000 and of 5,000 classes (two chunks merged)."""
+    backend, device = "triton", "cuda" if HAS_CUDA else "cpu"
+    skip_unless_runnable(backend, device)
+    if device == "cpu":
+        import numpy
+
+        from zskt_fast.kernels.triton import kl_divergence as kernels
+
+        interpreted = kernels.launcher
+
+        def as_compiled(kernel):
+            launch = interpreted(kernel)
+
+            class Grid:
+                def __getitem__(self, grid):
+                    def run(*args, **kwargs):
+                        args = [float(numpy.float32(a)) if isinstance(a, float) else a for a in args]
+                        return launch[grid](*args, **kwargs)
+                    return run
+            return Grid()
+
+        monkeypatch.setattr(kernels, "launcher", as_compiled)
+    for shape in ((4, 1000), (2, 5000)):
+        for temperature in (3.0, 0.7):
+            out, ref, grads, ref_grads = run_both(backend, device, shape, torch.float64, temperature, "none")
+            assert_close_to_reference(out, ref, torch.float64, "loss")
+            for g, g_ref in zip(grads, ref_grads):
+                assert_close_to_reference(g, g_ref, torch.float64, "grad")
 
 
 @pytest.mark.parametrize("wanted", [(True, False), (False, True)], ids=["student", "teacher"])

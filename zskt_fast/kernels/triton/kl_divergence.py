@@ -11,6 +11,7 @@ The fake kernels and the autograd formula are registered by `zskt_fast.ops.kl_di
 """
 from __future__ import annotations
 
+import numpy
 import torch
 import triton
 import triton.language as tl
@@ -24,6 +25,15 @@ CLASSES_PER_CHUNK = 4096  # rows longer than this are cut into chunks, at most o
 TARGET_PROGRAMS = 1024  # and as many as reach this many programs in all
 STATE = tl.constexpr(7)  # (m_t, sum_t, y_ref, w, m_s, sum_s, infinite) per chunk
 LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _tau(tau_hi, tau_lo, ACC: tl.constexpr):
+    """1 / T in ACC from the float32 pair of `scales`."""
+    if ACC == tl.float64:
+        return tl.cast(tau_hi, tl.float64) + tl.cast(tau_lo, tl.float64)
+    else:
+        return tau_hi
 
 
 @triton.jit
@@ -92,9 +102,11 @@ def _kl_forward_kernel(s_ptr,  # [B, C] student logits
                        kl_ptr,  # [B] out when CHUNKS == 1: KL of each row, ACC
                        stats_s_ptr,  # [B, 2] out when CHUNKS == 1: (m_s, log sum_s), ACC
                        stats_t_ptr,  # [B, 4] out when CHUNKS == 1: (m_t, log sum_t, y_ref, R), ACC
-                       C, chunk_size, tau, k, CHUNKS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+                       C, chunk_size, tau_hi, tau_lo, k,  # `scales`
+                       CHUNKS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Differences of logits are taken before scaling by tau = 1 / T (csrc/kl_state.h): exactly 0 at the reference
     class, whether or not Triton fuses the scaling into a multiply-add."""
+    tau = _tau(tau_hi, tau_lo, ACC)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     lanes = tl.arange(0, BLOCK)
@@ -150,7 +162,9 @@ def _kl_forward_kernel(s_ptr,  # [B, C] student logits
 @triton.jit
 def _kl_merge_chunks_kernel(partial_ptr,  # [B, CHUNKS, STATE] from _kl_forward_kernel, ACC
                             kl_ptr, stats_s_ptr, stats_t_ptr,  # out, as _kl_forward_kernel's
-                            tau, k, CHUNKS: tl.constexpr, LANES: tl.constexpr, ACC: tl.constexpr):
+                            tau_hi, tau_lo, k,  # `scales`
+                            CHUNKS: tl.constexpr, LANES: tl.constexpr, ACC: tl.constexpr):
+    tau = _tau(tau_hi, tau_lo, ACC)
     row = tl.program_id(0).to(tl.int64)
     lanes = tl.arange(0, LANES)
     mask = lanes < CHUNKS
@@ -171,9 +185,10 @@ def _kl_backward_kernel(g_ptr,  # [B] upstream gradient of each row's KL, ACC
                         stats_t_ptr,  # [B, 4] from the forward, ACC
                         gs_ptr,  # [B, C] out: gradient of the student logits, input dtype (if STUDENT)
                         gt_ptr,  # [B, C] out: gradient of the teacher logits, input dtype (if TEACHER)
-                        C, chunk_size, tau, k, BLOCK: tl.constexpr, ACC: tl.constexpr, STUDENT: tl.constexpr,
-                        TEACHER: tl.constexpr):
+                        C, chunk_size, tau_hi, tau_lo, k,  # `scales`
+                        BLOCK: tl.constexpr, ACC: tl.constexpr, STUDENT: tl.constexpr, TEACHER: tl.constexpr):
     """The gradient formulas of csrc/kl_state.h."""
+    tau = _tau(tau_hi, tau_lo, ACC)
     row = tl.program_id(0).to(tl.int64)
     first = tl.program_id(1) * chunk_size
     end = tl.minimum(first + chunk_size, C)
@@ -194,6 +209,15 @@ def _kl_backward_kernel(g_ptr,  # [B] upstream gradient of each row's KL, ACC
         if TEACHER:
             grad_t = tl.where(p_t == 0, 0.0, scale * p_t * ((a - (y - y_ref)) * tau - r))
             tl.store(gt_ptr + idx, grad_t.to(gt_ptr.dtype.element_ty), mask=mask)
+
+
+def scales(temperature: float) -> tuple[float, float, float]:
+    """(tau_hi, tau_lo, k) for the kernels: tau = 1 / T as a pair of float32 numbers whose sum carries 48 bits, and
+    k = tau log2(e). Compiled Triton passes a Python float to a kernel as float32; tau alone would have cost the
+    float64 kernels their precision (1e-7 relative at T = 3)."""
+    tau = 1.0 / temperature
+    tau_hi = float(numpy.float32(tau))
+    return tau_hi, float(numpy.float32(tau - tau_hi)), tau * LOG2E.value
 
 
 def _block(C: int) -> int:
@@ -223,13 +247,11 @@ def kl_divergence_forward(student_logits: torch.Tensor, teacher_logits: torch.Te
     chunks, chunk_size = chunking(B, C)
     # one chunk per row: the kernel writes the results directly, and `partial` is a stand-in it never touches
     partial = torch.empty((B, chunks, STATE.value), dtype=kl.dtype, device=s.device) if chunks > 1 else kl
-    tau = 1.0 / temperature
-    k = tau * LOG2E.value
-    launcher(_kl_forward_kernel)[(B, chunks)](s, t, partial, kl, stats_s, stats_t, C, chunk_size, tau, k,
+    launcher(_kl_forward_kernel)[(B, chunks)](s, t, partial, kl, stats_s, stats_t, C, chunk_size, *scales(temperature),
                                               CHUNKS=chunks, BLOCK=block, ACC=accumulator(s.dtype),
                                               num_warps=num_warps(block))
     if chunks > 1:
-        launcher(_kl_merge_chunks_kernel)[(B,)](partial, kl, stats_s, stats_t, tau, k, CHUNKS=chunks,
+        launcher(_kl_merge_chunks_kernel)[(B,)](partial, kl, stats_s, stats_t, *scales(temperature), CHUNKS=chunks,
                                                 LANES=triton.next_power_of_2(chunks), ACC=accumulator(s.dtype))
     return kl, stats_s, stats_t
 
@@ -253,8 +275,8 @@ def kl_divergence_backward(grad_rows: torch.Tensor, student_logits: torch.Tensor
     # a gradient not asked for is never written: its pointer is a stand-in (an empty tensor's may be null)
     launcher(_kl_backward_kernel)[(B, chunks)](grad_rows.to(acc).contiguous(), s, t, student_stats.to(acc).contiguous(),
                                                teacher_stats.to(acc).contiguous(), grad_s if student else s,
-                                               grad_t if teacher else t, C, chunk_size, 1.0 / temperature,
-                                               LOG2E.value / temperature, BLOCK=block, ACC=accumulator(s.dtype),
+                                               grad_t if teacher else t, C, chunk_size, *scales(temperature),
+                                               BLOCK=block, ACC=accumulator(s.dtype),
                                                STUDENT=student, TEACHER=teacher, num_warps=num_warps(block))
     return grad_s, grad_t
 
