@@ -60,7 +60,7 @@ def test_layouts(fused, student_layout, teacher_layout):
 def test_dtypes(fused, dtype):
     backend, device = fused
     skip_unsupported_dtype(backend, device, dtype)
-    layers = [(4, 8, 16, 8, 8), (4, 16, 32, 4, 4)]
+    layers = [(4, 8, 16, 8, 8), (4, 16, 32, 4, 4), (2, 6, 10, 5, 7)]  # 6 and 10 channels: 1 / C not a float32
     for layouts in (("contiguous", "contiguous"), ("channels_last", "channels_last")):
         check(*run_both(backend, device, layers, dtype, layouts=layouts), dtype)
 

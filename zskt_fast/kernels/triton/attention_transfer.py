@@ -16,7 +16,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ...common import accumulation_dtype
-from ._launch import accumulator, launcher, num_warps
+from ._launch import accumulator, float32_pair, from_pair, launcher, num_warps
 
 NORM_EPS = 1e-12  # F.normalize's default
 BLOCK_HW = 256
@@ -26,7 +26,9 @@ ELEMENTS_PER_PROGRAM = 16384
 @triton.jit
 def _channel_mean_of_squares_kernel(x_ptr,  # [B, C, HW] features, NCHW-contiguous
                                     a_ptr,  # [B, HW] out: mean over channels of x^2, ACC
-                                    C, HW, inv_c, BLOCK: tl.constexpr, ACC: tl.constexpr):
+                                    C, HW, inv_c_hi, inv_c_lo,  # 1 / C, a `float32_pair`
+                                    BLOCK: tl.constexpr, ACC: tl.constexpr):
+    inv_c = from_pair(inv_c_hi, inv_c_lo, ACC)
     b = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < HW
@@ -79,7 +81,10 @@ def _attention_gradient_kernel(g_ptr,  # [B] upstream gradient of each sample's 
                                qo_ptr,  # [B, HW] the other side's normalised map, ACC
                                n_ptr,  # [B] this side's norm of the channel means, ACC
                                out_ptr,  # [B, C, HW] out: gradient of x, its dtype
-                               C, HW, channels_per_program, eps, BLOCK: tl.constexpr, ACC: tl.constexpr):
+                               C, HW, channels_per_program, inv_c_hi, inv_c_lo,  # 1 / C, a `float32_pair`
+                               eps, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    # the forward's 1 / C: the scale of the channel means cancels out of the normalised map exactly
+    inv_c = from_pair(inv_c_hi, inv_c_lo, ACC)
     b = tl.program_id(1).to(tl.int64)
     c_start = tl.program_id(0) * channels_per_program
     offs = tl.arange(0, BLOCK)
@@ -93,7 +98,7 @@ def _attention_gradient_kernel(g_ptr,  # [B] upstream gradient of each sample's 
     norm = tl.load(n_ptr + b)
     projected = norm > eps
     dot = tl.where(projected, tl.sum(dot_parts, axis=0), 0.0)
-    scale = (2.0 / C) / tl.where(projected, norm, eps)
+    scale = (2.0 * inv_c) / tl.where(projected, norm, eps)
     for c in range(c_start, tl.minimum(c_start + channels_per_program, C)):
         row = (b * C + c) * HW
         for start in range(0, HW, BLOCK):
@@ -124,7 +129,7 @@ def attention_transfer_forward(student_features: torch.Tensor, teacher_features:
     for x, a in ((s, q_s), (t, q_t)):
         C = x.shape[1]
         launcher(_channel_mean_of_squares_kernel)[(B, triton.cdiv(HW, block))](
-            x, a, C, HW, 1.0 / C, BLOCK=block, ACC=accumulator(s.dtype), num_warps=num_warps(block))
+            x, a, C, HW, *float32_pair(1.0 / C), BLOCK=block, ACC=accumulator(s.dtype), num_warps=num_warps(block))
     launcher(_normalise_and_compare_kernel)[(B,)](q_s, q_t, norm_s, norm_t, sq_diff, HW, NORM_EPS, BLOCK=block,
                                                   ACC=accumulator(s.dtype), num_warps=num_warps(block))
     return sq_diff, q_s, q_t, norm_s, norm_t
@@ -145,7 +150,8 @@ def attention_transfer_backward(grad_sq_diff: torch.Tensor, features: torch.Tens
     block = _block(HW)
     launcher(_attention_gradient_kernel)[grid](grad_sq_diff.to(acc).contiguous(), x, attention.contiguous(),
                                                other_attention.to(acc).contiguous(), norm.to(acc).contiguous(),
-                                               out, C, HW, channels_per_program, NORM_EPS, BLOCK=block,
+                                               out, C, HW, channels_per_program, *float32_pair(1.0 / C), NORM_EPS,
+                                               BLOCK=block,
                                                ACC=accumulator(x.dtype), num_warps=num_warps(block))
     if out is not grad:
         grad.copy_(out)

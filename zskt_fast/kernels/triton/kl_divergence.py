@@ -11,29 +11,19 @@ The fake kernels and the autograd formula are registered by `zskt_fast.ops.kl_di
 """
 from __future__ import annotations
 
-import numpy
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op
 
 from ...common import accumulation_dtype
-from ._launch import accumulator, launcher, num_warps
+from ._launch import accumulator, float32_pair, from_pair, launcher, num_warps
 
 MAX_BLOCK = 1024
 CLASSES_PER_CHUNK = 4096  # rows longer than this are cut into chunks, at most one per this many classes,
 TARGET_PROGRAMS = 1024  # and as many as reach this many programs in all
 STATE = tl.constexpr(7)  # (m_t, sum_t, y_ref, w, m_s, sum_s, infinite) per chunk
 LOG2E = tl.constexpr(1.4426950408889634)
-
-
-@triton.jit
-def _tau(tau_hi, tau_lo, ACC: tl.constexpr):
-    """1 / T in ACC from the float32 pair of `scales`."""
-    if ACC == tl.float64:
-        return tl.cast(tau_hi, tl.float64) + tl.cast(tau_lo, tl.float64)
-    else:
-        return tau_hi
 
 
 @triton.jit
@@ -106,7 +96,7 @@ def _kl_forward_kernel(s_ptr,  # [B, C] student logits
                        CHUNKS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """Differences of logits are taken before scaling by tau = 1 / T (csrc/kl_state.h): exactly 0 at the reference
     class, whether or not Triton fuses the scaling into a multiply-add."""
-    tau = _tau(tau_hi, tau_lo, ACC)
+    tau = from_pair(tau_hi, tau_lo, ACC)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     lanes = tl.arange(0, BLOCK)
@@ -164,7 +154,7 @@ def _kl_merge_chunks_kernel(partial_ptr,  # [B, CHUNKS, STATE] from _kl_forward_
                             kl_ptr, stats_s_ptr, stats_t_ptr,  # out, as _kl_forward_kernel's
                             tau_hi, tau_lo, k,  # `scales`
                             CHUNKS: tl.constexpr, LANES: tl.constexpr, ACC: tl.constexpr):
-    tau = _tau(tau_hi, tau_lo, ACC)
+    tau = from_pair(tau_hi, tau_lo, ACC)
     row = tl.program_id(0).to(tl.int64)
     lanes = tl.arange(0, LANES)
     mask = lanes < CHUNKS
@@ -188,7 +178,7 @@ def _kl_backward_kernel(g_ptr,  # [B] upstream gradient of each row's KL, ACC
                         C, chunk_size, tau_hi, tau_lo, k,  # `scales`
                         BLOCK: tl.constexpr, ACC: tl.constexpr, STUDENT: tl.constexpr, TEACHER: tl.constexpr):
     """The gradient formulas of csrc/kl_state.h."""
-    tau = _tau(tau_hi, tau_lo, ACC)
+    tau = from_pair(tau_hi, tau_lo, ACC)
     row = tl.program_id(0).to(tl.int64)
     first = tl.program_id(1) * chunk_size
     end = tl.minimum(first + chunk_size, C)
@@ -212,12 +202,9 @@ def _kl_backward_kernel(g_ptr,  # [B] upstream gradient of each row's KL, ACC
 
 
 def scales(temperature: float) -> tuple[float, float, float]:
-    """(tau_hi, tau_lo, k) for the kernels: tau = 1 / T as a pair of float32 numbers whose sum carries 48 bits, and
-    k = tau log2(e). Compiled Triton passes a Python float to a kernel as float32; tau alone would have cost the
-    float64 kernels their precision (1e-7 relative at T = 3)."""
+    """(tau_hi, tau_lo, k) for the kernels: tau = 1 / T as a `float32_pair`, and k = tau log2(e)."""
     tau = 1.0 / temperature
-    tau_hi = float(numpy.float32(tau))
-    return tau_hi, float(numpy.float32(tau - tau_hi)), tau * LOG2E.value
+    return *float32_pair(tau), tau * LOG2E.value
 
 
 def _block(C: int) -> int:
