@@ -28,6 +28,12 @@ constexpr int kUnroll = 4;                  // loads in flight per thread before
 template <typename A>
 using State = KlState<A, Base2Exp>;
 
+// Kernels with a warp per row: this warp's row, and the blocks that give B rows a warp each.
+__device__ __forceinline__ int64_t warp_row() {
+  return static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+}
+unsigned int warp_row_blocks(int64_t B) { return static_cast<unsigned int>((B + kWarps - 1) / kWarps); }
+
 template <typename A>
 __device__ State<A> shuffle(const State<A>& s, int lane_mask) {
   return {__shfl_xor_sync(0xffffffffu, s.m_t, lane_mask),
@@ -81,7 +87,7 @@ __global__ void kl_forward_warp_kernel(const T* __restrict__ student, const T* _
                                        int64_t C, A inv_tau, A* __restrict__ kl, A* __restrict__ stats_s,
                                        A* __restrict__ stats_t) {
   const int lane = threadIdx.x & 31;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int64_t row = warp_row();
   if (row >= B) return;  // whole warps leave together
   const auto state = warp_merge(fold(student + row * C, teacher + row * C, lane, C, 32, inv_tau), inv_tau);
   if (lane == 0) state.finish(inv_tau, kl + row, stats_s + 2 * row, stats_t + 4 * row);
@@ -114,7 +120,7 @@ template <typename A>
 __global__ void kl_merge_chunks_kernel(const State<A>* __restrict__ partial, int64_t B, int64_t chunks, A inv_tau,
                                        A* __restrict__ kl, A* __restrict__ stats_s, A* __restrict__ stats_t) {
   const int lane = threadIdx.x & 31;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int64_t row = warp_row();
   if (row >= B) return;
   auto state = State<A>::empty();
   for (int64_t j = lane; j < chunks; j += 32) state.merge(partial[row * chunks + j], inv_tau);
@@ -168,7 +174,7 @@ __global__ void kl_backward_warp_kernel(const A* __restrict__ grad_rows, const T
                                         const T* __restrict__ teacher, const A* __restrict__ stats_s,
                                         const A* __restrict__ stats_t, int64_t B, int64_t C, A inv_tau,
                                         T* __restrict__ grad_s, T* __restrict__ grad_t) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int64_t row = warp_row();
   if (row >= B) return;
   row_gradients<kStudent, kTeacher>(grad_rows, student, teacher, stats_s, stats_t, row, C, threadIdx.x & 31, C, 32,
                                     inv_tau, grad_s, grad_t);
@@ -218,7 +224,7 @@ int launch_kl_forward(DType dtype, const void* student, const void* teacher, int
     const auto out_s = static_cast<A*>(stats_s);
     const auto out_t = static_cast<A*>(stats_t);
     const auto tau = static_cast<A>(inv_tau);
-    const unsigned int row_blocks = static_cast<unsigned int>((B + kWarps - 1) / kWarps);
+    const unsigned int row_blocks = warp_row_blocks(B);
     if (C <= kWarpRowMax) {
       kl_forward_warp_kernel<T, A><<<row_blocks, kThreads, 0, cuda_stream>>>(s, t, B, C, tau, out, out_s, out_t);
       return static_cast<int>(cudaGetLastError());
@@ -260,9 +266,8 @@ int launch_kl_backward(DType dtype, const void* grad_rows, const void* student, 
         return;
       }
       if (C <= kWarpRowMax) {
-        kl_backward_warp_kernel<kStudent, kTeacher, T, A>
-            <<<static_cast<unsigned int>((B + kWarps - 1) / kWarps), kThreads, 0, cuda_stream>>>(
-                g, s, t, row_s, row_t, B, C, tau, out_s, out_t);
+        kl_backward_warp_kernel<kStudent, kTeacher, T, A><<<warp_row_blocks(B), kThreads, 0, cuda_stream>>>(
+            g, s, t, row_s, row_t, B, C, tau, out_s, out_t);
         return;
       }
       int64_t chunks, chunk_size;

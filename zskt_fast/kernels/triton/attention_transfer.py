@@ -151,8 +151,7 @@ def attention_transfer_backward(grad_sq_diff: torch.Tensor, features: torch.Tens
     launcher(_attention_gradient_kernel)[grid](grad_sq_diff.to(acc).contiguous(), x, attention.contiguous(),
                                                other_attention.to(acc).contiguous(), norm.to(acc).contiguous(),
                                                out, C, HW, channels_per_program, *float32_pair(1.0 / C), NORM_EPS,
-                                               BLOCK=block,
-                                               ACC=accumulator(x.dtype), num_warps=num_warps(block))
+                                               BLOCK=block, ACC=accumulator(x.dtype), num_warps=num_warps(block))
     if out is not grad:
         grad.copy_(out)
     return grad

@@ -234,12 +234,12 @@ def kl_divergence_forward(student_logits: torch.Tensor, teacher_logits: torch.Te
     chunks, chunk_size = chunking(B, C)
     # one chunk per row: the kernel writes the results directly, and `partial` is a stand-in it never touches
     partial = torch.empty((B, chunks, STATE.value), dtype=kl.dtype, device=s.device) if chunks > 1 else kl
-    launcher(_kl_forward_kernel)[(B, chunks)](s, t, partial, kl, stats_s, stats_t, C, chunk_size, *scales(temperature),
-                                              CHUNKS=chunks, BLOCK=block, ACC=accumulator(s.dtype),
-                                              num_warps=num_warps(block))
+    tau_hi_lo_k, acc = scales(temperature), accumulator(s.dtype)
+    launcher(_kl_forward_kernel)[(B, chunks)](s, t, partial, kl, stats_s, stats_t, C, chunk_size, *tau_hi_lo_k,
+                                              CHUNKS=chunks, BLOCK=block, ACC=acc, num_warps=num_warps(block))
     if chunks > 1:
-        launcher(_kl_merge_chunks_kernel)[(B,)](partial, kl, stats_s, stats_t, *scales(temperature), CHUNKS=chunks,
-                                                LANES=triton.next_power_of_2(chunks), ACC=accumulator(s.dtype))
+        launcher(_kl_merge_chunks_kernel)[(B,)](partial, kl, stats_s, stats_t, *tau_hi_lo_k, CHUNKS=chunks,
+                                                LANES=triton.next_power_of_2(chunks), ACC=acc)
     return kl, stats_s, stats_t
 
 
