@@ -52,7 +52,8 @@ def _digits_case():
         torch.manual_seed(0)
         net = build_classifier(arch, in_channels=1)
         train_classifier(net, load_dataset("digits", train=True, augment=True), evaluation_loader("digits"),
-                         PretrainConfig(epochs=1 if SMOKE else 3).resolved(), progress=False)
+                         PretrainConfig.from_flat({"epochs": 1 if SMOKE else 3, "device": "cpu"}).resolved(),
+                         progress=False)
         nets.append(net.eval())
     images = load_dataset("digits", train=False).tensors[0]
     n_images, steps = (4, 2) if SMOKE else (100, 20)

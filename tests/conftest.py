@@ -136,15 +136,29 @@ def float64_default():
 def teacher_cache(tmp_path_factory):
     """A private teacher cache for the session, holding the digits WRN-16-2 teacher (pretrained once, seconds)."""
     from zskt_fast.engine.config import PretrainConfig
-    from zskt_fast.engine.teachers import default_teacher_path, pretrain_teacher
+    from zskt_fast.engine.supervised import train_supervised
+    from zskt_fast.engine.teachers import default_teacher_path
 
     folder = tmp_path_factory.mktemp("teacher-cache")
     previous = os.environ.get("ZSKT_FAST_CACHE")
     os.environ["ZSKT_FAST_CACHE"] = str(folder)
-    pretrain_teacher(PretrainConfig(dataset="digits", arch="wrn-16-2", device="cpu"),
+    train_supervised(PretrainConfig.from_flat({"dataset": "digits", "arch": "wrn-16-2", "device": "cpu"}),
                      default_teacher_path("digits", "wrn-16-2"), progress=False)
     yield folder
     if previous is None:
         os.environ.pop("ZSKT_FAST_CACHE", None)
     else:
         os.environ["ZSKT_FAST_CACHE"] = previous
+
+
+class Killed(Exception):
+    """A test's stand-in for a kill: raised by a run's callback, it ends the run with nothing written since its last
+    checkpoint."""
+
+
+def kill_after(iterations: int):
+    """A run callback that kills the run once `iterations` iterations (or steps) are done, before their checkpoint."""
+    def callback(done, *_):
+        if done == iterations:
+            raise Killed(f"killed after {done}")
+    return callback

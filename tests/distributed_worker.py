@@ -9,11 +9,14 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import zskt_fast  # noqa: E402
 from zskt_fast.engine import distill as distill_module  # noqa: E402
 from zskt_fast.engine.distributed import init_world, launched_ranks  # noqa: E402
 from zskt_fast.models import build_classifier  # noqa: E402
+
+from conftest import Killed, kill_after  # noqa: E402
 
 
 def main() -> None:
@@ -44,11 +47,17 @@ def main() -> None:
     distill_module.zero_shot_knowledge_transfer = recording_loop
     torch.manual_seed(0)
     teacher, student = build_classifier("wrn-10-1", in_channels=1), build_classifier("wrn-10-1", in_channels=1)
-    result = zskt_fast.distill(teacher, student, image_shape=(1, 8, 8), iterations=args.iterations,
-                               batch_size=args.batch_size, n_student_steps=2, z_dim=16, compile="off",
-                               backend="eager" if args.float64 else "auto", sync_bn=not args.no_sync_bn,
-                               progress=False, out=Path(args.out) / "run", checkpoint_every=1, stop=args.stop,
-                               resume=args.resume, tensorboard=False)
+    try:
+        result = zskt_fast.distill(teacher, student, image_shape=(1, 8, 8), iterations=args.iterations,
+                                   batch_size=args.batch_size, n_student_steps=2, z_dim=16, compile="off",
+                                   backend="eager" if args.float64 else "auto", sync_bn=not args.no_sync_bn,
+                                   amp="off", progress=False, out=Path(args.out) / "run", checkpoint_every=1,
+                                   resume=args.resume, tensorboard=False,
+                                   callbacks=[kill_after(args.stop)] if args.stop else [])
+    except Killed:  # as a kill after that iteration: its checkpoint is what is left
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return
     # the losses each rank saw, averaged over ranks: the losses of the global batch
     mean_losses = torch.tensor(losses)
     if dist.is_initialized():

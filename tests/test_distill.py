@@ -14,7 +14,7 @@ from zskt_fast import train as train_cli
 from zskt_fast.engine.checkpoint import load_weights
 from zskt_fast.models import build_classifier
 
-from conftest import skip_unless_runnable
+from conftest import Killed, kill_after, skip_unless_runnable
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 QUICK = dict(iterations=2, batch_size=4, n_student_steps=2, compile="off", progress=False)
@@ -64,9 +64,9 @@ def test_distill_pairs_user_modules_and_writes_a_resumable_run(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), student.state_dict().values()))
 
     teacher, student = _nets()
-    cut = zskt_fast.distill(teacher, student, image_shape=(3, 16, 16), out=tmp_path / "cut", stop=2,
-                            checkpoint_every=1, **QUICK | {"iterations": 4})
-    assert cut.stopped_at == 2
+    with pytest.raises(Killed):
+        zskt_fast.distill(teacher, student, image_shape=(3, 16, 16), out=tmp_path / "cut", callbacks=[kill_after(3)],
+                          checkpoint_every=1, **QUICK | {"iterations": 4})
     teacher, _ = _nets()
     _, student = _nets(seed=5)  # other initial student weights: the checkpoint's replace them
     zskt_fast.distill(teacher, student, image_shape=(3, 16, 16), out=tmp_path / "cut", resume=True,

@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from zskt_fast.engine.config import StepSettings
+from zskt_fast.engine.recipes import StepSettings
 from zskt_fast.engine.steps import ZSKTSteps
 from zskt_fast.models import (FeatureNetwork, Generator, automatic_pairs, build_classifier, feature_nodes,
                               pair_networks)
@@ -48,7 +48,7 @@ class Untraceable(nn.Module):
 
 
 def _steps(teacher, student, beta=250.0):
-    settings = StepSettings(batch_size=4, z_dim=8, beta=beta, compile="off")
+    settings = StepSettings(batch_size=4, z_dim=8, beta=beta, compile="off", amp="off", channels_last=False)
     generator = Generator(z_dim=8, image_size=SHAPE[1], channels=SHAPE[0])
     return ZSKTSteps(teacher, student, generator, settings, torch.device("cpu"), seed=0)
 

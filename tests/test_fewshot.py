@@ -12,7 +12,7 @@ from zskt_fast.engine.config import FewShotConfig
 from zskt_fast.engine.fewshot import samples_per_class_indices, train_kd_at
 from zskt_fast.ops import KD_ALPHA, KD_BETA, KD_TEMPERATURE
 
-from conftest import skip_unless_runnable
+from conftest import Killed, kill_after, skip_unless_runnable
 
 
 def _at_paper_loss(s_logits, t_logits, labels, s_features, t_features, alpha=0.9, T=4.0, beta=1000.0):
@@ -69,7 +69,7 @@ def test_samples_per_class_are_exactly_m_per_class_and_fixed_by_the_seed():
 def _config(**overrides):
     values = dict(samples_per_class="2", iterations=6, batch_size=8, eval_every=3, device="cpu")
     values.update(overrides)
-    return FewShotConfig(**values)
+    return FewShotConfig.from_flat(values)
 
 
 def test_a_run_writes_its_folder_and_resumes_to_the_same_weights(tmp_path, teacher_cache):
@@ -79,7 +79,9 @@ def test_a_run_writes_its_folder_and_resumes_to_the_same_weights(tmp_path, teach
     from zskt_fast.data import dataset_labels, load_dataset
     labels = dataset_labels(load_dataset("digits", train=True))
     assert torch.bincount(labels[indices]).tolist() == [2] * 10
-    assert train_kd_at(_config(), tmp_path / "cut", progress=False, stop=4) == {"stopped_at": 4}
+    with pytest.raises(Killed):
+        train_kd_at(_config(checkpoint_every=2), tmp_path / "cut", progress=False, callbacks=[kill_after(5)])
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["iteration"] == 4
     train_kd_at(None, tmp_path / "cut", resume=True, progress=False)
     a, b = (torch.load(tmp_path / name / "student.pt", weights_only=True)["state_dict"] for name in ("whole", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -155,8 +155,8 @@ def short_run(tmp_path_factory, teacher_cache):
     from zskt_fast.engine.trainer import train
 
     folder = tmp_path_factory.mktemp("run") / "seed0"
-    train(TrainConfig(iterations=30, batch_size=32, eval_every=30, tensorboard=False, compile="off"), folder,
-          progress=False)
+    train(TrainConfig.from_flat(dict(iterations=30, batch_size=32, eval_every=30, tensorboard=False, compile="off")),
+          folder, progress=False)
     return folder
 
 

@@ -38,7 +38,7 @@ def test_pretrain_errors(argv, message, capsys, tmp_path):
 
 
 def test_schedules():
-    cosine = PretrainConfig(epochs=1, lr=0.1)
+    cosine = PretrainConfig.from_flat({"epochs": 1, "lr": 0.1})
     assert learning_rate(cosine, 0, 100) == 0.1 and learning_rate(cosine, 50, 100) == pytest.approx(0.05)
-    step = PretrainConfig(epochs=1, lr=0.1, schedule="step")
+    step = PretrainConfig.from_flat({"epochs": 1, "lr": 0.1, "schedule": "step"})
     assert [round(learning_rate(step, s, 10), 6) for s in (0, 3, 6, 8)] == [0.1, 0.02, 0.004, 0.0008]

@@ -42,7 +42,7 @@ def test_a_second_invocation_keeps_every_finished_run(report, monkeypatch, capsy
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished run was made again")
 
-    for name in ("train", "train_kd_at", "pretrain_teacher", "transition_curves"):
+    for name in ("train", "train_kd_at", "train_supervised", "transition_curves"):
         monkeypatch.setattr(reproduce, name, must_not_run)
     assert reproduce.main([*TINY, "--out", str(report)]) == 0
     assert "(0 runs made, 14 kept from before)" in capsys.readouterr().out

@@ -13,7 +13,10 @@ from zskt_fast import train as train_cli
 from zskt_fast.engine import distill as distill_module
 from zskt_fast.engine.checkpoint import CheckpointError, atomic_save, load_file
 from zskt_fast.engine.config import TrainConfig
-from zskt_fast.engine.trainer import RunFolderError, train
+from zskt_fast.engine.run import RunFolderError, hold_folder
+from zskt_fast.engine.trainer import train
+
+from conftest import Killed, kill_after
 
 
 def _config(**overrides):
@@ -21,7 +24,13 @@ def _config(**overrides):
     values = dict(iterations=6, batch_size=16, eval_every=3, log_every=3, checkpoint_every=2, tensorboard=False,
                   compile="off")
     values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig.from_flat(values)
+
+
+def _killed(config, folder, after):
+    """Runs `config` into `folder` until a kill after `after` iterations."""
+    with pytest.raises(Killed):
+        train(config, folder, progress=False, callbacks=[kill_after(after)])
 
 
 def _records(path):
@@ -66,7 +75,7 @@ def test_a_folder_holding_a_run_is_refused_unless_overwritten(tmp_path, teacher_
 def test_a_live_run_holds_its_folder(tmp_path, teacher_cache):
     folder = tmp_path / "run"
     folder.mkdir()
-    with distill_module._exclusive(folder):
+    with hold_folder(folder):
         with pytest.raises(RunFolderError, match=f"in use by another run \\(pid {os.getpid()}\\)"):
             train(_config(iterations=2), folder, progress=False)
     train(_config(iterations=2, eval_every=2), folder, progress=False)  # released
@@ -74,7 +83,7 @@ def test_a_live_run_holds_its_folder(tmp_path, teacher_cache):
 
 def test_resume_checks_that_config_and_checkpoint_belong_together(tmp_path, teacher_cache):
     folder = tmp_path / "run"
-    train(_config(), folder, progress=False, stop=3)
+    _killed(_config(), folder, 3)
     config = json.loads((folder / "config.json").read_text())
     config["beta"] = 0.0
     (folder / "config.json").write_text(json.dumps(config))
@@ -87,7 +96,7 @@ def test_paths_are_stored_resolved(tmp_path, teacher_cache, monkeypatch):
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "teacher.pt").write_bytes(cached.read_bytes())
     monkeypatch.chdir(tmp_path / "work")
-    train(_config(teacher_ckpt="teacher.pt"), "run", progress=False, stop=3)
+    _killed(_config(teacher_ckpt="teacher.pt"), "run", 3)
     config = json.loads((tmp_path / "work" / "run" / "config.json").read_text())
     assert config["teacher_ckpt"] == str(tmp_path / "work" / "teacher.pt")
     assert os.path.isabs(config["data_root"])
@@ -115,7 +124,7 @@ def test_a_failed_start_creates_nothing(argv, tmp_path, teacher_cache, capsys):
 def test_resume_is_exact_when_the_checkpoint_falls_inside_a_logging_window(tmp_path, teacher_cache):
     """Logged every 3 iterations, checkpointed every 2: the checkpoint at 4 cuts the window 4..6."""
     train(_config(), tmp_path / "whole", progress=False)
-    train(_config(), tmp_path / "killed", progress=False, stop=5)
+    _killed(_config(), tmp_path / "killed", 5)
     assert load_file(tmp_path / "killed" / "checkpoint.pt")["iteration"] == 4
     with open(tmp_path / "killed" / "metrics.jsonl", "a") as log:
         log.write('{"iteration": 5, "loss_gen')  # a line torn by the kill
@@ -247,7 +256,7 @@ def test_a_full_or_read_only_disk_keeps_the_previous_checkpoint(code, words, tmp
 
 def test_a_config_with_wrong_types_is_named(tmp_path, teacher_cache, capsys):
     folder = tmp_path / "run"
-    train(_config(), folder, progress=False, stop=3)
+    _killed(_config(), folder, 3)
     config = json.loads((folder / "config.json").read_text())
     config["iterations"] = "six"
     (folder / "config.json").write_text(json.dumps(config))

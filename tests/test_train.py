@@ -8,11 +8,14 @@ import torch
 from zskt_fast import train as train_cli
 from zskt_fast.engine.config import TrainConfig
 from zskt_fast.engine.loop import zero_shot_knowledge_transfer
-from zskt_fast.engine.config import StepSettings
+from zskt_fast.engine.recipes import StepSettings
 from zskt_fast.engine.schedules import cosine_lr
+from zskt_fast.engine.settings import Context
 from zskt_fast.engine.steps import ZSKTSteps
 from zskt_fast.engine.trainer import train
 from zskt_fast.models import Generator, build_classifier
+
+from conftest import Killed, kill_after
 
 
 def _tiny_steps(beta=250.0, grad_clip=5.0, backend="auto", batch_size=8, seed=0, compile="off"):
@@ -21,7 +24,7 @@ def _tiny_steps(beta=250.0, grad_clip=5.0, backend="auto", batch_size=8, seed=0,
     student = build_classifier("wrn-16-1", in_channels=1)
     generator = Generator(z_dim=16, image_size=8, channels=1)
     settings = StepSettings(batch_size=batch_size, z_dim=16, beta=beta, grad_clip=grad_clip, backend=backend,
-                            compile=compile)
+                            compile=compile, amp="off", channels_last=False)
     return ZSKTSteps(teacher, student, generator, settings, torch.device("cpu"), seed=seed)
 
 
@@ -162,9 +165,9 @@ def test_compiled_steps_give_the_weights_of_eager_steps(float64_default):
 
 def test_compile_modes_that_capture_graphs_are_refused_with_ours():
     with pytest.raises(ValueError, match="captures CUDA graphs of its own"):
-        TrainConfig(compile="reduce-overhead", cuda_graphs=True, device="cpu").resolved()
+        TrainConfig.from_flat({"compile": "reduce-overhead", "cuda_graphs": True, "device": "cpu"}).resolved()
     with pytest.raises(ValueError, match="compile must be one of"):
-        StepSettings(compile="fast").resolved("cpu")
+        StepSettings(compile="fast").resolved(Context())
 
 
 def _config(**overrides):
@@ -172,13 +175,13 @@ def _config(**overrides):
     values = dict(iterations=6, batch_size=16, eval_every=3, log_every=2, checkpoint_every=2, tensorboard=False,
                   compile="off")
     values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig.from_flat(values)
 
 
 def test_resume_continues_a_killed_run_to_the_same_result(tmp_path, teacher_cache):
     train(_config(), tmp_path / "whole", progress=False)
-    stopped = train(_config(), tmp_path / "killed", progress=False, stop=5)  # killed after iteration 5
-    assert stopped == {"stopped_at": 5}
+    with pytest.raises(Killed):
+        train(_config(), tmp_path / "killed", progress=False, callbacks=[kill_after(5)])
     assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["iteration"] == 4
     resumed = train(TrainConfig(), tmp_path / "killed", resume=True, progress=False)
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
@@ -230,11 +233,12 @@ def test_end_to_end_digits_run_beats_chance(tmp_path, teacher_cache, capsys):
 
 
 def test_compile_auto_is_compiled_steps_on_the_cpu_and_eager_steps_in_graphs_on_cuda():
-    assert TrainConfig(device="cpu").resolved().compile == "default"
-    assert StepSettings().resolved("cpu").compile == "off"  # steps built directly run as written
-    recorded = TrainConfig(device="cpu").resolved().to_dict()
+    assert TrainConfig.from_flat({"device": "cpu"}).resolved().steps.compile == "default"
+    # one default, wherever the steps are built: distill's and directly built steps resolve as the trainer's
+    assert StepSettings().resolved(Context(device=torch.device("cpu"))).compile == "default"
+    recorded = TrainConfig.from_flat({"device": "cpu"}).resolved().to_dict()
     del recorded["compile"]  # a run recorded before the setting existed resumes with eager steps
-    assert TrainConfig.from_dict(recorded).compile == "off"
+    assert TrainConfig.from_dict(recorded).steps.compile == "off"
 
 
 def test_several_seeds_report_mean_and_std(tmp_path, teacher_cache, capsys):
@@ -296,7 +300,8 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path, teacher_cache, capsy
 
 
 def test_resume_refuses_a_checkpoint_with_nan(tmp_path, teacher_cache, capsys):
-    train(_config(iterations=4, checkpoint_every=2), tmp_path / "run", progress=False, stop=3)
+    with pytest.raises(Killed):
+        train(_config(iterations=4, checkpoint_every=2), tmp_path / "run", progress=False, callbacks=[kill_after(3)])
     path = tmp_path / "run" / "checkpoint.pt"
     state = torch.load(path, weights_only=True)
     state["steps"]["student"]["fc.weight"][0, 0] = float("nan")

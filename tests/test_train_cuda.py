@@ -7,8 +7,9 @@ import torch
 
 from zskt_fast import train as train_cli
 from zskt_fast.engine.loop import zero_shot_knowledge_transfer
-from zskt_fast.engine.config import StepSettings
-from zskt_fast.engine.steps import GraphedZSKTSteps, ZSKTSteps
+from zskt_fast.engine.recipes import StepSettings
+from zskt_fast.engine.graphs import GraphedZSKTSteps
+from zskt_fast.engine.steps import ZSKTSteps
 from zskt_fast.models import Generator, build_classifier
 
 from conftest import HAS_CUDA
@@ -20,6 +21,7 @@ def _steps(cls, dtype=torch.float32, **settings):
     torch.manual_seed(0)
     nets = [build_classifier("wrn-16-2"), build_classifier("wrn-16-1"), Generator(z_dim=32, image_size=32)]
     nets = [n.to("cuda", dtype) for n in nets]
+    settings = {"amp": "off", "channels_last": False, "compile": "off", **settings}  # as written unless given
     return cls(*nets, StepSettings(batch_size=16, z_dim=32, **settings), torch.device("cuda"), seed=0)
 
 

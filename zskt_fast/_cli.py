@@ -8,6 +8,7 @@ import dataclasses
 import types
 import typing
 
+from .common import field_default
 from .data import DatasetNotFound
 from .engine.checkpoint import CheckpointError
 
@@ -35,36 +36,40 @@ def program_parser(program: str, description: str) -> argparse.ArgumentParser:
                                    formatter_class=HelpFormatter)
 
 
-def add_options(parser: argparse.ArgumentParser, settings_class, *, skip: tuple[str, ...] = (),
-                group_order: tuple[str, ...] = ()) -> dict[str, argparse._ArgumentGroup]:
-    """One --option per field of the dataclass `settings_class` (field x_y -> --x-y), with the field's default and
-    the help text and argparse keywords kept in its metadata; booleans get --x / --no-x. Fields with a `group` go
-    into help groups, in `group_order` first; returns the groups by name."""
+def add_options(parser: argparse.ArgumentParser, config_class, *, skip: tuple[str, ...] = (),
+                defaults: dict | None = None, group_order: tuple[str, ...] = ()) -> dict[str, argparse._ArgumentGroup]:
+    """One --option per setting of the configuration `config_class` (each field of each of its parts; setting x_y ->
+    --x-y), with the setting's default (or the one `defaults` gives instead) and the help text and argparse keywords
+    kept in its metadata; booleans get --x / --no-x. Settings with a `group` go into help groups, in `group_order`
+    first; returns the groups by name."""
     groups = {name: parser.add_argument_group(name) for name in group_order}
-    hints = typing.get_type_hints(settings_class)
-    for field in dataclasses.fields(settings_class):
-        if field.name in skip or "help" not in field.metadata:
-            continue
-        cli = dict(field.metadata)
-        help_text = cli.pop("help").replace("%", "%%")
-        group = cli.pop("group", None)
-        target = parser if group is None else groups.setdefault(group, parser.add_argument_group(group))
-        flag = "--" + field.name.replace("_", "-")
-        value_type = _value_type(hints[field.name])
-        if typing.get_origin(value_type) is list:
-            (value_type,) = typing.get_args(value_type)
-            cli.setdefault("nargs", "+")
-        if value_type is bool:
-            target.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
-        else:
-            target.add_argument(flag, type=value_type, default=field.default, help=help_text, **cli)
+    defaults = defaults or {}
+    for kind in config_class.part_types().values():
+        hints = typing.get_type_hints(kind)
+        for field in dataclasses.fields(kind):
+            if field.name in skip or "help" not in field.metadata:
+                continue
+            cli = dict(field.metadata)
+            help_text = cli.pop("help").replace("%", "%%")
+            group = cli.pop("group", None)
+            target = parser if group is None else groups.setdefault(group, parser.add_argument_group(group))
+            flag = "--" + field.name.replace("_", "-")
+            default = defaults.get(field.name, field_default(field))
+            value_type = _value_type(hints[field.name])
+            if typing.get_origin(value_type) is list:
+                (value_type,) = typing.get_args(value_type)
+                cli.setdefault("nargs", "+")
+            if value_type is bool:
+                target.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            else:
+                target.add_argument(flag, type=value_type, default=default, help=help_text, **cli)
     return groups
 
 
-def settings_from_args(settings_class, args: argparse.Namespace, **values):
-    """The dataclass built from the parsed options of its fields; `values` set the others (or override)."""
-    names = {f.name for f in dataclasses.fields(settings_class)}
-    return settings_class(**{**{n: getattr(args, n) for n in names if hasattr(args, n)}, **values})
+def settings_from_args(config_class, args: argparse.Namespace, **values):
+    """The configuration built from the parsed options of its settings; `values` set the others (or override)."""
+    names = config_class.setting_names()
+    return config_class.from_flat({**{n: getattr(args, n) for n in names if hasattr(args, n)}, **values})
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """Helpers every layer of the package uses: argument checks of plain values, the device behind "auto", running
-networks in eval mode, settings fields that carry their command-line help, and output folders checked before use. Only torch is imported here, so
-kernels, ops, models, data, engine and programs can all use it.
+networks in eval mode, settings fields that carry their command-line help, and output folders checked before use.
+Only torch is imported here, so kernels, ops, models, data, engine and programs can all use it.
 """
 from __future__ import annotations
 
@@ -86,8 +86,17 @@ def eval_mode(*nets: nn.Module) -> Iterator[None]:
 
 def option(default, help: str, **cli):
     """A dataclass field holding a setting's default and the help text of the command-line option made from it;
-    `cli` holds argparse keywords (choices=...) and the option's help group (group=...)."""
-    return dataclasses.field(default=default, metadata={"help": help, **cli})
+    `cli` holds argparse keywords (choices=...) and the option's help group (group=...). A list default is copied
+    for each instance."""
+    metadata = {"help": help, **cli}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def field_default(field: dataclasses.Field):
+    """A dataclass field's default value, made by its factory where it has one."""
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
 
 
 def writable_folder(path: str | os.PathLike, what: str = "output folder") -> Path:

@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
-from .engine.config import ALGORITHM, DATA, OUTPUTS, SPEED, FewShotConfig
-from .engine.distill import RunInterrupted
+from .engine.config import FewShotConfig
 from .engine.fewshot import train_kd_at
+from .engine.run import RunInterrupted
+from .engine.settings import ALGORITHM, DATA, OUTPUTS, SPEED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         "KL(T || S) + beta sum AT, SGD with Nesterov momentum, weight decay and a cosine schedule, random "
         "crops and flips. Each seed writes a run folder: config.json, indices.json (the images used), "
         "metrics.jsonl, checkpoint.pt, student.pt and summary.json.")
-    groups = add_options(p, FewShotConfig, skip=("seed",), group_order=(DATA, ALGORITHM, SPEED, OUTPUTS))
+    groups = add_options(p, FewShotConfig, skip=("seed", "num_classes"),
+                         group_order=(DATA, ALGORITHM, SPEED, OUTPUTS))
     groups[ALGORITHM].add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed; several: "
                                                                                       "mean ± std of the accuracy")
     groups[OUTPUTS].add_argument("--out", default=None, help="output folder (one seedN subfolder per seed); default "
@@ -43,18 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     with errors_as_messages(parser):
         configs = [settings_from_args(FewShotConfig, args, seed=seed).resolved() for seed in args.seeds]
         first = configs[0]
-        out = Path(args.out or f"runs/fewshot-{first.dataset}-M{first.samples_per_class}-"
+        out = Path(args.out or f"runs/fewshot-{first.data.dataset}-M{first.kd.samples_per_class}-"
                                f"{time.strftime('%Y%m%d-%H%M%S')}")
         summaries = []
         try:
             for config in configs:
-                folder = out / f"seed{config.seed}"
+                folder = out / f"seed{config.run.seed}"
                 if args.resume and (folder / "summary.json").is_file():
                     summaries.append(json.loads((folder / "summary.json").read_text()))
                     continue
                 resume = args.resume and (folder / "checkpoint.pt").is_file()
-                print(f"seed {config.seed}: KD+AT {config.teacher} -> {config.student} on {config.dataset}, "
-                      f"M = {config.samples_per_class} per class; writing {folder}")
+                print(f"seed {config.run.seed}: KD+AT {config.networks.teacher} -> {config.networks.student} on "
+                      f"{config.data.dataset}, M = {config.kd.samples_per_class} per class; writing {folder}")
                 summaries.append(train_kd_at(config, folder, resume=resume, overwrite=args.overwrite,
                                              progress=not args.no_progress))
         except RunInterrupted as stopped:

@@ -8,7 +8,8 @@ from pathlib import Path
 from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
 from .common import writable_folder
 from .engine.config import PretrainConfig
-from .engine.teachers import default_teacher_path, pretrain_teacher
+from .engine.supervised import train_supervised
+from .engine.teachers import default_teacher_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,12 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     with errors_as_messages(parser):
-        config = settings_from_args(PretrainConfig, args)
-        out = Path(args.out or default_teacher_path(config.dataset, config.arch))
+        config = settings_from_args(PretrainConfig, args).resolved()
+        out = Path(args.out or default_teacher_path(config.data.dataset, config.pretrain.arch))
         writable_folder(out.parent, "folder of the checkpoint")
         if out.is_dir():
             raise ValueError(f"{out} is a folder: give the path of the checkpoint file to write")
-        result = pretrain_teacher(config, out, progress=not args.no_progress)
+        result = train_supervised(config, out, progress=not args.no_progress)
     print(f"{result['arch']} on {result['dataset']}: test accuracy {result['test_acc']:.2f}% after {result['epochs']} "
           f"epochs ({result['seconds']:.0f} s); checkpoint written to {result['path']}")
     return 0

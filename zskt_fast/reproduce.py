@@ -12,6 +12,7 @@ own folder).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -23,25 +24,21 @@ from pathlib import Path
 
 import torch
 
-from ._cli import errors_as_messages, program_parser
-from .common import check_count, check_positive, resolve_device, writable_folder
-from .data import DATASETS, DEFAULT_DATA_ROOT, evaluation_loader
+from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
+from .common import writable_folder
+from .data import dataset_info, evaluation_loader
 from .engine.checkpoint import load_classifier, load_file, recorded_normalisation
-from .engine.config import (COMPILE_CHOICES, DATA_ROOT_HELP, DATASET_DEFAULTS, FewShotConfig, PretrainConfig,
-                            TrainConfig)
+from .engine.config import FewShotConfig, PretrainConfig, ReproduceConfig, TrainConfig
 from .engine.evaluation import evaluate
 from .engine.fewshot import train_kd_at
-from .engine.teachers import pretrain_teacher
-from .engine.trainer import find_teacher, pretrain_cached_teacher, train
+from .engine.settings import ALGORITHM, DATA, OUTPUTS, SPEED
+from .engine.supervised import train_supervised
+from .engine.teachers import find_teacher, pretrain_missing_teacher
+from .engine.trainer import train
 from .engine.transition_curves import transition_curves
-from .models import architecture_key
 from .mte import plot_curves
 
-DEFAULT_SHOTS = (1, 2, 5, 10, 20)
 DEFAULT_SEEDS = (0, 1, 2)
-# MTE images N per data set: digits has 397 test images (300 as python -m zskt_fast.mte takes); the others take the
-# paper's 1,000.
-MTE_IMAGES = {"digits": 300}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,31 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
         "teacher, student from scratch, zero-shot, few-shot KD+AT for several M and with full data, over "
         "several seeds; then MTE and transition curves. Writes report.md, accuracy_vs_shots.png, "
         "transition_curves.png and results.json to --out. With no options: the digits pair of "
-        "`python -m zskt_fast.train`, offline.")
-    p.add_argument("--dataset", choices=DATASETS, default="digits", help="data set")
-    p.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help=DATA_ROOT_HELP)
-    p.add_argument("--download", action="store_true", help="download the data set into --data-root")
-    p.add_argument("--teacher", default=None, help="teacher architecture; default: the data set's, as train's")
-    p.add_argument("--student", default=None, help="student architecture; default: the data set's, as train's")
-    p.add_argument("--teacher-ckpt", default=None, help="teacher weights; default: the cached pretrained teacher")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help="seeds of every method")
-    p.add_argument("--shots", type=int, nargs="+", default=list(DEFAULT_SHOTS),
-                   help="M images per class of the few-shot KD+AT runs (the paper's CIFAR-10 runs: 10 25 50 75 100)")
-    p.add_argument("--iterations", type=int, default=None,
-                   help="zero-shot iterations; default: train's for the data set (digits 800, CIFAR-10 80,000)")
-    p.add_argument("--fewshot-iterations", type=int, default=None,
-                   help="KD+AT steps of every run; default: as many as full-data training (digits 330)")
-    p.add_argument("--scratch-epochs", type=int, default=None,
-                   help="epochs of the student trained from scratch; default: pretraining's (digits 30)")
-    p.add_argument("--mte-images", type=int, default=None,
-                   help="N test images of the transition curves; default 300 on digits, 1,000 (the paper's) otherwise")
-    p.add_argument("--mte-steps", type=int, default=100, help="K gradient steps per trajectory (the paper's 100)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto", help="the zero-shot steps' torch.compile "
-                                                                              "mode, as train's")
-    p.add_argument("--out", default=None, help="report folder; default reports/DATASET-TEACHER-STUDENT")
-    p.add_argument("--force", action="store_true", help="run everything again instead of keeping finished runs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        "`python -m zskt_fast.train`, offline. The zero-shot runs take train's options.")
+    groups = add_options(p, ReproduceConfig, skip=("seed",), group_order=(DATA, ALGORITHM, SPEED, OUTPUTS))
+    groups[ALGORITHM].add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
+                                   help="seeds of every method")
+    groups[OUTPUTS].add_argument("--out", default=None, help="report folder; default reports/DATASET-TEACHER-STUDENT")
+    groups[OUTPUTS].add_argument("--force", action="store_true",
+                                 help="run everything again instead of keeping finished runs")
+    groups[OUTPUTS].add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
@@ -89,18 +69,13 @@ class Report:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        teacher, student, iterations = DATASET_DEFAULTS[args.dataset][:3]
-        self.teacher = architecture_key(args.teacher or teacher)
-        self.student = architecture_key(args.student or student)
-        self.iterations = args.iterations or iterations
-        for name in ("iterations", "fewshot_iterations", "scratch_epochs", "mte_images", "mte_steps"):
-            if getattr(args, name) is not None:
-                check_count(getattr(args, name), name)
-        for m in args.shots:
-            check_count(m, "shots")
-        if len(set(args.seeds)) != len(args.seeds) or len(set(args.shots)) != len(args.shots):
-            raise ValueError(f"--seeds and --shots take distinct values, got {args.seeds} and {args.shots}")
-        self.out = Path(args.out or f"reports/{args.dataset}-{self.teacher}-{self.student}".replace(":", "-"))
+        self.config = settings_from_args(ReproduceConfig, args).resolved()
+        if len(set(args.seeds)) != len(args.seeds):
+            raise ValueError(f"--seeds and --shots take distinct values, got {args.seeds} and "
+                             f"{self.config.comparison.shots}")
+        data, networks = self.config.data, self.config.networks
+        self.teacher, self.student = networks.teacher, networks.student
+        self.out = Path(args.out or f"reports/{data.dataset}-{self.teacher}-{self.student}".replace(":", "-"))
         self.runs = self.out / "runs"
         self.progress = not args.no_progress
         self.kept, self.ran = [], []
@@ -117,23 +92,25 @@ class Report:
         self.ran.append(str(folder.relative_to(self.out)))
         return True
 
+    def _shared(self) -> dict:
+        """The settings every method's run takes from this report's."""
+        config = self.config
+        return {**dataclasses.asdict(config.data), "device": config.run.device}
+
     # -- the methods ---------------------------------------------------------------------------------------------------
     def teacher_file(self) -> str:
-        probe = TrainConfig(dataset=self.args.dataset, data_root=self.args.data_root, teacher=self.teacher,
-                            teacher_ckpt=self.args.teacher_ckpt, device=self.args.device).resolved()
-        path, pretrain_first = find_teacher(probe)
-        if pretrain_first:
-            pretrain_cached_teacher(probe, path, self.progress)
+        path, must_pretrain = find_teacher(self.config.data, self.config.networks)
+        if must_pretrain:
+            pretrain_missing_teacher(self.config.networks, self.config.run, path, self.progress)
         return path
 
     def scratch(self, seed: int) -> dict:
         folder = self.runs / "scratch" / f"seed{seed}"
         if self._fresh(folder, folder / "summary.json"):
-            config = PretrainConfig(dataset=self.args.dataset, arch=self.student, data_root=self.args.data_root,
-                                    download=self.args.download, epochs=self.args.scratch_epochs, seed=seed,
-                                    device=self.args.device)
+            config = PretrainConfig.from_flat({**self._shared(), "arch": self.student, "seed": seed,
+                                               "epochs": self.config.comparison.scratch_epochs})
             print(f"student from scratch, seed {seed}")
-            result = pretrain_teacher(config, writable_folder(folder) / "student.pt", progress=self.progress)
+            result = train_supervised(config, writable_folder(folder) / "student.pt", progress=self.progress)
             (folder / "summary.json").write_text(json.dumps({"student_acc": result["test_acc"],
                                                              "seconds": result["seconds"], "seed": seed}, indent=2))
         return json.loads((folder / "summary.json").read_text())
@@ -143,10 +120,12 @@ class Report:
         if self._fresh(folder, folder / "summary.json"):
             resume = (folder / "checkpoint.pt").is_file()
             print(f"zero-shot, seed {seed}" + (" (resumed)" if resume else ""))
-            config = TrainConfig(dataset=self.args.dataset, data_root=self.args.data_root, teacher=self.teacher,
-                                 student=self.student, teacher_ckpt=teacher_path, iterations=self.iterations,
-                                 seed=seed, device=self.args.device, compile=self.args.compile, tensorboard=False)
-            train(None if resume else config, folder, resume=resume, progress=self.progress, overwrite=True)
+            config = self.config
+            values = {**self._shared(), **dataclasses.asdict(config.networks), **dataclasses.asdict(config.steps),
+                      **dataclasses.asdict(config.loop), "teacher_ckpt": teacher_path, "seed": seed,
+                      "tensorboard": False}
+            train(None if resume else TrainConfig.from_flat(values), folder, resume=resume, progress=self.progress,
+                  overwrite=True)
         return json.loads((folder / "summary.json").read_text())
 
     def kd_at(self, shots: str, seed: int, teacher_path: str) -> dict:
@@ -154,23 +133,27 @@ class Report:
         if self._fresh(folder, folder / "summary.json"):
             resume = (folder / "checkpoint.pt").is_file()
             print(f"KD+AT, M = {shots}, seed {seed}" + (" (resumed)" if resume else ""))
-            config = FewShotConfig(samples_per_class=shots, dataset=self.args.dataset, data_root=self.args.data_root,
-                                   teacher=self.teacher, student=self.student, teacher_ckpt=teacher_path,
-                                   iterations=self.args.fewshot_iterations, seed=seed, device=self.args.device)
+            config = FewShotConfig.from_flat({**self._shared(), "teacher": self.teacher, "student": self.student,
+                                              "teacher_ckpt": teacher_path,
+                                              "samples_per_class": shots, "seed": seed,
+                                              "iterations": self.config.comparison.fewshot_iterations})
             train_kd_at(config, folder, resume=resume, overwrite=True, progress=self.progress)
         return json.loads((folder / "summary.json").read_text())
 
     def curves(self, name: str, student_path: Path, teacher, loader, device) -> dict:
         folder = self.runs / "mte"
-        safe = f"{name}-N{self.mte_images}-K{self.args.mte_steps}".replace(" ", "_").replace("=", "")
+        comparison = self.config.comparison
+        safe = f"{name}-N{comparison.mte_images}-K{comparison.mte_steps}".replace(" ", "_").replace("=", "")
         done = folder / f"{safe}.json"
         if self._fresh(folder / f"{safe}.npz", done):
-            student = load_classifier(student_path, None, num_classes=self.num_classes, in_channels=self.channels,
+            data = self.config.data
+            student = load_classifier(student_path, None, num_classes=self.num_classes, in_channels=data.channels,
                                       what=name).to(device)
             start = time.perf_counter()
             # A weak student (M = 1) may agree with the teacher on fewer test images than N: it gets those.
-            curves = transition_curves(student, teacher, loader, n_images=self.mte_images, steps=self.args.mte_steps,
-                                       device=device, progress=self.progress, allow_fewer=True)
+            curves = transition_curves(student, teacher, loader, n_images=comparison.mte_images,
+                                       steps=comparison.mte_steps, device=device, progress=self.progress,
+                                       allow_fewer=True)
             writable_folder(folder)
             curves.save(folder / f"{safe}.npz")
             mean_a, mean_b = curves.mean_curves()
@@ -181,31 +164,27 @@ class Report:
 
     # -- the whole comparison ------------------------------------------------------------------------------------------
     def run(self) -> dict:
-        args = self.args
-        self.mte_images = args.mte_images or MTE_IMAGES.get(args.dataset, 1000)
+        seeds, shots, data = self.args.seeds, self.config.comparison.shots, self.config.data
         writable_folder(self.out, "report folder")
         teacher_path = self.teacher_file()
-        teacher_record = load_file(teacher_path)
-        normalisation = recorded_normalisation(teacher_record)
-        loader = evaluation_loader(args.dataset, root=args.data_root, download=args.download,
+        normalisation = recorded_normalisation(load_file(teacher_path))
+        loader = evaluation_loader(data.dataset, root=data.data_root, download=data.download,
                                    normalisation=normalisation)
-        device = torch.device(resolve_device(args.device))
-        probe = TrainConfig(dataset=args.dataset, data_root=args.data_root, teacher=self.teacher,
-                            device=args.device).resolved()
-        self.num_classes, self.channels = probe.num_classes, probe.channels
-        teacher = load_classifier(teacher_path, self.teacher, num_classes=self.num_classes, in_channels=self.channels,
+        device = torch.device(self.config.run.device)
+        self.num_classes = dataset_info(data.dataset, root=data.data_root).num_classes
+        teacher = load_classifier(teacher_path, self.teacher, num_classes=self.num_classes, in_channels=data.channels,
                                   what="teacher").to(device)
         teacher_acc = evaluate(teacher, loader, device)
 
-        methods = {"scratch": [self.scratch(seed) for seed in args.seeds],
-                   "zero-shot": [self.zero_shot(seed, teacher_path) for seed in args.seeds]}
-        for m in args.shots:
-            methods[f"kd-at-{m}"] = [self.kd_at(str(m), seed, teacher_path) for seed in args.seeds]
-        methods["kd-at-all"] = [self.kd_at("all", seed, teacher_path) for seed in args.seeds]
+        methods = {"scratch": [self.scratch(seed) for seed in seeds],
+                   "zero-shot": [self.zero_shot(seed, teacher_path) for seed in seeds]}
+        for m in shots:
+            methods[f"kd-at-{m}"] = [self.kd_at(str(m), seed, teacher_path) for seed in seeds]
+        methods["kd-at-all"] = [self.kd_at("all", seed, teacher_path) for seed in seeds]
 
-        first = f"seed{args.seeds[0]}"
+        first = f"seed{seeds[0]}"
         curve_students = {"zero-shot": self.runs / "zero-shot" / first / "student.pt"}
-        curve_students.update({f"KD+AT M={m}": self.runs / f"kd-at-{m}" / first / "student.pt" for m in args.shots})
+        curve_students.update({f"KD+AT M={m}": self.runs / f"kd-at-{m}" / first / "student.pt" for m in shots})
         curve_students["KD+AT full data"] = self.runs / "kd-at-all" / first / "student.pt"
         mte = {name: self.curves(name, path, teacher, loader, device) for name, path in curve_students.items()}
         return self._results(teacher_acc, teacher_path, methods, mte)
@@ -219,11 +198,12 @@ class Report:
                          "accuracy_mean": accuracy[0], "accuracy_std": accuracy[1],
                          "accuracies": [r["student_acc"] for r in runs],
                          "seconds_mean": statistics.fmean(r["seconds"] for r in runs)})
-        return {"dataset": self.args.dataset, "teacher": self.teacher, "student": self.student,
+        comparison = self.config.comparison
+        return {"dataset": self.config.data.dataset, "teacher": self.teacher, "student": self.student,
                 "teacher_ckpt": teacher_path, "teacher_acc": teacher_acc, "seeds": self.args.seeds,
-                "shots": self.args.shots, "zero_shot_iterations": self.iterations,
-                "fewshot_iterations": methods["kd-at-all"][0]["iterations"], "mte_images": self.mte_images,
-                "mte_steps": self.args.mte_steps, "methods": rows,
+                "shots": comparison.shots, "zero_shot_iterations": self.config.loop.iterations,
+                "fewshot_iterations": methods["kd-at-all"][0]["iterations"], "mte_images": comparison.mte_images,
+                "mte_steps": comparison.mte_steps, "methods": rows,
                 "mte": [{"method": name, "mte": value["mte"], "images": value["images"], "mean_a": value["mean_a"],
                          "mean_b": value["mean_b"], "seconds": value["seconds"]} for name, value in mte.items()],
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -313,8 +293,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     with errors_as_messages(parser, interrupted="run the same command again to continue where it stopped"):
-        if args.mte_steps is not None:
-            check_positive(args.mte_steps, "mte_steps")
         report = Report(args)
         results = report.run()
         results["seconds"] = time.perf_counter() - start

@@ -9,9 +9,11 @@ agreement.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,9 +21,10 @@ import torch.nn.functional as F
 
 from tqdm import tqdm
 
-from ._cli import errors_as_messages, program_parser
-from .common import check_count, eval_mode, writable_folder
-from .engine.config import StepSettings
+from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
+from .common import check_count, eval_mode, option, writable_folder
+from .engine.config import Composed
+from .engine.recipes import StepSettings
 from .engine.loop import zero_shot_knowledge_transfer
 from .engine.steps import ZSKTSteps
 from .models.mlp import MLPClassifier, MLPGenerator
@@ -87,7 +90,7 @@ def run_toy(*, num_classes: int = 3, iterations: int = 2000, seed: int = 0, snap
     student = MLPClassifier(num_classes=num_classes, hidden=64, depth=2)
     generator = MLPGenerator(z_dim=z_dim)
     settings = StepSettings(batch_size=batch_size, z_dim=z_dim, generator_lr=generator_lr, student_lr=student_lr,
-                            beta=0.0, backend="auto")
+                            beta=0.0, backend="auto", amp="off", channels_last=False, compile="off")
     steps = ZSKTSteps(teacher, student, generator, settings, torch.device("cpu"), seed=seed)
     grid = grid_points()
     teacher_grid = predict(teacher, grid)
@@ -177,17 +180,35 @@ def save_figures(result: dict, out: Path) -> list[str]:
     return written
 
 
+@dataclass
+class ToySettings:
+    """The two-dimensional demonstration."""
+    classes: int = option(3, "number of spiral arms (classes), 2 to 10")
+    iterations: int = option(2000, "iterations of Algorithm 1")
+    n_student_steps: int = option(5, "student steps per iteration")
+    snapshots: int = option(6, "moments of training drawn")
+    seed: int = option(0, "seed of the data, the networks and the noise")
+
+    def resolved(self, context=None) -> ToySettings:
+        check_count(self.classes, "--classes", minimum=2, maximum=10)
+        for name in ("iterations", "n_student_steps", "snapshots"):
+            check_count(getattr(self, name), "--" + name.replace("_", "-"))
+        check_count(self.seed, "--seed", minimum=0)
+        return dataclasses.replace(self)
+
+
+@dataclass
+class ToyConfig(Composed):
+    toy: ToySettings = dataclasses.field(default_factory=ToySettings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = program_parser(
         "toy",
         "Zero-shot knowledge transfer on 2-D spirals: a teacher MLP trained on them, a student MLP that "
         "never sees them and a generator of points, trained with Algorithm 1 and the package's KL op. "
         "Writes toy.png, toy.gif (with Pillow) and agreement.json to --out.")
-    p.add_argument("--classes", type=int, default=3, help="number of spiral arms (classes), 2 to 10")
-    p.add_argument("--iterations", type=int, default=2000, help="iterations of Algorithm 1")
-    p.add_argument("--n-student-steps", type=int, default=5, help="student steps per iteration")
-    p.add_argument("--snapshots", type=int, default=6, help="moments of training drawn")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data, the networks and the noise")
+    add_options(p, ToyConfig)
     p.add_argument("--out", default="runs/toy", help="output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -197,16 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     with errors_as_messages(parser):
-        check_count(args.classes, "--classes", minimum=2, maximum=10)
-        for name in ("iterations", "n_student_steps", "snapshots"):
-            check_count(getattr(args, name), "--" + name.replace("_", "-"))
+        settings = settings_from_args(ToyConfig, args).toy.resolved()
         out = writable_folder(args.out)
         start = time.perf_counter()
-        result = run_toy(num_classes=args.classes, iterations=args.iterations, seed=args.seed,
-                         snapshots=args.snapshots, n_student_steps=args.n_student_steps, progress=not args.no_progress)
+        result = run_toy(num_classes=settings.classes, iterations=settings.iterations, seed=settings.seed,
+                         snapshots=settings.snapshots, n_student_steps=settings.n_student_steps,
+                         progress=not args.no_progress)
     written = save_figures(result, out)
-    chance = 1 / args.classes
-    summary = {"classes": args.classes, "iterations": args.iterations, "seed": args.seed,
+    chance = 1 / settings.classes
+    summary = {"classes": settings.classes, "iterations": settings.iterations, "seed": settings.seed,
                "teacher_accuracy_on_data": result["teacher_acc"], "agreement_on_data": result["data_agreement"],
                "agreement_on_grid": result["grid_agreement"], "chance": chance,
                "snapshots": [{k: f[k] for k in ("iteration", "data_agreement", "grid_agreement")}

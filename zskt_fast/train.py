@@ -6,6 +6,7 @@ on first use) distilled into a WRN-16-1 student.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -15,14 +16,19 @@ from pathlib import Path
 import torch
 
 from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
-from .engine.checkpoint import CheckpointError
-from .engine.config import ALGORITHM, DATA, OUTPUTS, PROCESSES, SPEED, TrainConfig
-from .engine.distributed import (World, broadcast_object, init_world, launched_ranks,
-                                 process_group_closed_at_exit)
 from .common import writable_folder
 from .data import dataset_info
+from .engine.checkpoint import CheckpointError
+from .engine.config import TrainConfig
+from .engine.distill import RUN_FILES
+from .engine.distributed import (World, broadcast_object, init_world, launched_ranks,
+                                 process_group_closed_at_exit)
+from .engine.run import RunInterrupted, check_run_folder
+from .engine.settings import ALGORITHM, DATA, OUTPUTS, PROCESSES, SPEED
+from .engine.speed import amp_reason
+from .engine.teachers import pretrain_missing_teacher
+from .engine.trainer import prepare_run, train
 from .models import architecture_key, build_classifier, describe_network_nodes
-from .engine.trainer import RunInterrupted, check_run, check_run_folder, pretrain_cached_teacher, train
 
 RUN_INDEX = "run.json"  # in the parent folder: the settings of every seed, for --resume of the whole run
 
@@ -36,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Each seed writes a run folder: config.json, metrics.jsonl, checkpoint.pt, images/, student.pt, "
         "generator.pt and summary.json.")
     groups = add_options(p, TrainConfig, skip=("seed",), group_order=(DATA, ALGORITHM, SPEED, OUTPUTS, PROCESSES))
-    groups[ALGORITHM].add_argument("--seeds", type=int, nargs="+", default=[TrainConfig.seed],
+    groups[ALGORITHM].add_argument("--seeds", type=int, nargs="+", default=[0],
                                    help="run once per seed; with several, report mean ± std (population std) like "
                                         "the paper")
     out = groups[OUTPUTS]
@@ -60,61 +66,154 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@dataclasses.dataclass
+class SeedRun:
+    """One seed of a run: its settings (None: its folder's config.json), its folder, and whether it resumes."""
+    config: TrainConfig | None
+    folder: Path
+    resume: bool
+
+
+def plan_new_run(args: argparse.Namespace, world: World | None) -> tuple[Path, list[SeedRun]]:
+    """The parent folder and the seeds of a new run, every setting of every seed checked, and the seeds' folders,
+    before anything is written; then rank 0 writes run.json (and, under torchrun, pretrains a missing digits teacher
+    once, before the other processes look for it)."""
+    configs = [settings_from_args(TrainConfig, args, seed=seed).resolved() for seed in args.seeds]
+    first = configs[0]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or broadcast_object(f"runs/{first.data.dataset}-{first.networks.teacher}-"
+                                            f"{first.networks.student}-{stamp}".replace(":", "-"), world))
+    plan = [SeedRun(config, out / f"seed{config.run.seed}", False) for config in configs]
+    prepared = prepare_run(first)  # the seeds share data, networks and teacher: one check covers them all
+    for seed in plan:
+        check_run_folder(seed.folder, RUN_FILES, overwrite=args.overwrite, create=False)
+    if world is None or world.is_writer:
+        writable_folder(out)
+        (out / RUN_INDEX).write_text(json.dumps({"seeds": [c.to_dict() for c in configs]}, indent=2))
+        if world is not None and prepared.teacher_file is None:
+            pretrain_missing_teacher(first.networks, first.run, prepared.teacher_path, not args.no_progress)
+    return out, plan
+
+
+def plan_resumed_run(folder: Path) -> tuple[Path, list[SeedRun]]:
+    """A seedN folder continues that seed; a parent folder continues each unfinished seed of its run.json (starting
+    those that never wrote a checkpoint) and keeps the finished ones."""
+    if (folder / "config.json").is_file():
+        return folder.parent, [SeedRun(None, folder, True)]
+    if not (folder / RUN_INDEX).is_file():
+        raise CheckpointError(f"cannot resume {folder}: no config.json there (the seedN folder of a run), nor the "
+                              f"{RUN_INDEX} of a run's parent folder")
+    seeds = [TrainConfig.from_dict(values, source=str(folder / RUN_INDEX))
+             for values in json.loads((folder / RUN_INDEX).read_text())["seeds"]]
+    folders = [folder / f"seed{c.run.seed}" for c in seeds]
+    return folder, [SeedRun(c, seed_dir, (seed_dir / "checkpoint.pt").is_file()) for c, seed_dir in zip(seeds, folders)]
+
+
+def describe(config: TrainConfig, folder: Path, args: argparse.Namespace, world: World | None) -> list[str]:
+    """What a seed is about to do, said before it starts."""
+    steps = config.steps
+    why = f" (auto: {amp_reason(torch.device(config.run.device))})" if args.amp == "auto" and not args.resume else ""
+    lines = [f"seed {config.run.seed}: {config.networks.teacher} -> {config.networks.student} on "
+             f"{config.data.dataset}, {config.loop.iterations} iterations, {config.run.device}, amp {steps.amp}{why}, "
+             f"CUDA graphs {'on' if steps.cuda_graphs else 'off'}, compile {steps.compile}; writing {folder}"]
+    if world is not None and args.parallel == "data":
+        lines.append(f"data-parallel over {world.size} processes: {steps.batch_size // world.size} of the "
+                     f"{steps.batch_size} images of each batch per process")
+    if steps.compile != "off":
+        lines.append(f"the steps are compiled (torch.compile, mode {steps.compile}) during the first iteration, about "
+                     f"a minute on a small CPU; --compile off runs them eagerly")
+    return lines
+
+
+def run_seeds(plan: list[SeedRun], args: argparse.Namespace, world: World | None, say) -> list[dict]:
+    """Each seed's summary: a finished seed of a resumed run is kept, the others run (or continue)."""
+    summaries = []
+    for seed in plan:
+        if args.resume and (seed.folder / "summary.json").is_file():
+            summaries.append(json.loads((seed.folder / "summary.json").read_text()))
+            say(f"seed folder {seed.folder}: finished already")
+            continue
+        if seed.config is not None:
+            for line in describe(seed.config, seed.folder, args, world):
+                say(line)
+        # A seed of a resumed parent that never wrote a checkpoint starts again from nothing.
+        overwrite = args.overwrite or bool(args.resume)
+        summaries.append(train(seed.config, seed.folder, resume=seed.resume, overwrite=overwrite,
+                               progress=not args.no_progress and (world is None or world.is_writer),
+                               distributed=world is not None and args.parallel == "data"))
+    return summaries
+
+
+def report(summaries: list[dict], out: Path) -> None:
+    """Each seed's accuracies; with several, their mean ± std, also written to the parent's summary.json."""
+    for s in summaries:
+        print(f"seed {s['seed']}: teacher test accuracy {s['teacher_acc']:.2f}%, student test accuracy "
+              f"{s['student_acc']:.2f}% ({s['iterations']} iterations, {s['seconds']:.0f} s, "
+              f"{s['iterations_per_second']:.2f} it/s)")
+    if len(summaries) > 1:
+        accs = [s["student_acc"] for s in summaries]
+        print(f"student test accuracy over {len(accs)} seeds: {statistics.fmean(accs):.2f} ± "
+              f"{statistics.pstdev(accs):.2f}%")
+        (out / "summary.json").write_text(json.dumps(
+            {"student_acc_mean": statistics.fmean(accs), "student_acc_std": statistics.pstdev(accs),
+             "seeds": [s["seed"] for s in summaries], "runs": summaries}, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_arguments(parser, args)
+    if args.list_nodes:
+        with errors_as_messages(parser):
+            print(list_nodes(args.list_nodes, args))
+        return 0
+    with process_group_closed_at_exit(), errors_as_messages(parser):
+        world = _join_processes(args)
+        # Rank 0 speaks for a data-parallel run; in a seed-parallel one each process reports its own seeds.
+        say = print if world is None or world.is_writer or args.parallel == "seeds" else (lambda *a, **k: None)
+        out, plan = plan_resumed_run(Path(args.resume)) if args.resume else plan_new_run(args, world)
+        everything = plan
+        if world is not None:
+            torch.distributed.barrier()  # run.json written, a digits teacher pretrained: the others may look
+            if args.parallel == "seeds":  # independent runs from here on: nothing to wait for together
+                torch.distributed.destroy_process_group()
+                plan = plan[world.rank::world.size]
+                say(f"{world.size} processes share {len(everything)} seed(s): rank r runs seeds r, r + {world.size}, "
+                    f"...")
+        try:
+            summaries = run_seeds(plan, args, world, say)
+        except RunInterrupted as stopped:
+            target = out if len(everything) > 1 else stopped.run_dir
+            again = parser.prog if world is None else \
+                f"torchrun --nproc-per-node {world.size} -m {parser.prog.split()[-1]}"
+            parser.exit(128 + stopped.signum, f"\n{parser.prog}: {stopped}\ncontinue with: {again} --resume "
+                                              f"{target}\n" if world is None or world.is_writer else "")
+        if world is not None and not world.is_writer:
+            return 0
+        if world is not None and args.parallel == "seeds":
+            summaries = _wait_for_summaries([seed.folder for seed in everything])
+    report(summaries, out)
+    return 0
+
+
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds has repeats: {args.seeds}")
+    if args.resume:
+        extra = [action.option_strings[0] for action in parser._actions
+                 if action.option_strings and action.dest not in ("resume", "no_progress", "parallel", "help")
+                 and getattr(args, action.dest) != action.default]
+        if extra:
+            parser.error(f"--resume continues a run with its saved settings, which cannot change: drop "
+                         f"{', '.join(extra)}")
+
+
 def list_nodes(arch: str, args: argparse.Namespace) -> str:
     info = dataset_info(args.dataset, image_size=args.image_size, channels=args.channels)
     net = build_classifier(arch, args.num_classes or info.num_classes or 10, info.channels)
     shape = (info.channels, info.image_size, info.image_size)
     return (f"{architecture_key(arch)} on {'x'.join(map(str, shape))} images ({args.dataset}):\n" +
             describe_network_nodes(net, shape))
-
-
-def _mean_std(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.2f} ± {statistics.pstdev(values):.2f}"
-
-
-def _options_given(parser: argparse.ArgumentParser, args: argparse.Namespace, allowed: set[str]) -> list[str]:
-    """The options set to something other than their default, except `allowed` (destinations)."""
-    return [action.option_strings[0] for action in parser._actions
-            if action.option_strings and action.dest not in allowed and action.dest != "help"
-            and getattr(args, action.dest) != action.default]
-
-
-def _plan(args: argparse.Namespace, world: World | None = None
-          ) -> tuple[Path, list[tuple[TrainConfig | None, Path, bool]]]:
-    """(the parent folder, [(config, seed folder, resume)]) for a new run or for --resume: a seedN folder continues
-    that seed; a parent folder continues each unfinished seed of its run.json (starting those that never wrote a
-    checkpoint) and keeps the finished ones."""
-    if not args.resume:
-        # every setting of every seed checked before any work
-        configs = [settings_from_args(TrainConfig, args, seed=seed).resolved() for seed in args.seeds]
-        first = configs[0]
-        out = Path(args.out or broadcast_object(f"runs/{first.dataset}-{first.teacher}-{first.student}-"
-                                                f"{time.strftime('%Y%m%d-%H%M%S')}".replace(":", "-"), world))
-        plan = [(config, out / f"seed{config.seed}", False) for config in configs]
-        # Nothing is created before the checks pass. The seeds share data, networks and teacher: one check_run covers
-        # them all (it reads the data set and the teacher file).
-        checked = check_run(first)
-        for _, folder, _ in plan:
-            check_run_folder(folder, overwrite=args.overwrite, create=False)
-        if world is None or world.is_writer:
-            writable_folder(out)
-            (out / RUN_INDEX).write_text(json.dumps({"seeds": [c.to_dict() for c in configs]}, indent=2))
-            if world is not None and checked.pretrain_first:  # once, before the other processes look for it
-                pretrain_cached_teacher(first, checked.teacher_path, progress=not args.no_progress)
-        return out, plan
-    folder = Path(args.resume)
-    if (folder / "config.json").is_file():
-        return folder.parent, [(None, folder, True)]
-    if not (folder / RUN_INDEX).is_file():
-        raise CheckpointError(f"cannot resume {folder}: no config.json there (the seedN folder of a run), nor the "
-                              f"{RUN_INDEX} of a run's parent folder")
-    seeds = [TrainConfig.from_dict(values, source=str(folder / RUN_INDEX))
-             for values in json.loads((folder / RUN_INDEX).read_text())["seeds"]]
-    plan = []
-    for config in seeds:
-        seed_dir = folder / f"seed{config.seed}"
-        plan.append((config, seed_dir, (seed_dir / "checkpoint.pt").is_file()))
-    return folder, plan
 
 
 def _join_processes(args: argparse.Namespace) -> World | None:
@@ -136,84 +235,6 @@ def _wait_for_summaries(seed_dirs: list[Path], poll_seconds: float = 2.0) -> lis
     while any(not (d / "summary.json").is_file() for d in seed_dirs):
         time.sleep(poll_seconds)
     return [json.loads((d / "summary.json").read_text()) for d in seed_dirs]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if len(set(args.seeds)) != len(args.seeds):
-        parser.error(f"--seeds has repeats: {args.seeds}")
-    if args.resume:
-        extra = _options_given(parser, args, allowed={"resume", "no_progress", "parallel"})
-        if extra:
-            parser.error(f"--resume continues a run with its saved settings, which cannot change: drop "
-                         f"{', '.join(extra)}")
-    progress = not args.no_progress
-    if args.list_nodes:
-        with errors_as_messages(parser):
-            print(list_nodes(args.list_nodes, args))
-        return 0
-    with process_group_closed_at_exit():
-        with errors_as_messages(parser):
-            world = _join_processes(args)
-            # Rank 0 speaks for a data-parallel run; in a seed-parallel one each process reports its own seeds.
-            say = print if world is None or world.is_writer or args.parallel == "seeds" else (lambda *a, **k: None)
-            progress = progress and (world is None or world.is_writer)
-            out, plan = _plan(args, world)
-            if world is not None:
-                torch.distributed.barrier()  # run.json written, a digits teacher pretrained: the others may look
-                if args.parallel == "seeds":  # independent runs from here on: nothing to wait for together
-                    torch.distributed.destroy_process_group()
-            everything = plan
-            if world is not None and args.parallel == "seeds":
-                plan = plan[world.rank::world.size]
-                say(f"{world.size} processes share {len(everything)} seed(s): rank r runs seeds r, r + {world.size}, "
-                    f"...")
-            summaries = []
-            try:
-                for config, seed_dir, resume in plan:
-                    if (seed_dir / "summary.json").is_file() and args.resume:
-                        summaries.append(json.loads((seed_dir / "summary.json").read_text()))
-                        say(f"seed folder {seed_dir}: finished already")
-                        continue
-                    if config is not None:
-                        say(f"seed {config.seed}: {config.teacher} -> {config.student} on {config.dataset}, "
-                              f"{config.iterations} iterations, {config.device}, amp {config.amp}, "
-                              f"CUDA graphs {'on' if config.cuda_graphs else 'off'}, compile {config.compile}; "
-                              f"writing {seed_dir}")
-                        if world is not None and args.parallel == "data":
-                            say(f"data-parallel over {world.size} processes: {config.batch_size // world.size} of the "
-                                f"{config.batch_size} images of each batch per process")
-                        if config.compile != "off":
-                            say(f"the steps are compiled (torch.compile, mode {config.compile}) during the first "
-                                  "iteration, about a minute on a small CPU; --compile off runs them eagerly")
-                    # A seed of a resumed parent that never wrote a checkpoint starts again from nothing.
-                    summaries.append(train(config, seed_dir, resume=resume, progress=progress,
-                                           overwrite=args.overwrite or bool(args.resume),
-                                           distributed=world is not None and args.parallel == "data"))
-            except RunInterrupted as stopped:
-                target = out if len(everything) > 1 else stopped.run_dir
-                again = parser.prog if world is None else \
-                    f"torchrun --nproc-per-node {world.size} -m {parser.prog.split()[-1]}"
-                parser.exit(128 + stopped.signum, f"\n{parser.prog}: {stopped}\ncontinue with: {again} --resume "
-                                                  f"{target}\n" if world is None or world.is_writer else "")
-            if world is not None:
-                if not world.is_writer:
-                    return 0
-                if args.parallel == "seeds":
-                    summaries = _wait_for_summaries([seed_dir for _, seed_dir, _ in everything])
-
-        for s in summaries:
-            print(f"seed {s['seed']}: teacher test accuracy {s['teacher_acc']:.2f}%, student test accuracy "
-                  f"{s['student_acc']:.2f}% ({s['iterations']} iterations, {s['seconds']:.0f} s, "
-                  f"{s['iterations_per_second']:.2f} it/s)")
-        if len(summaries) > 1:
-            accs = [s["student_acc"] for s in summaries]
-            print(f"student test accuracy over {len(accs)} seeds: {_mean_std(accs)}%")
-            (out / "summary.json").write_text(json.dumps(
-                {"student_acc_mean": statistics.fmean(accs), "student_acc_std": statistics.pstdev(accs),
-                 "seeds": [s["seed"] for s in summaries], "runs": summaries}, indent=2))
-        return 0
 
 
 if __name__ == "__main__":

@@ -76,6 +76,15 @@ def check_finite(state: Mapping[str, torch.Tensor], source: str, hint: str = "")
             raise CheckpointError(f"{source}: {key} holds NaN or infinite values{hint}")
 
 
+def check_finite_weights(state: Mapping, source: str, part: str = "") -> None:
+    """Every tensor of every state dict nested in `state` is finite; the error names the state dict by its key."""
+    if any(isinstance(v, torch.Tensor) for v in state.values()):
+        check_finite(state, f"{source} ({part})" if part else source)
+    for key, value in state.items():
+        if isinstance(value, Mapping):
+            check_finite_weights(value, source, str(key))
+
+
 # Where a classifier's weights sit in a file: ours and the authors' teachers ('state_dict'), the authors' zero-shot
 # runs ('student_state_dict'), other trainers ('model').
 CLASSIFIER_KEYS = ("state_dict", "student_state_dict", "model")

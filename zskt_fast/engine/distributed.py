@@ -216,3 +216,31 @@ def convert_batch_norm(net: nn.Module, to_global: bool = True) -> nn.Module:
     for name, child in net.named_children():
         net.add_module(name, convert_batch_norm(child, to_global))
     return net
+
+
+def data_parallel_world(distributed: bool | None, batch_size: int) -> World | None:
+    """The ranks a run shares its batches with: None runs in this process alone. `distributed` None: the initialised
+    process group when there is one (torchrun); False: none; True: the process group, which must exist. A group of
+    one computes what one process computes, with no collective to wait for: None too."""
+    world = current_world() if distributed is not False else None
+    if distributed and world is None:
+        raise ValueError("distributed=True needs an initialised torch.distributed process group (launch with torchrun)")
+    if world is not None and batch_size % world.size:
+        raise ValueError(f"the global batch size {batch_size} is not divisible by the world size {world.size}: "
+                         f"choose a batch size that is a multiple of the number of processes")
+    return world if world is not None and world.size > 1 else None
+
+
+@contextlib.contextmanager
+def global_batch_norm(nets: list[nn.Module], enabled: bool):
+    """Inside the block, the batch-norm layers of `nets` normalise with the statistics of the global batch (before the
+    networks are traced for their features); the networks leave it plain again."""
+    if enabled:
+        for net in nets:
+            convert_batch_norm(net)
+    try:
+        yield
+    finally:
+        if enabled:
+            for net in nets:
+                convert_batch_norm(net, to_global=False)

@@ -7,26 +7,23 @@ checkpoint.pt (atomic, every few minutes, on SIGINT/SIGTERM), student.pt, summar
 from __future__ import annotations
 
 import json
-import math
 import os
-import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from ..common import writable_folder
 from ..data import dataset_labels, evaluation_loader, load_dataset
 from ..models import build_classifier, pair_networks, unwrap
 from ..ops import kd_at_loss
-from .checkpoint import CheckpointError, atomic_save, check_finite, load_file, load_into, recorded_normalisation, \
-    save_classifier
+from .checkpoint import CheckpointError, load_file, load_into, recorded_normalisation, save_classifier
 from .config import FewShotConfig
-from .distill import RunInterrupted, _exclusive, _stop_requests, check_run_folder
 from .evaluation import evaluate
-from .metrics import MetricsLog
+from .recipes import steps_per_epoch
+from .run import Run, check_run_folder
 from .schedules import cosine_lr
-from .trainer import find_teacher, pretrain_cached_teacher
+from .settings import Context, DATASET_DEFAULTS
+from .teachers import find_teacher, pretrain_missing_teacher
 
 FEWSHOT_FILES = ("config.json", "indices.json", "checkpoint.pt", "metrics.jsonl", "student.pt", "summary.json")
 
@@ -54,144 +51,132 @@ def samples_per_class_indices(labels: torch.Tensor, samples_per_class: str | int
     return torch.cat(chosen).sort().values
 
 
-def train_kd_at(config: FewShotConfig, run_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
-                progress: bool = True, stop: int | None = None) -> dict:
-    """Trains the student by KD+AT on `config.samples_per_class` images per class into `run_dir` (or continues it
-    from its checkpoint with `resume`, the folder's config.json then applying); returns the summary. `stop` ends it
-    after that many steps, as if killed there (tests)."""
+def train_kd_at(config: FewShotConfig | None, run_dir: str | os.PathLike, *, resume: bool = False,
+                overwrite: bool = False, progress: bool = True,
+                callbacks: Sequence[Callable[[int], None]] = ()) -> dict:
+    """Trains the student by KD+AT on `samples_per_class` images per class into `run_dir` (or continues it from its
+    checkpoint with `resume`, the folder's config.json then applying); returns the summary. `callbacks` are called as
+    f(steps_done) after every step, before its checkpoint; one that raises ends the run as a kill would."""
     run_dir = Path(run_dir).expanduser().absolute()
-    if resume:
-        path = run_dir / "config.json"
-        if not path.is_file():
-            raise CheckpointError(f"cannot resume {run_dir}: no config.json there")
-        config = FewShotConfig(**json.loads(path.read_text()))
-    config = config.resolved()
-    teacher_path, pretrain_first = find_teacher(config)
+    config = (_read_config(run_dir) if resume else config).resolved()
+    teacher_path, must_pretrain = find_teacher(config.data, config.networks)
     if not resume:
-        check_run_folder(run_dir, overwrite=overwrite, create=False)
-    if pretrain_first:
-        pretrain_cached_teacher(config, teacher_path, progress)
+        check_run_folder(run_dir, FEWSHOT_FILES, overwrite=overwrite, create=False)
+    if must_pretrain:
+        pretrain_missing_teacher(config.networks, config.run, teacher_path, progress)
     teacher_file = load_file(teacher_path)
-    mean, std = recorded_normalisation(teacher_file) or (None, None)
-    shape = {"root": config.data_root, "image_size": config.image_size, "channels": config.channels,
-             "normalisation": (mean, std) if mean is not None else None}
-    train_set = load_dataset(config.dataset, train=True, download=config.download, augment=True, **shape)
-    config = config.resolved(train_size=len(train_set))
-    config.teacher_ckpt = teacher_path
-    loader = evaluation_loader(config.dataset, download=config.download, **shape)
+    data = config.data
+    normalisation = (data.mean, data.std) if data.mean is not None else recorded_normalisation(teacher_file)
+    where = {"root": data.data_root, "download": data.download, "image_size": data.image_size,
+             "channels": data.channels, "normalisation": normalisation}
+    train_set = load_dataset(data.dataset, train=True, augment=True, **where)
+    config = config.resolved(Context(DATASET_DEFAULTS[data.dataset], torch.device(config.run.device),
+                                     steps_per_epoch=steps_per_epoch(len(train_set), config.sgd.batch_size)))
+    config.networks.teacher_ckpt = teacher_path
     labels = dataset_labels(train_set)
-    indices = samples_per_class_indices(labels, config.samples_per_class, config.seed,
+    indices = samples_per_class_indices(labels, config.kd.samples_per_class, config.run.seed,
                                         getattr(train_set, "classes", None))
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.run.seed)
     num_classes = int(labels.max()) + 1
-    teacher = build_classifier(config.teacher, num_classes, config.channels)
-    student = build_classifier(config.student, num_classes, config.channels)
+    teacher, student = (build_classifier(arch, num_classes, data.channels)
+                        for arch in (config.networks.teacher, config.networks.student))
     load_into(teacher, teacher_file, teacher_path, "teacher")
-    device = torch.device(config.device)
-    for net in (teacher, student):
-        net.to(device)
-    image_shape = (config.channels, config.image_size, config.image_size)
-    teacher, student, _ = pair_networks(teacher, student, image_shape=image_shape, use_attention=config.beta > 0)
-    teacher.eval().requires_grad_(False)
-    optimizer = torch.optim.SGD(student.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
-                                weight_decay=config.weight_decay)
-    batches = torch.Generator().manual_seed(config.seed + 1)
-    start, history, elapsed_before = 0, [], 0.0
-    if resume:
-        state = load_file(run_dir / "checkpoint.pt", map_location=device)
-        check_finite(state["student"], f"{run_dir / 'checkpoint.pt'} (student)")
-        student.load_state_dict(state["student"])
-        optimizer.load_state_dict(state["optimizer"])
-        batches.set_state(state["batches"])
-        torch.set_rng_state(state["rng"].cpu())
-        start, history, elapsed_before = state["iteration"], state["history"], state["elapsed"]
-    writable_folder(run_dir, "run folder")
-    with _exclusive(run_dir):
+    run = Run(run_dir, name=f"KD+AT M={config.kd.samples_per_class}", unit="step", total=config.kd.iterations,
+              files=FEWSHOT_FILES, folders=("tensorboard",), record=config.to_dict(), resume=resume,
+              overwrite=overwrite, outputs=config.outputs, device=torch.device(config.run.device), progress=progress,
+              advice="Lower the learning rate.")
+    trainer = _KDAT(config, teacher, student, train_set, indices, run)
+    loader = evaluation_loader(data.dataset, **where)
+    with run:
         if not resume:
-            for name in FEWSHOT_FILES:
-                (run_dir / name).unlink(missing_ok=True)
-            (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
             (run_dir / "indices.json").write_text(json.dumps(indices.tolist()))
-        return _train(config, teacher, student, optimizer, train_set, indices, batches, loader, device, run_dir,
-                      start, history, elapsed_before, progress, stop, mean, std)
+        teacher_acc = evaluate(teacher, loader, run.device)
+        trainer.train(loader, callbacks)
+        run.checkpoint(run.total, trainer.state())
+        student_acc = run.history[-1]["student_acc"]
+        save_classifier(unwrap(trainer.student), run_dir / "student.pt", test_acc=student_acc,
+                        arch=config.networks.student, dataset=data.dataset, teacher=config.networks.teacher,
+                        method="kd+at", samples_per_class=config.kd.samples_per_class,
+                        **({"normalisation": {"mean": list(normalisation[0]), "std": list(normalisation[1])}}
+                           if normalisation is not None else {}))
+        return run.finish({"method": "kd+at", "samples_per_class": config.kd.samples_per_class,
+                           "seed": config.run.seed, "teacher": config.networks.teacher,
+                           "student": config.networks.student, "dataset": data.dataset, "teacher_acc": teacher_acc,
+                           "student_acc": student_acc, "iterations": run.total, "images": len(indices),
+                           "history": run.history})
 
 
-def _train(config, teacher, student, optimizer, train_set, indices, batches, loader, device, run_dir, start, history,
-           elapsed_before, progress, stop, mean, std) -> dict:
-    log = MetricsLog(run_dir / "metrics.jsonl", keep_until=start if start else None)
-    teacher_acc = evaluate(teacher, loader, device)
-    clock = {"start": time.perf_counter(), "checkpoint": time.perf_counter()}
-    loss_sum, loss_count = torch.zeros((), device=device), 0
-    student.train()
+class _KDAT:
+    """The KD+AT training loop over the chosen images: its networks, optimiser and random draws."""
 
-    def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - clock["start"]
+    def __init__(self, config: FewShotConfig, teacher, student, train_set, indices: torch.Tensor, run: Run):
+        self.config, self.train_set, self.indices, self.run = config, train_set, indices, run
+        for net in (teacher, student):
+            net.to(run.device)
+        self.teacher, self.student, _ = pair_networks(teacher, student, image_shape=config.data.image_shape,
+                                                      attention=config.networks.attention_layers,
+                                                      use_attention=config.kd.beta > 0)
+        self.teacher.eval().requires_grad_(False)
+        sgd = config.sgd
+        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=sgd.lr, momentum=sgd.momentum, nesterov=True,
+                                         weight_decay=sgd.weight_decay)
+        self.batches = torch.Generator().manual_seed(config.run.seed + 1)
+        if run.state is not None:
+            self.student.load_state_dict(run.state["student"])
+            self.optimizer.load_state_dict(run.state["optimizer"])
+            self.batches.set_state(run.state["batches"])
+            torch.set_rng_state(run.state["rng"].cpu())
 
-    def checkpoint(next_iteration: int) -> None:
-        atomic_save({"iteration": next_iteration, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                     "batches": batches.get_state(), "rng": torch.get_rng_state(), "history": history,
-                     "elapsed": elapsed()}, run_dir / "checkpoint.pt")
-        clock["checkpoint"] = time.perf_counter()
+    def state(self) -> dict:
+        return {"student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "batches": self.batches.get_state(), "rng": torch.get_rng_state()}
 
-    bar = tqdm(total=config.iterations, initial=start, desc=f"KD+AT M={config.samples_per_class}", unit="step",
-               disable=not progress, dynamic_ncols=True)
-    end = config.iterations if stop is None else min(stop, config.iterations)
-    try:
-        with _stop_requests() as stop_requested:
-            for step in range(start, end):
-                for group in optimizer.param_groups:
-                    group["lr"] = cosine_lr(config.lr, step, config.iterations)
-                picks = indices[torch.randint(len(indices), (config.batch_size,), generator=batches)]
-                images, labels = zip(*(train_set[int(i)] for i in picks))
-                images = torch.stack(images).to(device, non_blocking=True)
-                labels = torch.as_tensor(labels, dtype=torch.long).to(device, non_blocking=True)
-                with torch.no_grad():
-                    teacher_logits, teacher_features = teacher(images)
-                logits, features = student(images)
-                loss = kd_at_loss(logits, teacher_logits, labels, features if config.beta > 0 else [],
-                                  teacher_features if config.beta > 0 else [], alpha=config.alpha,
-                                  temperature=config.temperature, beta=config.beta, backend=config.backend)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach()
-                loss_count += 1
-                bar.update(1)
-                done = step + 1
-                if done % config.eval_every == 0 or done == config.iterations:
-                    mean_loss = loss_sum.item() / loss_count
-                    if not math.isfinite(mean_loss):
-                        raise FloatingPointError(f"KD+AT diverged: non-finite loss by step {done}; lower the learning "
-                                                 f"rate")
-                    accuracy = evaluate(student, loader, device)
-                    history.append({"iteration": done, "student_acc": accuracy})
-                    log.write({"iteration": done, "loss": mean_loss, "lr": cosine_lr(config.lr, step,
-                                                                                      config.iterations),
-                               "student_acc": accuracy})
-                    bar.set_postfix({"loss": f"{mean_loss:.3f}", "acc": f"{accuracy:.1f}"})
-                    loss_sum.zero_()
-                    loss_count = 0
-                due = time.perf_counter() - clock["checkpoint"] >= 60 * config.checkpoint_minutes
-                if (due or stop_requested) and done < config.iterations:
-                    checkpoint(done)
-                if stop_requested and done < config.iterations:
-                    raise RunInterrupted(stop_requested["signal"], run_dir, done)
-    finally:
-        bar.close()
-        log.close()
-    if end < config.iterations:
-        checkpoint(end)
-        return {"stopped_at": end}
-    checkpoint(config.iterations)
-    student_acc = history[-1]["student_acc"]
-    save_classifier(unwrap(student), run_dir / "student.pt", test_acc=student_acc, arch=config.student,
-                    dataset=config.dataset, teacher=config.teacher, method="kd+at",
-                    samples_per_class=config.samples_per_class,
-                    **({"normalisation": {"mean": list(mean), "std": list(std)}} if mean is not None else {}))
-    seconds = elapsed()
-    summary = {"method": "kd+at", "samples_per_class": config.samples_per_class, "seed": config.seed,
-               "teacher": config.teacher, "student": config.student, "dataset": config.dataset,
-               "teacher_acc": teacher_acc, "student_acc": student_acc, "iterations": config.iterations,
-               "images": len(indices), "seconds": seconds, "history": history}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    def step(self, step: int) -> torch.Tensor:
+        """One SGD step on a batch drawn with replacement from the chosen images; returns the loss."""
+        config, device = self.config, self.run.device
+        for group in self.optimizer.param_groups:
+            group["lr"] = cosine_lr(config.sgd.lr, step, self.run.total)
+        picks = self.indices[torch.randint(len(self.indices), (config.sgd.batch_size,), generator=self.batches)]
+        images, labels = zip(*(self.train_set[int(i)] for i in picks))
+        images = torch.stack(images).to(device, non_blocking=True)
+        labels = torch.as_tensor(labels, dtype=torch.long).to(device, non_blocking=True)
+        with torch.no_grad():
+            teacher_logits, teacher_features = self.teacher(images)
+        logits, features = self.student(images)
+        attention = config.kd.beta > 0
+        loss = kd_at_loss(logits, teacher_logits, labels, features if attention else [],
+                          teacher_features if attention else [], alpha=config.kd.alpha,
+                          temperature=config.kd.temperature, beta=config.kd.beta, backend=config.kd.backend)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def train(self, test_batches, callbacks) -> None:
+        run, outputs = self.run, self.config.outputs
+        loss_sum, loss_count = torch.zeros((), device=run.device), 0
+        self.student.train()
+        for step in range(run.start, run.total):
+            loss_sum += self.step(step)
+            loss_count += 1
+            done = step + 1
+            if done % outputs.log_every == 0 or done % outputs.eval_every == 0 or done == run.total:
+                values = {"loss": loss_sum.item() / loss_count, "lr": cosine_lr(self.config.sgd.lr, step, run.total)}
+                if done % outputs.eval_every == 0 or done == run.total:
+                    values["student_acc"] = evaluate(self.student, test_batches, run.device)
+                    run.evaluated(done, values["student_acc"])
+                record = run.log(done, values, check=("loss",))
+                run.show(loss=f"{record['loss']:.3f}", **({"acc": f"{values['student_acc']:.1f}"}
+                                                          if "student_acc" in values else {}))
+                loss_sum.zero_()
+                loss_count = 0
+            for callback in callbacks:
+                callback(done)
+            run.iteration_done(done, self.state)
+
+
+def _read_config(run_dir: Path) -> FewShotConfig:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume {run_dir}: no config.json there")
+    return FewShotConfig.from_flat(json.loads(path.read_text()), source=str(path))

@@ -75,3 +75,33 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, mean, std,
     pixels = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(path)
+
+
+class MetricsWindow:
+    """Sums of the zero-shot loop's per-iteration metrics on the device, read (one host synchronisation) only when
+    logged. Its state goes into checkpoints, so that a window cut by a checkpoint continues exactly after a resume."""
+    NAMES = ("loss_generator", "loss_student", "teacher_max_prob", "student_max_prob")
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(len(self.NAMES), device=device)
+        self.count = 0
+
+    @torch.no_grad()
+    def add(self, outputs: dict) -> None:
+        max_p_T = torch.softmax(outputs["teacher_logits"].float(), 1).amax(1).mean()
+        max_p_S = torch.softmax(outputs["student_logits"].float(), 1).amax(1).mean()
+        self.sums += torch.stack([outputs["loss_G"].float(), outputs["loss_S"].float(), max_p_T, max_p_S])
+        self.count += 1
+
+    def pop(self) -> dict:
+        values = (self.sums / max(self.count, 1)).tolist()
+        self.sums.zero_()
+        self.count = 0
+        return dict(zip(self.NAMES, values))
+
+    def state_dict(self) -> dict:
+        return {"sums": self.sums.cpu().clone(), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums.copy_(state["sums"])
+        self.count = int(state["count"])

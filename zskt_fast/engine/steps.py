@@ -1,10 +1,8 @@
-"""The three kinds of work in one iteration of Algorithm 1, eager, compiled, or replayed from CUDA graphs.
+"""The three kinds of work in one iteration of Algorithm 1, eager or compiled (engine/graphs.py replays them from
+CUDA graphs).
 
 `ZSKTSteps` runs them eagerly (any device), or, with the `compile` setting, through torch.compile: the networks and
-fused losses of each step as one graph (fullgraph), clipping and the Adam update as another. `GraphedZSKTSteps`
-captures each one once as a CUDA graph over static buffers and replays it: the generator step, the images-and-teacher
-pass, and the student step (compiled or not). Capture needs host-synchronisation-free steps, hence capturable Adam with
-a tensor learning rate (the cosine schedule fills it in place) and clipping whose scale stays on the device.
+fused losses of each step as one graph (fullgraph), clipping and the Adam update as another.
 """
 from __future__ import annotations
 
@@ -16,9 +14,11 @@ from torch import nn
 
 from ..models import FeatureNetwork
 from ..ops import key_compile_caches_by_build, zskt_generator_loss, zskt_student_loss
-from .config import AMP_DTYPES, StepSettings, check_cuda_graphs
 from .distributed import World, average_gradients
+from .recipes import StepSettings
 from .schedules import cosine_lr
+from .settings import Context
+from .speed import AMP_DTYPES
 
 
 @contextlib.contextmanager
@@ -55,7 +55,7 @@ class ZSKTSteps:
         gradients are averaged across ranks before each update (batch-norm layers synchronise themselves)."""
         self.device = torch.device(device)
         self.world = world if world is not None and world.size > 1 else None
-        settings = settings.resolved(self.device)
+        settings = settings.resolved(Context(device=self.device))
         self.teacher, self.student, self.generator = teacher, student, generator
         self.settings = settings
         teacher.eval().requires_grad_(False)
@@ -79,9 +79,9 @@ class ZSKTSteps:
         # network (wrapped for its features) may hold code dynamo cannot capture whole, and the batch-norm layers of a
         # data-parallel run hold collectives that run eagerly: those graph-break.
         whole = not any(isinstance(net, FeatureNetwork) for net in (teacher, student)) and self.world is None
-        self._generator_loss, self._images_and_teacher, self._student_loss = (
-            self._compiled(fn, fullgraph=whole) for fn in (self.generator_loss, self.images_and_teacher_outputs,
-                                                          self.student_loss))
+        self._generator_loss, self._teacher_forward, self._student_loss = (
+            self._compiled(fn, fullgraph=whole)
+            for fn in (self.generator_loss, self.teacher_forward, self.student_loss))
         self._update_G, self._update_S = (
             self._compiled(lambda o=optimizer, p=list(net.parameters()): self.clip_and_update(p, o), fullgraph=False)
             for net, optimizer in ((generator, self.optimizer_G), (student, self.optimizer_S)))
@@ -123,7 +123,7 @@ class ZSKTSteps:
         (the authors' code recomputes G(z) before each of the n_S student steps: pass n_S to match it); the images
         are those of one pass, which is all that n passes of an unchanged G over the same z give."""
         with repeated_batchnorm_updates(self.generator, generator_passes):
-            images, logits, features = self._images_and_teacher(z)
+            images, logits, features = self._teacher_forward(z)
         return images, TeacherOutputs(logits, features)
 
     def student_step(self, images: torch.Tensor, teacher: TeacherOutputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +142,8 @@ class ZSKTSteps:
                                        backend=self.settings.backend)
 
     @torch.no_grad()
-    def images_and_teacher_outputs(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def teacher_forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """G(z) and the teacher's outputs on it, without gradients: the forward work of images_and_teacher."""
         with self.autocast():
             images = self.generator(z)
             logits, features = self.teacher(images)
@@ -216,97 +217,3 @@ class ZSKTSteps:
         for name in ("scaler_G", "scaler_S"):
             if getattr(self, name) is not None and state.get(name):
                 getattr(self, name).load_state_dict(state[name])
-
-
-class GraphedZSKTSteps(ZSKTSteps):
-    """The same steps, each captured once as a CUDA graph and replayed. Call `capture()` after loading any state."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        check_cuda_graphs(self.settings.amp, self.device, self.settings.compile)
-        self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
-
-    def _adam(self, net: nn.Module, lr: float) -> torch.optim.Adam:
-        # capturable: the step counter and bias corrections stay on the GPU; a tensor lr is updated in place.
-        return torch.optim.Adam(net.parameters(), lr=torch.tensor(lr, device=self.device), capturable=True,
-                                foreach=True)
-
-    def _tensors_to_restore(self) -> list[torch.Tensor]:
-        tensors = [t for net in (self.student, self.generator) for t in (*net.parameters(), *net.buffers())]
-        for optimizer in (self.optimizer_G, self.optimizer_S):
-            for state in optimizer.state.values():
-                tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
-        return tensors
-
-    def capture(self, warmup_steps: int = 3, generator_passes: int = 1) -> None:
-        """Warm up on a side stream (as capture requires), capture the three graphs, then put every parameter, buffer
-        and optimiser state back as it was, so that capturing changes nothing in the run. `generator_passes` is
-        images_and_teacher's (the loop's n_S), fixed in the captured graph."""
-        self.generator_passes = generator_passes
-        fresh_optimizers = not any(self.optimizer_G.state) and not any(self.optimizer_S.state)
-        saved = [t.detach().clone() for t in self._tensors_to_restore()]
-        noise_state = self.noise.get_state()
-        self.static_z = super().sample_noise().clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup_steps):
-                super().generator_step(self.static_z)
-                images, teacher = super().images_and_teacher(self.static_z, generator_passes)
-                super().student_step(images, teacher)
-        torch.cuda.current_stream().wait_stream(side)
-
-        for optimizer in (self.optimizer_G, self.optimizer_S):
-            optimizer.zero_grad(set_to_none=True)
-        self.graphs = {name: torch.cuda.CUDAGraph() for name in ("generator", "images", "student")}
-        try:
-            with torch.cuda.graph(self.graphs["generator"]):
-                self.static_loss_G = super().generator_step(self.static_z)
-            with torch.cuda.graph(self.graphs["images"]):
-                self.static_images, self.static_teacher = super().images_and_teacher(self.static_z, generator_passes)
-            with torch.cuda.graph(self.graphs["student"]):
-                self.static_loss_S, self.static_logits_S = super().student_step(self.static_images,
-                                                                                 self.static_teacher)
-        except RuntimeError as error:
-            raise ValueError(
-                f"the steps cannot be captured as CUDA graphs ({str(error).splitlines()[0]}): a network that waits "
-                f"for the GPU inside its forward pass (control flow on tensor values, .item(), .tolist()) cannot be "
-                f"replayed; set cuda_graphs off (--no-cuda-graphs)") from error
-
-        current = self._tensors_to_restore()
-        with torch.no_grad():
-            if fresh_optimizers:  # warm-up created the optimiser state: zero it, as a fresh optimiser has none
-                n_model = len(saved)
-                for t in current[n_model:]:
-                    t.zero_()
-                current, restore = current[:n_model], saved
-            else:
-                restore = saved
-            for t, s in zip(current, restore):
-                t.copy_(s)
-        self.noise.set_state(noise_state)
-        torch.cuda.synchronize()
-
-    # Replays read and write the static buffers captured above: the arguments the eager steps take are the same
-    # buffers here (the loop passes back what these return), so they are accepted and not read.
-    def sample_noise(self) -> torch.Tensor:
-        if self.world is None:
-            self.static_z.normal_(generator=self.noise)
-        else:
-            self.static_z.copy_(super().sample_noise())
-        return self.static_z
-
-    def generator_step(self, _static_z: torch.Tensor) -> torch.Tensor:
-        self.graphs["generator"].replay()
-        return self.static_loss_G
-
-    def images_and_teacher(self, _static_z: torch.Tensor, generator_passes: int = 1):
-        if generator_passes != self.generator_passes:
-            raise ValueError(f"the images pass was captured for {self.generator_passes} generator passes (n_S) and is "
-                             f"asked for {generator_passes}: capture(generator_passes={generator_passes})")
-        self.graphs["images"].replay()
-        return self.static_images, self.static_teacher
-
-    def student_step(self, _static_images: torch.Tensor, _static_teacher: TeacherOutputs):
-        self.graphs["student"].replay()
-        return self.static_loss_S, self.static_logits_S

@@ -1,16 +1,14 @@
-"""Teachers: where pretrained ones are cached, and pretraining one with the standard recipe."""
+"""Where a run's teacher comes from: the file given, else the cache of pretrained teachers (filled on first use for
+digits)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import torch
-
-from ..data import dataset_info, evaluation_loader, load_dataset
-from ..models import build_classifier
-from .checkpoint import save_classifier
+from .checkpoint import CheckpointError
 from .config import PretrainConfig
-from .supervised import train_classifier
+from .settings import DataSettings, NetworkSettings, RunSettings
+from .supervised import train_supervised
 
 
 def cache_dir() -> Path:
@@ -24,24 +22,28 @@ def default_teacher_path(dataset: str, arch: str) -> Path:
     return cache_dir() / "teachers" / f"{dataset}-{arch.lower().replace(':', '-')}.pt"
 
 
-def pretrain_teacher(config: PretrainConfig, out: str | os.PathLike, *, progress: bool = True) -> dict:
-    """Trains `config.arch` on `config.dataset` with SGD and writes a checkpoint that the trainer loads; returns its
-    metadata."""
-    config = config.resolved()
-    shape = {"image_size": config.image_size, "channels": config.channels}
-    info = dataset_info(config.dataset, root=config.data_root, **shape)
-    mean, std = info.mean, info.std
-    train_set = load_dataset(config.dataset, train=True, root=config.data_root, download=config.download,
-                             augment=True, **shape)
-    loader = evaluation_loader(config.dataset, root=config.data_root, download=config.download, **shape)
-    torch.manual_seed(config.seed)
-    net = build_classifier(config.arch, info.num_classes, info.channels)
-    result = train_classifier(net, train_set, loader, config, device=config.device, progress=progress)
-    metadata = {"arch": config.arch, "dataset": config.dataset, "test_acc": result["test_acc"],
-                "image_size": info.image_size, "channels": info.channels,
-                "epochs": config.epochs, "seed": config.seed,
-                "normalisation": {"mean": list(mean), "std": list(std)},
-                "recipe": f"SGD nesterov lr {config.lr} wd {config.weight_decay} {config.schedule}, batch "
-                          f"{config.batch_size}, augmentation {info.augmentation}"}
-    save_classifier(net, out, **metadata)
-    return {**metadata, "seconds": result["seconds"], "path": os.fspath(out)}
+def find_teacher(data: DataSettings, networks: NetworkSettings) -> tuple[str, bool]:
+    """(the teacher file, whether it must be pretrained first): the teacher_ckpt given, else the cached pretrained
+    one. For digits a missing cache entry is pretrained (seconds); for the other data sets it is an error that says
+    how to make one."""
+    if networks.teacher_ckpt:
+        if not os.path.isfile(networks.teacher_ckpt):
+            raise CheckpointError(f"teacher checkpoint not found: {networks.teacher_ckpt}")
+        return networks.teacher_ckpt, False
+    cached = default_teacher_path(data.dataset, networks.teacher)
+    if cached.is_file():
+        return str(cached), False
+    if data.dataset != "digits":
+        raise CheckpointError(
+            f"no teacher checkpoint: give a teacher file (teacher_ckpt, --teacher-ckpt PATH; the authors' released "
+            f"last.pth.tar files load as they are), or train one with `python -m zskt_fast.pretrain --dataset "
+            f"{data.dataset} --arch {networks.teacher}`, which writes {cached}, where the trainer looks")
+    return str(cached), True
+
+
+def pretrain_missing_teacher(networks: NetworkSettings, run: RunSettings, path: str, progress: bool) -> None:
+    """Trains the digits teacher the cache lacks, into `path`."""
+    print(f"pretraining the {networks.teacher} teacher on digits (first use; cached at {path})")
+    config = PretrainConfig.from_flat({"dataset": "digits", "arch": networks.teacher, "device": run.device})
+    result = train_supervised(config, path, progress=progress)
+    print(f"teacher test accuracy {result['test_acc']:.2f}% ({result['seconds']:.0f} s)")

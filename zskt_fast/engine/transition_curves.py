@@ -8,7 +8,6 @@ run together, in chunks sized to a memory budget.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,10 +19,11 @@ from torch import nn
 from tqdm import tqdm
 
 from ..common import check_choice, check_count, check_positive, eval_mode
-from ..models import classifier_logits
 from .distributed import current_world
+from .matching_images import SOURCES, image_batches, logits_of, select_matching_images
 
-SOURCES = ("agreed", "label")  # the source class of a trajectory: A's and B's common prediction, or the label
+__all__ = ["SOURCES", "TransitionCurves", "mean_transition_error", "select_matching_images", "transition_curves"]
+
 DEFAULT_IMAGES = 1000  # N, the paper's
 DEFAULT_STEPS = 100  # K
 DEFAULT_STEP_SIZE = 1.0  # xi
@@ -58,79 +58,6 @@ class TransitionCurves:
                             mte=self.mte, steps=self.steps, step_size=self.step_size)
 
 
-def _logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return classifier_logits(net(x))
-
-
-def _batches(data) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
-    """(images, labels or None) from a tensor, an (images, labels) pair, or an iterable of (images, labels) / images
-    batches."""
-    if isinstance(data, torch.Tensor):
-        yield data, None
-        return
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor) and \
-            isinstance(data[1], torch.Tensor) and data[0].dim() >= 2:
-        yield data[0], data[1]
-        return
-    for batch in data:
-        if isinstance(batch, (tuple, list)):
-            yield batch[0], batch[1] if len(batch) > 1 else None
-        else:
-            yield batch, None
-
-
-def _in_order(data, shuffle_seed: int | None) -> Iterable[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
-    """(images, labels, positions in the data) batches: in the data's order, or, with `shuffle_seed`, all images in
-    the order of torch.randperm seeded with it."""
-    if shuffle_seed is None:
-        seen = 0
-        for images, labels in _batches(data):
-            yield images, labels, torch.arange(seen, seen + len(images))
-            seen += len(images)
-        return
-    parts = list(_batches(data))
-    images = torch.cat([p[0] for p in parts])
-    labels = None if any(p[1] is None for p in parts) else torch.cat([p[1] for p in parts])
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(shuffle_seed))
-    yield images[order], None if labels is None else labels[order], order
-
-
-@torch.no_grad()
-def select_matching_images(net_a: nn.Module, net_b: nn.Module, data, n_images: int, device,
-                           batch_size: int = 500, *, source: str = "agreed",
-                           shuffle_seed: int | None = None, allow_fewer: bool = False
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The first `n_images` images (in the order given, or a seeded random order) on which A and B predict the same
-    class: (images, their source class, their positions in the data). The source class is that prediction
-    (source="agreed", the paper's Algorithm 2) or the data set's label (source="label", the authors' code). Raises
-    ValueError saying how many were found when too few."""
-    check_choice(source, SOURCES, "source")
-    chosen, classes, indices, seen = [], [], [], 0
-    with eval_mode(net_a, net_b):
-        for batch, labels, positions in _in_order(data, shuffle_seed):
-            if source == "label" and labels is None:
-                raise ValueError("source 'label' needs labels: give (images, labels) or a loader of such batches")
-            for start in range(0, len(batch), batch_size):
-                x = batch[start:start + batch_size].to(device)
-                pred_a, pred_b = _logits(net_a, x).argmax(1), _logits(net_b, x).argmax(1)
-                match = (pred_a == pred_b).nonzero().flatten()
-                chosen.append(x[match].cpu())
-                source_class = pred_a[match].cpu() if source == "agreed" else labels[start:start + batch_size][
-                    match.cpu()].long()
-                classes.append(source_class)
-                indices.append(positions[start:start + batch_size][match.cpu()])
-                if sum(len(c) for c in classes) >= n_images:
-                    break
-            seen += len(batch)
-            if sum(len(c) for c in classes) >= n_images:
-                break
-    found = sum(len(c) for c in classes)
-    if found < n_images and not (allow_fewer and found > 0):
-        raise ValueError(f"networks A and B predict the same class on only {found} of the {seen} images given; "
-                         f"{n_images} were asked for (ask for fewer)")
-    return torch.cat(chosen)[:n_images], torch.cat(classes)[:n_images], torch.cat(indices)[:n_images]
-
-
 def _bytes_per_trajectory(net_a: nn.Module, image: torch.Tensor) -> int:
     """Memory one trajectory needs during a step: what autograd saves for the backward pass through A (counted with
     saved-tensor hooks on probe batches of 2 and 6, so that the weights, saved once whatever the batch, drop out), times
@@ -145,7 +72,7 @@ def _bytes_per_trajectory(net_a: nn.Module, image: torch.Tensor) -> int:
 
         x = image.unsqueeze(0).expand(batch, *image.shape).clone().requires_grad_(True)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            _logits(net_a, x)
+            logits_of(net_a, x)
         return total
 
     return max(3 * (saved_bytes(6) - saved_bytes(2)) // 4, 1)
@@ -174,6 +101,35 @@ def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int
     contiguous block; every trajectory is independent of the others) and gathered, so that every rank returns the
     curves of all of them. `allow_fewer`: when A and B agree on fewer than `n_images` images, use those (N is then
     len(curves.sources)) instead of raising."""
+    _check_options(n_images, steps, step_size, source, shuffle_seed, max_batch, memory_budget)
+    if device is None:
+        param = next(net_a.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    num_classes = _common_classes(net_a, net_b, data, device)
+    images, sources, indices = select_matching_images(net_a, net_b, data, n_images, device, source=source,
+                                                      shuffle_seed=shuffle_seed, allow_fewer=allow_fewer)
+    # Trajectory t = n * (C - 1) + k starts from image n and heads for class (i_n + k + 1) % C.
+    targets = (sources[:, None] + torch.arange(1, num_classes)[None, :]) % num_classes   # [N, C-1]
+    start_images = images.repeat_interleave(num_classes - 1, dim=0)                      # [N(C-1), ...]
+    total = targets.numel()
+    with eval_mode(net_a, net_b):
+        per_trajectory = _bytes_per_trajectory(net_a, images[0].to(device))
+    chunk = max(1, (memory_budget or default_memory_budget(device)) // per_trajectory)
+    chunk = min(chunk, total, max_batch or total)
+    world = current_world() if distributed else None
+    low, high = (0, total) if world is None else (world.rank * total // world.size,
+                                                  (world.rank + 1) * total // world.size)
+    p_a, p_b = _trajectories(net_a, net_b, start_images, targets.flatten(), (low, high), chunk, steps, step_size,
+                             device, progress)
+    if world is not None and world.size > 1:
+        p_a, p_b = _gathered(p_a, p_b, low, high)
+    shape = (len(images), num_classes - 1, steps)
+    return TransitionCurves(p_a.view(shape).cpu(), p_b.view(shape).cpu(), targets, sources, indices, steps,
+                            float(step_size))
+
+
+def _check_options(n_images, steps, step_size, source, shuffle_seed, max_batch, memory_budget) -> None:
     check_count(n_images, "n_images")
     check_choice(source, SOURCES, "source")
     if shuffle_seed is not None:
@@ -184,41 +140,30 @@ def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int
         check_count(max_batch, "max_batch")
     if memory_budget is not None:
         check_count(memory_budget, "memory_budget")
-    if device is None:
-        param = next(net_a.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-    device = torch.device(device)
 
-    first = next(iter(_batches(data)), (None, None))[0]
+
+def _common_classes(net_a: nn.Module, net_b: nn.Module, data, device: torch.device) -> int:
+    """The number of classes both networks predict, read off one image; raises ValueError when they differ."""
+    first = next(iter(image_batches(data)), (None, None))[0]
     if first is None or len(first) == 0:
         raise ValueError("no images given")
     with torch.no_grad(), eval_mode(net_a, net_b):
         probe = first[:1].to(device)
-        classes_a, classes_b = _logits(net_a, probe).shape[1], _logits(net_b, probe).shape[1]
+        classes_a, classes_b = logits_of(net_a, probe).shape[1], logits_of(net_b, probe).shape[1]
     if classes_a != classes_b:
         raise ValueError(f"network A predicts {classes_a} classes and network B {classes_b}: their transition curves "
                          f"cannot be compared")
-    num_classes = classes_a
-    if num_classes < 2:
+    if classes_a < 2:
         raise ValueError("transition curves need at least 2 classes")
-    images, sources, indices = select_matching_images(net_a, net_b, data, n_images, device, source=source,
-                                                      shuffle_seed=shuffle_seed, allow_fewer=allow_fewer)
-    n_images = len(images)
+    return classes_a
 
-    # Trajectory t = n * (C - 1) + k starts from image n and heads for class (i_n + k + 1) % C.
-    offsets = torch.arange(1, num_classes)
-    targets = (sources[:, None] + offsets[None, :]) % num_classes           # [N, C-1]
-    start_images = images.repeat_interleave(num_classes - 1, dim=0)        # [N(C-1), ...]
-    flat_targets = targets.flatten()
-    total = len(flat_targets)
-    with eval_mode(net_a, net_b):
-        per_trajectory = _bytes_per_trajectory(net_a, images[0].to(device))
-    chunk = max(1, (memory_budget or default_memory_budget(device)) // per_trajectory)
-    chunk = min(chunk, total, max_batch or total)
 
-    world = current_world() if distributed else None
-    low, high = (0, total) if world is None else (world.rank * total // world.size,
-                                                  (world.rank + 1) * total // world.size)
+def _trajectories(net_a: nn.Module, net_b: nn.Module, start_images: torch.Tensor, targets: torch.Tensor,
+                  span: tuple[int, int], chunk: int, steps: int, step_size: float, device: torch.device,
+                  progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """p_a and p_b [total, K] of the trajectories in `span` (the others' rows stay unset), `chunk` at a time."""
+    low, high = span
+    total = len(targets)
     p_a = torch.empty(total, steps, device=device)  # filled on the device: no host synchronisation per step
     p_b = torch.empty(total, steps, device=device)
     bar = tqdm(total=math.ceil((high - low) / chunk) * steps, desc="transition curves", unit="step",
@@ -227,15 +172,15 @@ def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int
         for begin in range(low, high, chunk):
             end = min(begin + chunk, high)
             x = start_images[begin:end].to(device)
-            target = flat_targets[begin:end].to(device)
+            target = targets[begin:end].to(device)
             rows = torch.arange(len(target), device=device)
             for k in range(steps):
                 last = k == steps - 1  # the image after the last update is never looked at: no backward for it
                 x = x.detach().requires_grad_(not last)
                 with torch.set_grad_enabled(not last):
-                    logits_a = _logits(net_a, x)
+                    logits_a = logits_of(net_a, x)
                 with torch.no_grad():
-                    logits_b = _logits(net_b, x)
+                    logits_b = logits_of(net_b, x)
                     p_a[begin:begin + len(target), k] = F.softmax(logits_a.float(), 1)[rows, target]
                     p_b[begin:begin + len(target), k] = F.softmax(logits_b.float(), 1)[rows, target]
                 if not last:
@@ -245,15 +190,17 @@ def transition_curves(net_a: nn.Module, net_b: nn.Module, data, *, n_images: int
                     x = x.detach() - step_size * grad
                 bar.update(1)
     bar.close()
-    if world is not None and world.size > 1:
-        blocks = [None] * world.size
-        dist.all_gather_object(blocks, (low, high, p_a[low:high].cpu(), p_b[low:high].cpu()))
-        p_a, p_b = p_a.cpu(), p_b.cpu()
-        for block_low, block_high, block_a, block_b in blocks:
-            p_a[block_low:block_high], p_b[block_low:block_high] = block_a, block_b
-    shape = (n_images, num_classes - 1, steps)
-    return TransitionCurves(p_a.view(shape).cpu(), p_b.view(shape).cpu(), targets, sources, indices, steps,
-                            float(step_size))
+    return p_a, p_b
+
+
+def _gathered(p_a: torch.Tensor, p_b: torch.Tensor, low: int, high: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's block of trajectories, on every rank."""
+    blocks = [None] * dist.get_world_size()
+    dist.all_gather_object(blocks, (low, high, p_a[low:high].cpu(), p_b[low:high].cpu()))
+    p_a, p_b = p_a.cpu(), p_b.cpu()
+    for block_low, block_high, block_a, block_b in blocks:
+        p_a[block_low:block_high], p_b[block_low:block_high] = block_a, block_b
+    return p_a, p_b
 
 
 def mean_transition_error(net_a: nn.Module, net_b: nn.Module, data, **kwargs) -> float:

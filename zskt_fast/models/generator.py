@@ -17,7 +17,7 @@ class Generator(nn.Module):
                              f"{image_size}")
         if z_dim < 1 or channels < 1:
             raise ValueError(f"z_dim and channels must be >= 1, got {z_dim} and {channels}")
-        self.z_dim = z_dim
+        self.z_dim, self.image_size, self.channels = z_dim, image_size, channels
         self.init_size = image_size // 4
         self.project = nn.Linear(z_dim, 128 * self.init_size ** 2)
         self.body = nn.Sequential(

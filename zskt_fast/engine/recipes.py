@@ -1,0 +1,242 @@
+"""Recipes: the settings of each training method (zero-shot steps and loop, supervised SGD, pretraining, the
+few-shot baseline) and of the comparisons built on them (transition curves, the paper's report)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..common import check_choice, check_count, check_non_negative, check_positive, option
+from ..models import ARCHITECTURE_HELP, architecture_key
+from ..ops import BACKENDS, DEFAULT_BETA, DEFAULT_TEMPERATURE, KD_ALPHA, KD_BETA, KD_TEMPERATURE
+from .settings import ALGORITHM, DATA, PROCESSES, SPEED, Context, copy_of, per_dataset
+from .speed import AMP_CHOICES, COMPILE_CHOICES, COMPILE_MODES_WITH_GRAPHS, check_cuda_graphs, default_amp
+from .transition_curves import DEFAULT_IMAGES, DEFAULT_STEP_SIZE, DEFAULT_STEPS, SOURCES
+
+SCHEDULES = ("cosine", "step")
+DIGITS_IMAGES = 300  # transition curves on digits, whose test set has 397 images
+ALGORITHM_2 = "Algorithm 2 (defaults: the paper's)"
+
+
+@dataclass
+class StepSettings:
+    """One iteration's steps of Algorithm 1: the paper's hyper-parameters, and how the steps run."""
+    batch_size: int = option(128, "generated images per iteration", group=ALGORITHM)
+    z_dim: int = option(100, "noise dimension", group=ALGORITHM)
+    generator_lr: float = option(1e-3, "Adam learning rate of the generator, cosine-annealed to 0", group=ALGORITHM)
+    student_lr: float = option(2e-3, "Adam learning rate of the student, cosine-annealed to 0", group=ALGORITHM)
+    beta: float = option(DEFAULT_BETA, "attention-transfer weight; 0 disables it", group=ALGORITHM)
+    temperature: float = option(DEFAULT_TEMPERATURE, "KL temperature", group=ALGORITHM)
+    grad_clip: float = option(5.0, "gradient-norm clip of both networks", group=ALGORITHM)
+    backend: str = option("auto", "loss kernels: eager PyTorch, C++ cpu, cuda, triton, or auto (fastest for the "
+                                  "device)", group=SPEED, choices=BACKENDS)
+    amp: str = option("auto", "mixed precision; auto: bf16 on GPUs that support it, off on the CPU", group=SPEED,
+                      choices=AMP_CHOICES)
+    channels_last: bool | None = option(None, "channels_last memory format; default: on for CUDA", group=SPEED)
+    compile: str = option("auto", "torch.compile the three steps (networks, fused losses, clipping and Adam) with "
+                                  "this mode, or off; auto: default on the CPU (measured faster there, after a "
+                                  "compilation of about a minute), off on CUDA (not measured yet)", group=SPEED,
+                          choices=COMPILE_CHOICES)
+    cuda_graphs: bool | None = option(None, "capture the generator and student steps as CUDA graphs; default: on "
+                                            "for CUDA (off with fp16 and with compile modes that capture their own)",
+                                      group=SPEED)
+
+    def resolved(self, context: Context) -> StepSettings:
+        steps = copy_of(self)
+        for name in ("batch_size", "z_dim"):
+            check_count(getattr(steps, name), name)
+        for name in ("generator_lr", "student_lr", "temperature", "grad_clip"):
+            check_positive(getattr(steps, name), name)
+        check_non_negative(steps.beta, "beta")
+        check_choice(steps.amp, AMP_CHOICES, "amp")
+        check_choice(steps.backend, BACKENDS, "backend")
+        check_choice(steps.compile, COMPILE_CHOICES, "compile")
+        device = context.device
+        on_gpu = device.type == "cuda"
+        if steps.amp == "auto":
+            steps.amp = default_amp(device)
+        if steps.compile == "auto":
+            # What measured fastest where it was measured: compiled steps on the CPU; on a GPU, where they have not
+            # been measured yet, eager steps in CUDA graphs.
+            steps.compile = "off" if on_gpu else "default"
+        if steps.channels_last is None:
+            steps.channels_last = on_gpu
+        if steps.cuda_graphs is None:
+            steps.cuda_graphs = on_gpu and steps.amp != "fp16" and steps.compile not in COMPILE_MODES_WITH_GRAPHS
+        if steps.cuda_graphs:
+            check_cuda_graphs(steps.amp, device, steps.compile)
+        return steps
+
+
+@dataclass
+class LoopSettings:
+    """The length and shape of the zero-shot loop."""
+    iterations: int | None = option(None, f"iterations N, each n_G generator + n_S student steps; default: "
+                                          f"{per_dataset('iterations')}", group=ALGORITHM)
+    n_generator_steps: int = option(1, "n_G", group=ALGORITHM)
+    n_student_steps: int = option(10, "n_S", group=ALGORITHM)
+    sync_bn: bool = option(True, "under torchrun (data-parallel): batch-norm statistics of the student and the "
+                                 "generator over the global batch, so that N processes compute what one does; "
+                                 "--no-sync-bn: per-process statistics (a different algorithm)", group=PROCESSES)
+
+    def resolved(self, context: Context) -> LoopSettings:
+        loop = copy_of(self)
+        loop.iterations = context.defaults.iterations if loop.iterations is None else loop.iterations
+        for name in ("iterations", "n_generator_steps", "n_student_steps"):
+            check_count(getattr(loop, name), name)
+        if not isinstance(loop.sync_bn, bool):
+            raise ValueError(f"sync_bn must be True or False, got {loop.sync_bn!r}")
+        return loop
+
+
+def default_sgd_lr(dataset: str, arch: str | None) -> float:
+    """0.1, the usual CIFAR recipe; 0.02 for ResNets on digits, whose 330 steps at 0.1 are unstable (measured:
+    ResNet-34 reached 75.8% test accuracy at 0.1 and 99.0% at 0.02; WRN-16-2 99.0% at 0.1)."""
+    return 0.02 if dataset == "digits" and (arch or "").lower().startswith("resnet") else 0.1
+
+
+@dataclass
+class SGDSettings:
+    """Supervised SGD on real images (pretraining, the few-shot baseline)."""
+    batch_size: int = option(128, "real images per step", group=ALGORITHM)
+    lr: float | None = option(None, "initial learning rate (Nesterov momentum); default 0.1 (0.02 for ResNets on "
+                                    "digits)", group=ALGORITHM)
+    momentum: float = option(0.9, "Nesterov momentum", group=ALGORITHM)
+    weight_decay: float = option(5e-4, "weight decay", group=ALGORITHM)
+
+    def resolved(self, context: Context) -> SGDSettings:
+        sgd = copy_of(self)
+        sgd.lr = default_sgd_lr(context.defaults.dataset, context.arch) if sgd.lr is None else sgd.lr
+        check_count(sgd.batch_size, "batch_size")
+        check_positive(sgd.lr, "lr")
+        check_non_negative(sgd.momentum, "momentum")
+        check_non_negative(sgd.weight_decay, "weight_decay")
+        return sgd
+
+
+@dataclass
+class PretrainSettings:
+    """Supervised training of one classifier."""
+    arch: str = option("wrn-16-2", f"architecture: {ARCHITECTURE_HELP}", group=DATA)
+    epochs: int | None = option(None, f"epochs; default {per_dataset('pretrain_epochs')}", group=ALGORITHM)
+    schedule: str = option("cosine", "cosine to 0, or x0.2 at 30%, 60% and 80% of training", group=ALGORITHM,
+                           choices=SCHEDULES)
+
+    def resolved(self, context: Context) -> PretrainSettings:
+        pretrain = copy_of(self)
+        pretrain.arch = architecture_key(pretrain.arch)
+        pretrain.epochs = context.defaults.pretrain_epochs if pretrain.epochs is None else pretrain.epochs
+        check_count(pretrain.epochs, "epochs")
+        check_choice(pretrain.schedule, SCHEDULES, "schedule")
+        return pretrain
+
+
+def parse_samples_per_class(value) -> str:
+    """'all', or a positive count as a string ('10'); 0 is refused with the program to use instead."""
+    text = str(value).strip().lower()
+    if text == "all":
+        return text
+    if not text.isdigit():
+        raise ValueError(f"samples_per_class must be a positive integer or 'all', got {value!r}")
+    if int(text) == 0:
+        raise ValueError("samples_per_class 0 means no real image at all: that is zero-shot knowledge transfer, "
+                         "python -m zskt_fast.train")
+    return str(int(text))
+
+
+@dataclass
+class KDSettings:
+    """The few-shot KD+AT baseline (Zagoruyko & Komodakis, 2017, as the paper uses it)."""
+    samples_per_class: str = option("10", "M real images per class, drawn once with the seed (the same for every run "
+                                          "of that seed); 'all': the whole training set; 0 is refused (zero-shot is "
+                                          "python -m zskt_fast.train)", group=DATA)
+    iterations: int | None = option(
+        None, "SGD steps, whatever M: by default as many as training on the whole training set takes with the "
+              "pretraining recipe (epochs x batches per epoch: digits 330, CIFAR-10 78,200), so that a tiny M does "
+              "not mean a tiny training", group=ALGORITHM)
+    alpha: float = option(KD_ALPHA, "weight of the distillation term; 1 - alpha weighs the cross-entropy",
+                          group=ALGORITHM)
+    temperature: float = option(KD_TEMPERATURE, "distillation temperature T (the KL term is scaled by T^2)",
+                                   group=ALGORITHM)
+    beta: float = option(KD_BETA, "attention-transfer weight of the fused op: the AT paper's 1000 with its "
+                                     "factor 1/2", group=ALGORITHM)
+    backend: str = option("auto", "loss kernels", group=SPEED, choices=BACKENDS)
+
+    def resolved(self, context: Context) -> KDSettings:
+        kd = copy_of(self)
+        kd.samples_per_class = parse_samples_per_class(kd.samples_per_class)
+        if kd.iterations is None and context.steps_per_epoch is not None:
+            kd.iterations = context.defaults.pretrain_epochs * context.steps_per_epoch
+        if kd.iterations is not None:
+            check_count(kd.iterations, "iterations")
+        if not isinstance(kd.alpha, (int, float)) or isinstance(kd.alpha, bool) or not 0 <= kd.alpha <= 1:
+            raise ValueError(f"alpha must be a number in [0, 1], got {kd.alpha!r}")
+        check_positive(kd.temperature, "temperature")
+        check_non_negative(kd.beta, "beta")
+        check_choice(kd.backend, BACKENDS, "backend")
+        return kd
+
+
+def steps_per_epoch(train_size: int, batch_size: int) -> int:
+    return math.ceil(train_size / batch_size)
+
+
+@dataclass
+class CurveSettings:
+    """Transition curves and the MTE (Algorithm 2); defaults: the paper's."""
+    n_images: int | None = option(None, f"N images on which A and B agree, the first ones of the test set; default: "
+                                        f"{DEFAULT_IMAGES} (the paper's), {DIGITS_IMAGES} for digits",
+                                  group=ALGORITHM_2)
+    steps: int = option(DEFAULT_STEPS, "K gradient steps per trajectory", group=ALGORITHM_2)
+    step_size: float = option(DEFAULT_STEP_SIZE, "xi: x <- x - xi * grad_x CE(A(x), j)", group=ALGORITHM_2)
+    source: str = option("agreed", "source class i of an image: the class A and B both predict (the paper's "
+                                   "Algorithm 2), or the data set's label (the authors' code)", group=ALGORITHM_2,
+                         choices=SOURCES)
+    shuffle_seed: int | None = option(None, "take the first agreeing images in an order drawn with this seed (the "
+                                            "authors' code takes a seeded random order) instead of the test set's "
+                                            "order", group=ALGORITHM_2)
+    memory_budget: float | None = option(None, "memory for one batch of trajectories, in GB; default: half the free "
+                                               "GPU memory, 2 GB on the CPU", group=SPEED, metavar="GB")
+
+    def resolved(self, context: Context) -> CurveSettings:
+        curves = copy_of(self)
+        if curves.n_images is None:
+            curves.n_images = DIGITS_IMAGES if context.defaults.dataset == "digits" else DEFAULT_IMAGES
+        check_count(curves.n_images, "n_images")
+        check_count(curves.steps, "steps")
+        check_positive(curves.step_size, "step_size")
+        check_choice(curves.source, SOURCES, "source")
+        if curves.shuffle_seed is not None:
+            check_count(curves.shuffle_seed, "shuffle_seed", minimum=0)
+        if curves.memory_budget is not None:
+            check_positive(curves.memory_budget, "memory_budget")
+        return curves
+
+
+@dataclass
+class ComparisonSettings:
+    """The paper's comparison for one pair (zskt_fast.reproduce): which runs, how long."""
+    shots: list[int] = option([1, 2, 5, 10, 20], "M images per class of the few-shot KD+AT runs (the paper's CIFAR-10 "
+                                                 "runs: 10 25 50 75 100)", group=ALGORITHM)
+    fewshot_iterations: int | None = option(None, "KD+AT steps of every run; default: as many as full-data training "
+                                                  "(digits 330)", group=ALGORITHM)
+    scratch_epochs: int | None = option(None, "epochs of the student trained from scratch; default: pretraining's "
+                                              f"({per_dataset('pretrain_epochs')})", group=ALGORITHM)
+    mte_images: int | None = option(None, f"N test images of the transition curves; default {DIGITS_IMAGES} on digits, "
+                                          f"{DEFAULT_IMAGES:,} (the paper's) otherwise", group=ALGORITHM_2)
+    mte_steps: int = option(DEFAULT_STEPS, "K gradient steps per trajectory (the paper's 100)", group=ALGORITHM_2)
+
+    def resolved(self, context: Context) -> ComparisonSettings:
+        comparison = copy_of(self)
+        for name in ("fewshot_iterations", "scratch_epochs", "mte_images"):
+            if getattr(comparison, name) is not None:
+                check_count(getattr(comparison, name), name)
+        check_count(comparison.mte_steps, "mte_steps")
+        if not comparison.shots or not isinstance(comparison.shots, list):
+            raise ValueError(f"shots must be a list of counts, got {comparison.shots!r}")
+        for m in comparison.shots:
+            check_count(m, "shots")
+        if len(set(comparison.shots)) != len(comparison.shots):
+            raise ValueError(f"shots takes distinct values, got {comparison.shots}")
+        if comparison.mte_images is None:
+            comparison.mte_images = DIGITS_IMAGES if context.defaults.dataset == "digits" else DEFAULT_IMAGES
+        return comparison
