@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from zskt_fast.engine.loop import zero_shot_knowledge_transfer
-from zskt_fast.engine.config import StepSettings
-from zskt_fast.engine.steps import GraphedZSKTSteps, ZSKTSteps
+from zskt_fast.engine.recipes import StepSettings
+from zskt_fast.engine.graphs import GraphedZSKTSteps
+from zskt_fast.engine.steps import ZSKTSteps
 from zskt_fast.models import Generator, build_classifier
 
 from harness import SMOKE
@@ -56,8 +57,13 @@ if os.environ.get("ZSKT_BENCH_AUTOTUNE") == "1":
 GPU_SET = os.environ.get("ZSKT_BENCH_VARIANTS", "eager")
 if SMOKE:
     VARIANTS = BASELINES
-elif not HAS_CUDA:
-    VARIANTS = BASELINES + [("zskt_fast compiled", "off", False, False, "default")]
+elif not HAS_CUDA:  # bf16: what amp auto picks on CPUs with native bf16 instructions
+    VARIANTS = BASELINES + [("zskt_fast compiled", "off", False, False, "default"),
+                            ("zskt_fast compiled + channels_last", "off", False, True, "default"),
+                            ("zskt_fast bf16", "bf16", False, False, "off"),
+                            ("zskt_fast bf16 + channels_last", "bf16", False, True, "off"),
+                            ("zskt_fast bf16 + compiled", "bf16", False, False, "default"),
+                            ("zskt_fast bf16 + compiled + channels_last", "bf16", False, True, "default")]
 elif GPU_SET == "compiled":
     VARIANTS = BASELINES[:1] + EAGER_GPU[1:2] + COMPILED_GPU
 else:

@@ -25,7 +25,7 @@ from .engine.distributed import (World, broadcast_object, init_world, launched_r
                                  process_group_closed_at_exit)
 from .engine.run import RunInterrupted, check_run_folder
 from .engine.settings import ALGORITHM, DATA, OUTPUTS, PROCESSES, SPEED
-from .engine.speed import amp_reason
+from .engine.speed import amp_reason, compile_reason
 from .engine.teachers import pretrain_missing_teacher
 from .engine.trainer import prepare_run, train
 from .models import architecture_key, build_classifier, describe_network_nodes
@@ -112,10 +112,15 @@ def plan_resumed_run(folder: Path) -> tuple[Path, list[SeedRun]]:
 def describe(config: TrainConfig, folder: Path, args: argparse.Namespace, world: World | None) -> list[str]:
     """What a seed is about to do, said before it starts."""
     steps = config.steps
-    why = f" (auto: {amp_reason(torch.device(config.run.device))})" if args.amp == "auto" and not args.resume else ""
+    device = torch.device(config.run.device)
+    fresh = not args.resume  # a resumed run keeps its recorded settings: there is no choice to explain
+    why_amp = f" (auto: {amp_reason(device)})" if args.amp == "auto" and fresh else ""
+    why_compile = (f" (auto: {compile_reason(device, config.loop.iterations)})"
+                   if args.compile == "auto" and fresh else "")
     lines = [f"seed {config.run.seed}: {config.networks.teacher} -> {config.networks.student} on "
-             f"{config.data.dataset}, {config.loop.iterations} iterations, {config.run.device}, amp {steps.amp}{why}, "
-             f"CUDA graphs {'on' if steps.cuda_graphs else 'off'}, compile {steps.compile}; writing {folder}"]
+             f"{config.data.dataset}, {config.loop.iterations} iterations, {config.run.device}, "
+             f"amp {steps.amp}{why_amp}, CUDA graphs {'on' if steps.cuda_graphs else 'off'}, "
+             f"compile {steps.compile}{why_compile}; writing {folder}"]
     if world is not None and args.parallel == "data":
         lines.append(f"data-parallel over {world.size} processes: {steps.batch_size // world.size} of the "
                      f"{steps.batch_size} images of each batch per process")

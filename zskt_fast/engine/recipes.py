@@ -9,7 +9,8 @@ from ..common import check_choice, check_count, check_non_negative, check_positi
 from ..models import ARCHITECTURE_HELP, architecture_key
 from ..ops import BACKENDS, DEFAULT_BETA, DEFAULT_TEMPERATURE, KD_ALPHA, KD_BETA, KD_TEMPERATURE
 from .settings import ALGORITHM, DATA, PROCESSES, SPEED, Context, copy_of, per_dataset
-from .speed import AMP_CHOICES, COMPILE_CHOICES, COMPILE_MODES_WITH_GRAPHS, check_cuda_graphs, default_amp
+from .speed import (AMP_CHOICES, COMPILE_CHOICES, COMPILE_FROM_ITERATIONS, COMPILE_MODES_WITH_GRAPHS,
+                    check_cuda_graphs, default_amp, default_compile)
 from .transition_curves import DEFAULT_IMAGES, DEFAULT_STEP_SIZE, DEFAULT_STEPS, SOURCES
 
 SCHEDULES = ("cosine", "step")
@@ -29,12 +30,16 @@ class StepSettings:
     grad_clip: float = option(5.0, "gradient-norm clip of both networks", group=ALGORITHM)
     backend: str = option("auto", "loss kernels: eager PyTorch, C++ cpu, cuda, triton, or auto (fastest for the "
                                   "device)", group=SPEED, choices=BACKENDS)
-    amp: str = option("auto", "mixed precision; auto: bf16 on GPUs that support it, off on the CPU", group=SPEED,
-                      choices=AMP_CHOICES)
-    channels_last: bool | None = option(None, "channels_last memory format; default: on for CUDA", group=SPEED)
+    amp: str = option("auto", "mixed precision; auto: bf16 on GPUs that support it and on CPUs with native bf16 "
+                              "instructions (avx512_bf16, amx_bf16, Arm bf16; read from /proc/cpuinfo), off (float32) "
+                              "elsewhere; the run's header says which and why", group=SPEED, choices=AMP_CHOICES)
+    channels_last: bool | None = option(None, "channels_last memory format; default: on for CUDA and for bf16 on "
+                                              "the CPU", group=SPEED)
     compile: str = option("auto", "torch.compile the three steps (networks, fused losses, clipping and Adam) with "
-                                  "this mode, or off; auto: default on the CPU (measured faster there, after a "
-                                  "compilation of about a minute), off on CUDA (not measured yet)", group=SPEED,
+                                  "this mode, or off; auto: on the CPU, default for runs of "
+                                  f"{COMPILE_FROM_ITERATIONS} iterations or more (the compilation, about a minute, "
+                                  "pays off in long runs) and off for shorter ones; off on CUDA (eager steps in CUDA "
+                                  "graphs)", group=SPEED,
                           choices=COMPILE_CHOICES)
     cuda_graphs: bool | None = option(None, "capture the generator and student steps as CUDA graphs; default: on "
                                             "for CUDA (off with fp16 and with compile modes that capture their own)",
@@ -55,11 +60,9 @@ class StepSettings:
         if steps.amp == "auto":
             steps.amp = default_amp(device)
         if steps.compile == "auto":
-            # What measured fastest where it was measured: compiled steps on the CPU; on a GPU, where they have not
-            # been measured yet, eager steps in CUDA graphs.
-            steps.compile = "off" if on_gpu else "default"
+            steps.compile = default_compile(device, context.iterations)
         if steps.channels_last is None:
-            steps.channels_last = on_gpu
+            steps.channels_last = on_gpu or steps.amp == "bf16"  # oneDNN's bf16 convolutions want NHWC
         if steps.cuda_graphs is None:
             steps.cuda_graphs = on_gpu and steps.amp != "fp16" and steps.compile not in COMPILE_MODES_WITH_GRAPHS
         if steps.cuda_graphs:
