@@ -13,7 +13,7 @@ REQUIREMENTS ?= requirements.txt
 # The oldest supported stack gets a copy of the sources, its own environment and its own build of the extension.
 OLDEST := $(CURDIR)/build/oldest
 
-.PHONY: setup build train reproduce test test-oldest bench clean
+.PHONY: setup build train reproduce test test-oldest wheel-check bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(ENV_DIR)
@@ -57,6 +57,11 @@ test-oldest: setup
 	$(MAKE) -C $(OLDEST)/src test VIRTUAL_ENV=$(OLDEST)/venv REQUIREMENTS=requirements-oldest.txt \
 	    CUDA_FROM=$(ENV_DIR)
 
+# The package as a user installs it: sdist and wheel built, their metadata checked, the wheel installed into a clean
+# environment outside the tree and tried there (tools/check_wheel.sh).
+wheel-check: setup
+	bash tools/check_wheel.sh $(PY)
+
 # The CPU benchmarks: every op in three modes over its sweeps (ops.json), training (train.json), transition curves
 # (mte.json); the tables are printed and the plots drawn into $(BENCH_OUT)/plots. pytest's own tables go to the logs.
 BENCH_OUT ?= benchmarks/out
@@ -74,4 +79,4 @@ bench: build
 	    --plots $(BENCH_OUT)/plots
 
 clean:
-	rm -rf build zskt_fast/_C*.so *.egg-info
+	rm -rf build dist zskt_fast/_C*.so *.egg-info

@@ -1,4 +1,5 @@
-"""Builds zskt_fast._C by driving CMakeLists.txt (the only build description) with the ninja generator.
+"""Builds zskt_fast._C by driving CMakeLists.txt (the only build description) with the ninja generator. The package's
+metadata (name, version, dependencies, entry points) is in pyproject.toml.
 
 Environment:
   ZSKT_CUDA=1 / 0      force the CUDA kernels on or off (default: on when nvcc is found and torch is a CUDA build)
@@ -7,7 +8,6 @@ Environment:
   MAX_JOBS             parallel compile jobs (default: the number of CPUs)
 """
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -17,8 +17,6 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-# The version is stated once, in the package; read as text, since importing the package needs the built extension.
-VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "zskt_fast" / "__init__.py").read_text(), re.M)[1]
 
 
 def _cuda_home():
@@ -77,15 +75,4 @@ class CMakeBuild(build_ext):
             shutil.copy2(built, target)
 
 
-setup(
-    name="zskt_fast",
-    version=VERSION,
-    description="Zero-shot knowledge transfer (Micaelli & Storkey, 2019) with fused loss kernels",
-    packages=["zskt_fast", "zskt_fast.ops", "zskt_fast.kernels", "zskt_fast.kernels.triton", "zskt_fast.models",
-              "zskt_fast.engine"],
-    python_requires=">=3.10",
-    install_requires=["torch>=2.11", "torchvision", "numpy", "scikit-learn", "tqdm", "matplotlib"],
-    ext_modules=[CMakeExtension("zskt_fast._C")],
-    cmdclass={"build_ext": CMakeBuild},
-    zip_safe=False,
-)
+setup(ext_modules=[CMakeExtension("zskt_fast._C")], cmdclass={"build_ext": CMakeBuild})

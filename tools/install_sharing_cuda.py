@@ -94,7 +94,7 @@ def link_cuda_runtime(source_env: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("requirements", type=Path, help="pin file: torch/torchvision pins and -r lines")
+    parser.add_argument("requirements", type=Path, help="pin file: torch (and torchvision) pins and -r lines")
     parser.add_argument("--cuda-from", type=Path, required=True, metavar="ENV",
                         help="virtual environment whose CUDA runtime wheels (site-packages/nvidia) are shared")
     args = parser.parse_args()
@@ -109,9 +109,9 @@ def main() -> None:
     names = [Requirement(pin).name for pin in pins]
     pip(*dependencies_without_cuda_runtime(names), *[arg for path in includes for arg in ("-r", path)])
     link_cuda_runtime(args.cuda_from.absolute())
-    subprocess.run([sys.executable, "-c", "import torch, torchvision; "
-                    "print('installed: torch', torch.__version__, 'torchvision', torchvision.__version__)"],
-                   check=True)
+    modules = [name for name in ("torch", "torchvision") if name in names]
+    subprocess.run([sys.executable, "-c", f"import {', '.join(modules)}; print('installed:', " +
+                    ", ".join(f"'{m}', {m}.__version__" for m in modules) + ")"], check=True)
 
 
 if __name__ == "__main__":
