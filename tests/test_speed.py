@@ -9,7 +9,7 @@ import torch
 
 from zskt_fast import train as train_cli
 from zskt_fast.engine import speed
-from zskt_fast.engine.config import TrainConfig
+from zskt_fast.engine.config import ReproduceConfig, TrainConfig
 from zskt_fast.engine.recipes import StepSettings
 from zskt_fast.engine.settings import Context
 from zskt_fast.engine.trainer import train
@@ -88,6 +88,8 @@ def test_compile_auto_compiles_long_cpu_runs_only(device, iterations, mode):
 @pytest.mark.parametrize("dataset, mode", [("digits", "off"), ("cifar10", "default"), ("svhn", "default")])
 def test_compile_auto_follows_the_data_sets_run_length(dataset, mode):
     assert TrainConfig.from_flat({"device": "cpu", "dataset": dataset}).resolved().steps.compile == mode
+    # the paper's comparison runs the zero-shot method with the steps it resolved
+    assert ReproduceConfig.from_flat({"device": "cpu", "dataset": dataset}).resolved().steps.compile == mode
     assert TrainConfig.from_flat({"device": "cpu", "dataset": dataset, "iterations": 10}).resolved().steps.compile \
         == "off"
 

@@ -178,6 +178,7 @@ class ReproduceConfig(Composed):
     def resolved(self, context: Context | None = None) -> ReproduceConfig:
         data, context = self._data_and_context(context)
         loop = self.loop.resolved(context)
+        context = dataclasses.replace(context, iterations=loop.iterations)
         return ReproduceConfig(data, self.networks.resolved(context), self.steps.resolved(context), loop,
                                self.run.resolved(context), self.comparison.resolved(context))
 
