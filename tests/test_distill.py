@@ -128,9 +128,11 @@ def folder_teacher(image_folder, tmp_path_factory):
 
 
 def _folder_args(image_folder, out, *extra):
+    # float32: at 16x16 the torchvision networks' maps shrink to a pixel, where PyTorch's bf16 CPU kernels are faulty
+    # (test_speed.py); what these tests check does not depend on the precision
     return ["--dataset", "folder", "--data-root", str(image_folder), "--image-size", "16", "--iterations", "2",
-            "--batch-size", "4", "--n-student-steps", "2", "--compile", "off", "--no-progress", "--out", str(out),
-            *extra]
+            "--batch-size", "4", "--n-student-steps", "2", "--compile", "off", "--amp", "off", "--no-progress",
+            "--out", str(out), *extra]
 
 
 def test_cli_torchvision_networks_on_an_image_folder_and_their_transition_curves(image_folder, folder_teacher,

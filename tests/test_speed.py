@@ -94,6 +94,31 @@ def test_compile_auto_follows_the_data_sets_run_length(dataset, mode):
         == "off"
 
 
+@pytest.mark.parametrize("side, faulty", [(16, True), (32, False)])
+def test_bf16_on_the_cpu_refuses_a_student_whose_weight_gradient_pytorch_gets_wrong(side, faulty):
+    """ResNet-18 on 16x16 images runs layer4.0.conv1 (3x3, stride 2) on a 1x1 map, where PyTorch's bf16 weight
+    gradient on the CPU reads uninitialised memory; on 32x32 images its maps stay large enough."""
+    torchvision = pytest.importorskip("torchvision")
+    student = torchvision.models.resnet18(num_classes=2)
+    if faulty:
+        with pytest.raises(ValueError, match=r"amp bf16 on the CPU cannot train .* layer4\.0\.conv1 \(input 1x1\).*"
+                                             r"--amp off"):
+            speed.check_cpu_bf16_training(student, (3, side, side), "bf16", CPU)
+    else:
+        speed.check_cpu_bf16_training(student, (3, side, side), "bf16", CPU)
+    speed.check_cpu_bf16_training(student, (3, side, side), "off", CPU)  # float32 is sound
+
+
+def test_distill_checks_the_student_before_a_run_starts(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    from zskt_fast import distill
+    teacher, student = torchvision.models.resnet18(num_classes=2), torchvision.models.resnet18(num_classes=2)
+    with pytest.raises(ValueError, match="amp bf16 on the CPU cannot train"):
+        distill(teacher, student, image_shape=(3, 16, 16), iterations=1, batch_size=4, amp="bf16", device="cpu",
+                out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def _config(**overrides):
     values = dict(iterations=8, batch_size=16, eval_every=4, log_every=1, checkpoint_every=2, tensorboard=False,
                   compile="off", amp="bf16", channels_last=True)

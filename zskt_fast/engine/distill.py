@@ -24,6 +24,7 @@ from .loop import zero_shot_knowledge_transfer
 from .metrics import MetricsWindow, save_image_grid
 from .run import Run
 from .schedules import cosine_lr
+from .speed import check_cpu_bf16_training
 from .graphs import GraphedZSKTSteps
 from .steps import ZSKTSteps
 
@@ -89,6 +90,7 @@ def distill(teacher: nn.Module, student: nn.Module, *, image_shape: Sequence[int
         generator = Generator(config.steps.z_dim, image_shape[1], image_shape[0])
     names = {"teacher": _name(teacher), "student": _name(student),
              "dataset": (run_record or {}).get("dataset", "custom")}
+    check_cpu_bf16_training(student, image_shape, config.steps.amp, device)
     with global_batch_norm([student, generator], enabled=world is not None and config.loop.sync_bn):
         for net in (teacher, student, generator):
             net.to(device)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from ..models import strided_convolutions_on_small_maps
+
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # torch.compile modes; those that capture CUDA graphs of their own cannot run inside ours.
@@ -71,6 +73,45 @@ def compile_reason(device: torch.device, iterations: int | None) -> str:
     if default_compile(device, iterations) == "off":
         return f"{iterations} iterations, fewer than the {COMPILE_FROM_ITERATIONS} a compilation pays off in"
     return f"a run of {COMPILE_FROM_ITERATIONS} iterations or more"
+
+
+def _bf16_weight_gradient_is_sound(conv: torch.nn.Conv2d, input_shape) -> bool:
+    """Whether the CPU's bf16 weight gradient of `conv` on inputs of `input_shape` stays near float32's, tried twice
+    after memory is filled with NaN and freed (what the faulty kernels then read)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *input_shape, generator=generator).contiguous(memory_format=torch.channels_last)
+    weight = conv.weight.detach().float().cpu().contiguous(memory_format=torch.channels_last)
+
+    def gradient(dtype):
+        w = weight.to(dtype).requires_grad_()
+        y = torch.nn.functional.conv2d(x.to(dtype), w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return torch.autograd.grad(y, w, torch.ones_like(y))[0].float()
+
+    expected = gradient(torch.float32)
+    for _ in range(2):
+        for size in (1 << 12, 1 << 16, 1 << 20):
+            del_me = torch.full((size,), float("nan"), dtype=torch.bfloat16)
+            del del_me
+        got = gradient(torch.bfloat16)
+        if not torch.isfinite(got).all() or (got - expected).abs().max() > 0.05 * expected.abs().max() + 0.05:
+            return False
+    return True
+
+
+def check_cpu_bf16_training(student: torch.nn.Module, image_shape, amp: str, device: torch.device) -> None:
+    """PyTorch's bf16 convolution weight gradient on the CPU (oneDNN; seen with torch 2.11 and 2.14) reads
+    uninitialised memory for some strided convolutions on maps of one or two pixels (a 3x3 stride-2 convolution on a
+    1x1 map): the student's gradients then hold garbage or NaN, and runs differ. The student's strided convolutions on
+    small maps are tried before training in bf16 on the CPU, and a student with a faulty one is refused."""
+    if amp != "bf16" or device.type != "cpu":
+        return
+    faulty = [f"{name} (input {'x'.join(map(str, shape[1:]))})"
+              for name, conv, shape in strided_convolutions_on_small_maps(student, image_shape)
+              if not _bf16_weight_gradient_is_sound(conv, shape)]
+    if faulty:
+        raise ValueError(f"amp bf16 on the CPU cannot train this student on {'x'.join(map(str, image_shape))} images: "
+                         f"PyTorch's bf16 weight gradient of its convolution(s) {', '.join(faulty[:3])} is wrong "
+                         "here (it reads uninitialised memory). Use amp off (--amp off), or larger images")
 
 
 def check_cuda_graphs(amp: str, device: torch.device, compile: str = "off") -> None:

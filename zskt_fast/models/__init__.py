@@ -1,6 +1,7 @@
 """Networks of the method: classifiers return (logits, attention features); the generator maps noise to images."""
 from .features import (FeatureNetwork, FeatureNode, automatic_pairs, classifier_logits, describe_network_nodes,
-                       feature_nodes, pair_networks, parse_pairs, probe, unwrap)
+                       feature_nodes, pair_networks, parse_pairs, probe, strided_convolutions_on_small_maps,
+                       unwrap)
 from .generator import Generator
 from .registry import (ARCHITECTURE_HELP, TORCHVISION_PREFIX, architecture_key, build_classifier,
                        torchvision_classifiers)
@@ -10,4 +11,5 @@ from .wrn import WideResNet
 __all__ = ["ARCHITECTURE_HELP", "FeatureNetwork", "FeatureNode", "Generator", "ResNet", "TORCHVISION_PREFIX",
            "WideResNet", "architecture_key", "automatic_pairs", "build_classifier", "classifier_logits",
            "describe_network_nodes", "feature_nodes", "pair_networks", "parse_pairs", "probe",
+           "strided_convolutions_on_small_maps",
            "torchvision_classifiers", "unwrap"]

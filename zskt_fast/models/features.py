@@ -79,6 +79,30 @@ def probe(net: nn.Module, image_shape: Sequence[int], what: str = "network"
 
 
 @torch.no_grad()
+def strided_convolutions_on_small_maps(net: nn.Module, image_shape: Sequence[int]
+                                       ) -> list[tuple[str, nn.Conv2d, tuple[int, ...]]]:
+    """(name, module, input shape [C, H, W]) of each convolution of `net` with a stride and a kernel above 1 whose
+    output, on images of `image_shape`, is at most 2 pixels high or wide; from one forward pass on blank images in eval
+    mode."""
+    found = []
+
+    def record(name):
+        def hook(module, inputs, output):
+            if max(module.stride) > 1 and max(module.kernel_size) > 1 and min(output.shape[-2:]) <= 2:
+                found.append((name, module, tuple(inputs[0].shape[1:])))
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with eval_mode(net):
+            net(_blank_images(net, image_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
+@torch.no_grad()
 def feature_nodes(net: nn.Module, image_shape: Sequence[int]) -> list[FeatureNode]:
     """The modules of `net` whose output is a feature map [B, C, H, W], in the order their outputs are computed (a
     module called several times: its last call), from one forward pass on blank images in eval mode."""
