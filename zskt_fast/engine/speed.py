@@ -76,8 +76,8 @@ def compile_reason(device: torch.device, iterations: int | None) -> str:
 
 
 def _bf16_weight_gradient_is_sound(conv: torch.nn.Conv2d, input_shape) -> bool:
-    """Whether the CPU's bf16 weight gradient of `conv` on inputs of `input_shape` stays near float32's, tried twice
-    after memory is filled with NaN and freed (what the faulty kernels then read)."""
+    """Whether the CPU's bf16 weight gradient of `conv` on inputs of `input_shape` stays near float32's, tried four
+    times after memory is filled with NaN and freed (what the faulty kernels then read)."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, *input_shape, generator=generator).contiguous(memory_format=torch.channels_last)
     weight = conv.weight.detach().float().cpu().contiguous(memory_format=torch.channels_last)
@@ -88,10 +88,12 @@ def _bf16_weight_gradient_is_sound(conv: torch.nn.Conv2d, input_shape) -> bool:
         return torch.autograd.grad(y, w, torch.ones_like(y))[0].float()
 
     expected = gradient(torch.float32)
-    for _ in range(2):
-        for size in (1 << 12, 1 << 16, 1 << 20):
-            del_me = torch.full((size,), float("nan"), dtype=torch.bfloat16)
-            del del_me
+    sizes = {weight.numel(), 2 * weight.numel(), x.numel(), 1 << 12, 1 << 16, 1 << 20}
+    for _ in range(4):
+        for size in sorted(sizes):  # freed NaN blocks of the sizes the kernel's buffers take, for it to be handed
+            for dtype in (torch.bfloat16, torch.float32):
+                poison = torch.full((size,), float("nan"), dtype=dtype)
+                del poison
         got = gradient(torch.bfloat16)
         if not torch.isfinite(got).all() or (got - expected).abs().max() > 0.05 * expected.abs().max() + 0.05:
             return False

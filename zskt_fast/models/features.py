@@ -51,6 +51,18 @@ def _blank_images(net: nn.Module, image_shape: Sequence[int]) -> torch.Tensor:
     return torch.zeros(2, *image_shape, device=device, dtype=dtype)
 
 
+def _blank_forward(net: nn.Module, image_shape: Sequence[int], hooks) -> None:
+    """One forward pass of `net` on blank images in eval mode with forward hooks on some of its modules: hooks is a
+    list of (module, hook); they are removed afterwards."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    try:
+        with eval_mode(net):
+            net(_blank_images(net, image_shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _shape(value) -> str:
     if isinstance(value, torch.Tensor):
         return "a tensor of shape " + "x".join(map(str, value.shape))
@@ -92,13 +104,7 @@ def strided_convolutions_on_small_maps(net: nn.Module, image_shape: Sequence[int
                 found.append((name, module, tuple(inputs[0].shape[1:])))
         return hook
 
-    hooks = [m.register_forward_hook(record(n)) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with eval_mode(net):
-            net(_blank_images(net, image_shape))
-    finally:
-        for h in hooks:
-            h.remove()
+    _blank_forward(net, image_shape, [(m, record(n)) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)])
     return found
 
 
@@ -117,13 +123,7 @@ def feature_nodes(net: nn.Module, image_shape: Sequence[int]) -> list[FeatureNod
                 found[name] = FeatureNode(name, tuple(output.shape[1:]), holds_modules)
         return record
 
-    handles = [m.register_forward_hook(recorder(name, m)) for name, m in net.named_modules() if name]
-    try:
-        with eval_mode(net):
-            net(_blank_images(net, image_shape))
-    finally:
-        for handle in handles:
-            handle.remove()
+    _blank_forward(net, image_shape, [(m, recorder(name, m)) for name, m in net.named_modules() if name])
     return list(found.values())
 
 
