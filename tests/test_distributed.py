@@ -170,6 +170,7 @@ def test_bad_launches_end_with_a_clear_error(tmp_path, teacher_cache, ranks, ext
     process = _launch(["-m", "zskt_fast.train", *CLI, *extra, "--out", str(tmp_path / "run")], ranks=ranks)
     assert process.returncode != 0
     assert message in process.stderr
+    assert not (tmp_path / "run").exists()  # a refused start leaves the folder as it found it (no run.json)
 
 
 def test_global_batch_norm_swaps_in_and_out_keeping_every_tensor():

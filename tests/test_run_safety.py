@@ -11,6 +11,7 @@ import torch
 from zskt_fast import mte, pretrain, toy
 from zskt_fast import train as train_cli
 from zskt_fast.engine import distill as distill_module
+from zskt_fast.common import StorageError
 from zskt_fast.engine.checkpoint import CheckpointError, atomic_save, load_file
 from zskt_fast.engine.config import TrainConfig
 from zskt_fast.engine.run import RunFolderError, hold_folder
@@ -248,7 +249,7 @@ def test_a_full_or_read_only_disk_keeps_the_previous_checkpoint(code, words, tmp
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(CheckpointError, match=f"cannot write {path}: {words} \\(the previous file there is intact\\)"):
+    with pytest.raises(StorageError, match=f"cannot write {path}: {words} \\(the previous file there is intact\\)"):
         atomic_save({"x": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert torch.equal(load_file(path)["x"], torch.ones(3)) and os.listdir(tmp_path) == ["checkpoint.pt"]

@@ -1,16 +1,18 @@
 """Helpers every layer of the package uses: argument checks of plain values, the device behind "auto", running
-networks in eval mode, settings fields that carry their command-line help, and output folders checked before use.
+networks in eval mode, settings fields that carry their command-line help, output folders checked before use, files
+written atomically, and failures of the storage recognised wherever they are chained.
 Only torch is imported here, so kernels, ops, models, data, engine and programs can all use it.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import math
 import os
 import tempfile
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -132,3 +134,105 @@ def settings_from_dict(settings_class, values: dict, source: str):
             raise ValueError(f"{source}: {field.name} must be {names}, got {value!r}")
         kept[field.name] = value
     return settings_class(**kept)
+
+
+# The failures of the storage itself (not of the program): a file that cannot be written for one of these reasons
+# would fail again on a retry until the user frees space or remounts.
+STORAGE_FAILURES = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
+
+
+class StorageError(Exception):
+    """A file could not be written because the disk is full, over quota or read-only; the message names the file and
+    says whether the previous version of it is intact."""
+
+
+def storage_failure(error: BaseException | None) -> BaseException | None:
+    """The StorageError, or the OSError of STORAGE_FAILURES, that caused `error` (itself or anything chained to it as
+    cause or context: torch.save's zip writer, for one, raises a RuntimeError over the ENOSPC of the file's write);
+    None when the storage is not to blame."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, StorageError) or (isinstance(error, OSError) and error.errno in STORAGE_FAILURES):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _open_for_writing(handle: int):
+    """The binary file object over a new temporary file's descriptor (one place, so that tests can make it fail)."""
+    return os.fdopen(handle, "wb")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[typing.BinaryIO], object]) -> None:
+    """Calls `write(file)` on a temporary file beside `path`, flushes it to disk, then renames it over `path`: a reader
+    (or a program killed while writing) sees the old file or the new one, never half of one, and a failed write
+    leaves no temporary file. A full, over-quota or read-only disk raises StorageError naming the file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the final file gets the usual permissions
+        with _open_for_writing(handle) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+        failure = storage_failure(error)
+        if isinstance(failure, OSError):
+            kept = " (the previous file there is intact)" if os.path.exists(path) else ""
+            raise StorageError(f"cannot write {path}: {STORAGE_FAILURES[failure.errno]}{kept}") from error
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """`text` as UTF-8 into `path`, atomically (see atomic_write)."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+# What a program writes before its work begins: a refused start may remove these (and empty files and folders).
+START_FILES = ("run.json", "config.json", ".lock")
+
+
+def _tree(folder: Path) -> set[Path]:
+    if not folder.is_dir():
+        return set()
+    return {folder, *folder.rglob("*")}
+
+
+@contextlib.contextmanager
+def left_as_found(folder: str | os.PathLike | None, *, enabled: bool = True,
+                  keep_on: tuple[type[BaseException], ...] = (KeyboardInterrupt,)) -> Iterator[None]:
+    """When the block fails (but not by one of `keep_on`) having created in `folder` nothing but START_FILES, empty
+    files and folders, those are removed again: a refused start leaves the output folder as it found it. Anything
+    that existed before, and anything else the block made (a checkpoint, a finished run's files), is kept."""
+    if folder is None or not enabled:
+        yield
+        return
+    folder = Path(folder).expanduser().absolute()
+    before = _tree(folder)
+    try:
+        yield
+    except BaseException as error:
+        if not isinstance(error, keep_on):
+            _remove_start_files(folder, before)
+        raise
+
+
+def _remove_start_files(folder: Path, before: set[Path]) -> None:
+    made = _tree(folder) - before
+    files = [p for p in made if not p.is_dir()]
+    if any(p.name not in START_FILES and p.stat().st_size > 0 for p in files if p.exists()):
+        return  # work was saved: keep everything
+    for path in files:
+        path.unlink(missing_ok=True)
+    for path in sorted((p for p in made if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # another process (a rank of the same job) may be doing the same
+            path.rmdir()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
+from .common import left_as_found
 from .engine.config import FewShotConfig
 from .engine.fewshot import train_kd_at
 from .engine.run import RunInterrupted
@@ -42,13 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.resume and not args.out:
         parser.error("--resume needs --out, the folder of the run to continue")
-    with errors_as_messages(parser):
+    with errors_as_messages(parser, debug=args.debug) as ending:
         configs = [settings_from_args(FewShotConfig, args, seed=seed).resolved() for seed in args.seeds]
         first = configs[0]
         out = Path(args.out or f"runs/fewshot-{first.data.dataset}-M{first.kd.samples_per_class}-"
                                f"{time.strftime('%Y%m%d-%H%M%S')}")
+        ending.continue_with = f"{parser.prog} --out {out} --resume"
         summaries = []
-        try:
+        with left_as_found(out, keep_on=(KeyboardInterrupt, RunInterrupted)):
             for config in configs:
                 folder = out / f"seed{config.run.seed}"
                 if args.resume and (folder / "summary.json").is_file():
@@ -59,9 +61,6 @@ def main(argv: list[str] | None = None) -> int:
                       f"{config.data.dataset}, M = {config.kd.samples_per_class} per class; writing {folder}")
                 summaries.append(train_kd_at(config, folder, resume=resume, overwrite=args.overwrite,
                                              progress=not args.no_progress))
-        except RunInterrupted as stopped:
-            parser.exit(128 + stopped.signum, f"\n{parser.prog}: {stopped}\ncontinue with: {parser.prog} --out {out} "
-                                              f"--resume\n")
     for s in summaries:
         print(f"seed {s['seed']}: teacher {s['teacher_acc']:.2f}%, KD+AT student {s['student_acc']:.2f}% "
               f"(M = {s['samples_per_class']}, {s['images']} images, {s['iterations']} steps, {s['seconds']:.0f} s)")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
-from .common import resolve_device, writable_folder
+from .common import atomic_write, atomic_write_text, left_as_found, resolve_device, writable_folder
 from .data import DEFAULT_DATA_ROOT, dataset_info, evaluation_loader
 from .engine.checkpoint import CheckpointError, load_classifier
 from .engine.config import CurvesConfig
@@ -53,7 +53,7 @@ def plot_curves(results: dict[str, TransitionCurves], path, reference_name: str)
     else:
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
 
 
@@ -138,7 +138,7 @@ def curves_config(args: argparse.Namespace, networks: Networks) -> CurvesConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with errors_as_messages(parser), process_group_closed_at_exit():
+    with process_group_closed_at_exit(), errors_as_messages(parser, debug=args.debug) as ending:
         world = None
         if launched_ranks() is not None:  # torchrun: the trajectories are shared out, rank 0 writes the results
             world, args.device = init_world(args.device, "gloo")
@@ -148,11 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out or (Path(args.run) / "mte" if args.run else
                                 broadcast_object(f"runs/mte-{time.strftime('%Y%m%d-%H%M%S')}", world)))
         writer = world is None or world.is_writer
-        if writer:
-            writable_folder(out)
-        results, rows, summary = compare(networks, config, world, progress=not args.no_progress)
-        if writer:
-            write_results(out, results, rows, summary)
+        ending.quiet = not writer
+        with left_as_found(out, enabled=writer):
+            if writer:
+                writable_folder(out)
+            results, rows, summary = compare(networks, config, world, progress=not args.no_progress)
+            if writer:
+                write_results(out, results, rows, summary)
     return 0
 
 
@@ -198,7 +200,7 @@ def write_results(out: Path, results: dict, rows: list[dict], summary: dict) -> 
     for row, curves in zip(rows, results.values()):
         curves.save(out / row["curves"])
     plot_curves(results, out / "transition_curves.png", f"B ({summary['arch_b']})")
-    (out / "mte.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "mte.json", json.dumps(summary, indent=2))
     print(f"B: {summary['net_b']} ({summary['arch_b']}, test accuracy {summary['test_acc_b']:.2f}%); "
           f"{summary['dataset']}, N = {summary['n_images']}, K = {summary['steps']}, xi = {summary['step_size']}")
     print("| network A | test acc | MTE | mean p_j at step K: A | B | seconds |")

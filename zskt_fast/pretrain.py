@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
-from .common import writable_folder
+from .common import left_as_found, writable_folder
 from .engine.config import PretrainConfig
 from .engine.supervised import train_supervised
 from .engine.teachers import default_teacher_path
@@ -31,16 +31,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with errors_as_messages(parser):
+    with errors_as_messages(parser, debug=args.debug):
         config = settings_from_args(PretrainConfig, args).resolved()
         out = Path(args.out or default_teacher_path(config.data.dataset, config.pretrain.arch))
-        writable_folder(out.parent, "folder of the checkpoint")
         if out.is_dir():
             raise ValueError(f"{out} is a folder: give the path of the checkpoint file to write")
-        result = train_supervised(config, out, progress=not args.no_progress)
+        with left_as_found(_first_missing_folder(out.parent)):
+            writable_folder(out.parent, "folder of the checkpoint")
+            result = train_supervised(config, out, progress=not args.no_progress)
     print(f"{result['arch']} on {result['dataset']}: test accuracy {result['test_acc']:.2f}% after {result['epochs']} "
           f"epochs ({result['seconds']:.0f} s); checkpoint written to {result['path']}")
     return 0
+
+
+def _first_missing_folder(folder: Path) -> Path | None:
+    """The outermost folder on the way to `folder` that does not exist yet (a refused start removes it again)."""
+    folder = folder.expanduser().absolute()
+    missing = None
+    while not folder.exists():
+        missing, folder = folder, folder.parent
+    return missing
 
 
 if __name__ == "__main__":

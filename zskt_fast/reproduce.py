@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import sys
@@ -25,12 +26,13 @@ from pathlib import Path
 import torch
 
 from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
-from .common import writable_folder
+from .common import atomic_write, atomic_write_text, left_as_found, writable_folder
 from .data import dataset_info, evaluation_loader
 from .engine.checkpoint import load_classifier, load_file, recorded_normalisation
 from .engine.config import FewShotConfig, PretrainConfig, ReproduceConfig, TrainConfig
 from .engine.evaluation import evaluate
 from .engine.fewshot import train_kd_at
+from .engine.run import RunInterrupted
 from .engine.settings import ALGORITHM, DATA, OUTPUTS, SPEED
 from .engine.supervised import train_supervised
 from .engine.teachers import find_teacher, pretrain_missing_teacher
@@ -111,8 +113,9 @@ class Report:
                                                "epochs": self.config.comparison.scratch_epochs})
             print(f"student from scratch, seed {seed}")
             result = train_supervised(config, writable_folder(folder) / "student.pt", progress=self.progress)
-            (folder / "summary.json").write_text(json.dumps({"student_acc": result["test_acc"],
-                                                             "seconds": result["seconds"], "seed": seed}, indent=2))
+            atomic_write_text(folder / "summary.json", json.dumps({"student_acc": result["test_acc"],
+                                                                   "seconds": result["seconds"], "seed": seed},
+                                                                  indent=2))
         return json.loads((folder / "summary.json").read_text())
 
     def zero_shot(self, seed: int, teacher_path: str) -> dict:
@@ -157,9 +160,9 @@ class Report:
             writable_folder(folder)
             curves.save(folder / f"{safe}.npz")
             mean_a, mean_b = curves.mean_curves()
-            done.write_text(json.dumps({"mte": curves.mte, "mean_a": mean_a.tolist(), "mean_b": mean_b.tolist(),
-                                        "images": len(curves.sources), "seconds": time.perf_counter() - start},
-                                       indent=2))
+            atomic_write_text(done, json.dumps({"mte": curves.mte, "mean_a": mean_a.tolist(),
+                                                "mean_b": mean_b.tolist(), "images": len(curves.sources),
+                                                "seconds": time.perf_counter() - start}, indent=2))
         return json.loads(done.read_text())
 
     # -- the whole comparison ------------------------------------------------------------------------------------------
@@ -223,7 +226,7 @@ def _label(key: str) -> str:
 
 def write_report(results: dict, out: Path) -> None:
     """report.md, accuracy_vs_shots.png, transition_curves.png and results.json."""
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     lines = [f"# Zero-shot knowledge transfer: {results['teacher']} -> {results['student']} on {results['dataset']}",
              "",
              f"{results['machine']}; {results['date']}. Seeds {', '.join(map(str, results['seeds']))}; zero-shot "
@@ -240,7 +243,7 @@ def write_report(results: dict, out: Path) -> None:
               "|---|---|---|"]
     lines += [f"| {row['method']} | {row['mte']:.4f} | {row['images']} |" for row in results["mte"]]
     lines += ["", "![accuracy against M](accuracy_vs_shots.png)", "", "![transition curves](transition_curves.png)", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic_write_text(out / "report.md", "\n".join(lines))
     _plot_accuracy(results, out / "accuracy_vs_shots.png")
     _plot_curves(results, out / "transition_curves.png")
 
@@ -271,7 +274,7 @@ def _plot_accuracy(results: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
 
 
@@ -292,11 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    with errors_as_messages(parser, interrupted="run the same command again to continue where it stopped"):
+    with errors_as_messages(parser, debug=args.debug) as ending:
         report = Report(args)
-        results = report.run()
-        results["seconds"] = time.perf_counter() - start
-        write_report(results, report.out)
+        again = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--force"]
+        ending.continue_with = (" ".join([parser.prog, *map(shlex.quote, again)]) +
+                                " (the finished runs are kept; an interrupted one resumes from its checkpoint)")
+        with left_as_found(report.out, keep_on=(KeyboardInterrupt, RunInterrupted)):
+            results = report.run()
+            results["seconds"] = time.perf_counter() - start
+            write_report(results, report.out)
     print((report.out / "report.md").read_text())
     print(f"written to {report.out} in {results['seconds']:.0f} s ({len(report.ran)} runs made, "
           f"{len(report.kept)} kept from before)")

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
-from .common import check_count, eval_mode, option, writable_folder
+from .common import (atomic_write, atomic_write_text, check_count, eval_mode, left_as_found, option,
+                     writable_folder)
 from .engine.config import Composed
 from .engine.recipes import StepSettings
 from .engine.loop import zero_shot_knowledge_transfer
@@ -158,7 +159,7 @@ def save_figures(result: dict, out: Path) -> list[str]:
               f"student: agrees on {100 * frame['data_agreement']:.0f}% of data", False)
     fig.suptitle("zero-shot knowledge transfer in 2-D: regions, data (dots), generated points (x)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "toy.png")
+    atomic_write(out / "toy.png", lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
     written = ["toy.png"]
     try:
@@ -175,7 +176,8 @@ def save_figures(result: dict, out: Path) -> list[str]:
         fig.canvas.draw()
         images.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()))
         plt.close(fig)
-    images[0].save(out / "toy.gif", save_all=True, append_images=images[1:], duration=700, loop=0)
+    atomic_write(out / "toy.gif", lambda f: images[0].save(f, format="GIF", save_all=True, append_images=images[1:],
+                                                          duration=700, loop=0))
     written.append("toy.gif")
     return written
 
@@ -217,23 +219,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with errors_as_messages(parser):
+    with errors_as_messages(parser, debug=args.debug):
         settings = settings_from_args(ToyConfig, args).toy.resolved()
-        out = writable_folder(args.out)
-        start = time.perf_counter()
-        result = run_toy(num_classes=settings.classes, iterations=settings.iterations, seed=settings.seed,
-                         snapshots=settings.snapshots, n_student_steps=settings.n_student_steps,
-                         progress=not args.no_progress)
-    written = save_figures(result, out)
-    chance = 1 / settings.classes
-    summary = {"classes": settings.classes, "iterations": settings.iterations, "seed": settings.seed,
-               "teacher_accuracy_on_data": result["teacher_acc"], "agreement_on_data": result["data_agreement"],
-               "agreement_on_grid": result["grid_agreement"], "chance": chance,
-               "snapshots": [{k: f[k] for k in ("iteration", "data_agreement", "grid_agreement")}
-                             for f in result["frames"]],
-               "seconds": time.perf_counter() - start}
-    (out / "agreement.json").write_text(json.dumps(summary, indent=2))
-    written.append("agreement.json")
+        with left_as_found(args.out):
+            out = writable_folder(args.out)
+            start = time.perf_counter()
+            result = run_toy(num_classes=settings.classes, iterations=settings.iterations, seed=settings.seed,
+                             snapshots=settings.snapshots, n_student_steps=settings.n_student_steps,
+                             progress=not args.no_progress)
+            written = save_figures(result, out)
+            chance = 1 / settings.classes
+            summary = {"classes": settings.classes, "iterations": settings.iterations, "seed": settings.seed,
+                       "teacher_accuracy_on_data": result["teacher_acc"], "agreement_on_data": result["data_agreement"],
+                       "agreement_on_grid": result["grid_agreement"], "chance": chance,
+                       "snapshots": [{k: f[k] for k in ("iteration", "data_agreement", "grid_agreement")}
+                                     for f in result["frames"]],
+                       "seconds": time.perf_counter() - start}
+            atomic_write_text(out / "agreement.json", json.dumps(summary, indent=2))
+            written.append("agreement.json")
     print(f"teacher accuracy on the spirals {100 * result['teacher_acc']:.1f}%; student agrees with the teacher on "
           f"{100 * result['data_agreement']:.1f}% of the data and {100 * result['grid_agreement']:.1f}% of the "
           f"plane (chance {100 * chance:.0f}%); {summary['seconds']:.0f} s; wrote {', '.join(written)} to {out}")

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
-from .common import writable_folder
+from .common import atomic_write_text, left_as_found, writable_folder
 from .data import dataset_info
 from .engine.checkpoint import CheckpointError
 from .engine.config import TrainConfig
 from .engine.distill import RUN_FILES
-from .engine.distributed import (World, broadcast_object, init_world, launched_ranks,
+from .engine.distributed import (World, broadcast_object, check_global_batch, init_world, launched_ranks,
                                  process_group_closed_at_exit)
 from .engine.run import RunInterrupted, check_run_folder
 from .engine.settings import ALGORITHM, DATA, OUTPUTS, PROCESSES, SPEED
@@ -74,39 +74,51 @@ class SeedRun:
     resume: bool
 
 
-def plan_new_run(args: argparse.Namespace, world: World | None) -> tuple[Path, list[SeedRun]]:
-    """The parent folder and the seeds of a new run, every setting of every seed checked, and the seeds' folders,
-    before anything is written; then rank 0 writes run.json (and, under torchrun, pretrains a missing digits teacher
-    once, before the other processes look for it)."""
+def output_folder(args: argparse.Namespace, world: World | None) -> Path:
+    """The folder the run writes (or continues): --resume's, --out, or a new one named after the run."""
+    if args.resume:
+        folder = Path(args.resume)
+        return folder.parent if (folder / "config.json").is_file() else folder
+    if args.out:
+        return Path(args.out)
+    first = settings_from_args(TrainConfig, args, seed=args.seeds[0]).resolved()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(broadcast_object(f"runs/{first.data.dataset}-{first.networks.teacher}-{first.networks.student}-"
+                                 f"{stamp}".replace(":", "-"), world))
+
+
+def plan_new_run(args: argparse.Namespace, out: Path, world: World | None) -> list[SeedRun]:
+    """The seeds of a new run in `out`, every setting of every seed checked, and the seeds' folders, before anything
+    is written; then rank 0 writes run.json (and, under torchrun, pretrains a missing digits teacher once, before the
+    other processes look for it)."""
     configs = [settings_from_args(TrainConfig, args, seed=seed).resolved() for seed in args.seeds]
     first = configs[0]
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out or broadcast_object(f"runs/{first.data.dataset}-{first.networks.teacher}-"
-                                            f"{first.networks.student}-{stamp}".replace(":", "-"), world))
     plan = [SeedRun(config, out / f"seed{config.run.seed}", False) for config in configs]
+    if world is not None and args.parallel == "data":
+        check_global_batch(first.steps.batch_size, world.size)
     prepared = prepare_run(first)  # the seeds share data, networks and teacher: one check covers them all
     for seed in plan:
         check_run_folder(seed.folder, RUN_FILES, overwrite=args.overwrite, create=False)
     if world is None or world.is_writer:
         writable_folder(out)
-        (out / RUN_INDEX).write_text(json.dumps({"seeds": [c.to_dict() for c in configs]}, indent=2))
+        atomic_write_text(out / RUN_INDEX, json.dumps({"seeds": [c.to_dict() for c in configs]}, indent=2))
         if world is not None and prepared.teacher_file is None:
             pretrain_missing_teacher(first.networks, first.run, prepared.teacher_path, not args.no_progress)
-    return out, plan
+    return plan
 
 
-def plan_resumed_run(folder: Path) -> tuple[Path, list[SeedRun]]:
+def plan_resumed_run(folder: Path) -> list[SeedRun]:
     """A seedN folder continues that seed; a parent folder continues each unfinished seed of its run.json (starting
     those that never wrote a checkpoint) and keeps the finished ones."""
     if (folder / "config.json").is_file():
-        return folder.parent, [SeedRun(None, folder, True)]
+        return [SeedRun(None, folder, True)]
     if not (folder / RUN_INDEX).is_file():
         raise CheckpointError(f"cannot resume {folder}: no config.json there (the seedN folder of a run), nor the "
                               f"{RUN_INDEX} of a run's parent folder")
     seeds = [TrainConfig.from_dict(values, source=str(folder / RUN_INDEX))
              for values in json.loads((folder / RUN_INDEX).read_text())["seeds"]]
     folders = [folder / f"seed{c.run.seed}" for c in seeds]
-    return folder, [SeedRun(c, seed_dir, (seed_dir / "checkpoint.pt").is_file()) for c, seed_dir in zip(seeds, folders)]
+    return [SeedRun(c, seed_dir, (seed_dir / "checkpoint.pt").is_file()) for c, seed_dir in zip(seeds, folders)]
 
 
 def describe(config: TrainConfig, folder: Path, args: argparse.Namespace, world: World | None) -> list[str]:
@@ -159,7 +171,7 @@ def report(summaries: list[dict], out: Path) -> None:
         accs = [s["student_acc"] for s in summaries]
         print(f"student test accuracy over {len(accs)} seeds: {statistics.fmean(accs):.2f} ± "
               f"{statistics.pstdev(accs):.2f}%")
-        (out / "summary.json").write_text(json.dumps(
+        atomic_write_text(out / "summary.json", json.dumps(
             {"student_acc_mean": statistics.fmean(accs), "student_acc_std": statistics.pstdev(accs),
              "seeds": [s["seed"] for s in summaries], "runs": summaries}, indent=2))
 
@@ -169,35 +181,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
     if args.list_nodes:
-        with errors_as_messages(parser):
+        with errors_as_messages(parser, debug=args.debug):
             print(list_nodes(args.list_nodes, args))
         return 0
-    with process_group_closed_at_exit(), errors_as_messages(parser):
+    with process_group_closed_at_exit(), errors_as_messages(parser, debug=args.debug) as ending:
         world = _join_processes(args)
+        writer = world is None or world.is_writer
+        ending.quiet = not writer and args.parallel == "data"
         # Rank 0 speaks for a data-parallel run; in a seed-parallel one each process reports its own seeds.
-        say = print if world is None or world.is_writer or args.parallel == "seeds" else (lambda *a, **k: None)
-        out, plan = plan_resumed_run(Path(args.resume)) if args.resume else plan_new_run(args, world)
-        everything = plan
-        if world is not None:
-            torch.distributed.barrier()  # run.json written, a digits teacher pretrained: the others may look
-            if args.parallel == "seeds":  # independent runs from here on: nothing to wait for together
-                torch.distributed.destroy_process_group()
-                plan = plan[world.rank::world.size]
-                say(f"{world.size} processes share {len(everything)} seed(s): rank r runs seeds r, r + {world.size}, "
-                    f"...")
-        try:
-            summaries = run_seeds(plan, args, world, say)
-        except RunInterrupted as stopped:
-            target = out if len(everything) > 1 else stopped.run_dir
+        say = print if writer or args.parallel == "seeds" else (lambda *a, **k: None)
+        out = output_folder(args, world)
+        with left_as_found(out, enabled=writer, keep_on=(KeyboardInterrupt, RunInterrupted)):
+            plan = plan_resumed_run(Path(args.resume)) if args.resume else plan_new_run(args, out, world)
             again = parser.prog if world is None else \
                 f"torchrun --nproc-per-node {world.size} -m {parser.prog.split()[-1]}"
-            parser.exit(128 + stopped.signum, f"\n{parser.prog}: {stopped}\ncontinue with: {again} --resume "
-                                              f"{target}\n" if world is None or world.is_writer else "")
-        if world is not None and not world.is_writer:
+            ending.continue_with = f"{again} --resume {plan[0].folder if len(plan) == 1 else out}"
+            everything = plan
+            if world is not None:
+                torch.distributed.barrier()  # run.json written, a digits teacher pretrained: the others may look
+                if args.parallel == "seeds":  # independent runs from here on: nothing to wait for together
+                    torch.distributed.destroy_process_group()
+                    plan = plan[world.rank::world.size]
+                    say(f"{world.size} processes share {len(everything)} seed(s): rank r runs seeds r, "
+                        f"r + {world.size}, ...")
+            summaries = run_seeds(plan, args, world, say)
+        if not writer:
             return 0
         if world is not None and args.parallel == "seeds":
             summaries = _wait_for_summaries([seed.folder for seed in everything])
-    report(summaries, out)
+        report(summaries, out)
     return 0
 
 
@@ -206,7 +218,7 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error(f"--seeds has repeats: {args.seeds}")
     if args.resume:
         extra = [action.option_strings[0] for action in parser._actions
-                 if action.option_strings and action.dest not in ("resume", "no_progress", "parallel", "help")
+                 if action.option_strings and action.dest not in ("resume", "no_progress", "parallel", "help", "debug")
                  and getattr(args, action.dest) != action.default]
         if extra:
             parser.error(f"--resume continues a run with its saved settings, which cannot change: drop "

@@ -6,16 +6,15 @@ package writes (the same layout plus metadata), or a plain state dict.
 from __future__ import annotations
 
 import argparse
-import errno
 import math
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from ..common import atomic_write
 from ..models import Generator, build_classifier
 
 
@@ -24,29 +23,9 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file beside `path`, flushed to disk, then renamed over it: a reader (or a run killed
-    while writing) sees the old file or the new one, never half of one."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the final file gets the usual permissions
-        with os.fdopen(handle, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-            why = "read-only file system" if error.errno == errno.EROFS else "disk full"
-            kept = " (the previous file there is intact)" if os.path.exists(path) else ""
-            raise CheckpointError(f"cannot write {path}: {why}{kept}") from error
-        raise
+    """torch.save, atomically (zskt_fast.common.atomic_write): a reader, or a run killed while writing, sees the old
+    file or the new one; a full or read-only disk raises StorageError and keeps the old one."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_file(path: str | os.PathLike, map_location="cpu"):

@@ -218,6 +218,28 @@ def convert_batch_norm(net: nn.Module, to_global: bool = True) -> nn.Module:
     return net
 
 
+# What gloo and NCCL say when the process at the other end is gone or stopped answering.
+LOST_PEER_SIGNS = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out", "timeout",
+                   "nccl error", "ncclremoteerror", "socket closed")
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether `error` is a collective failing because another process of the job died or hung."""
+    dist_error = getattr(dist, "DistError", ())
+    if isinstance(error, dist_error):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and dist.is_available() and dist.is_initialized() and \
+        any(sign in text for sign in LOST_PEER_SIGNS)
+
+
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    """A data-parallel batch is split evenly over the processes."""
+    if batch_size % world_size:
+        raise ValueError(f"the global batch size {batch_size} is not divisible by the world size {world_size}: "
+                         f"choose a batch size that is a multiple of the number of processes")
+
+
 def data_parallel_world(distributed: bool | None, batch_size: int) -> World | None:
     """The ranks a run shares its batches with: None runs in this process alone. `distributed` None: the initialised
     process group when there is one (torchrun); False: none; True: the process group, which must exist. A group of
@@ -225,9 +247,8 @@ def data_parallel_world(distributed: bool | None, batch_size: int) -> World | No
     world = current_world() if distributed is not False else None
     if distributed and world is None:
         raise ValueError("distributed=True needs an initialised torch.distributed process group (launch with torchrun)")
-    if world is not None and batch_size % world.size:
-        raise ValueError(f"the global batch size {batch_size} is not divisible by the world size {world.size}: "
-                         f"choose a batch size that is a multiple of the number of processes")
+    if world is not None:
+        check_global_batch(batch_size, world.size)
     return world if world is not None and world.size > 1 else None
 
 

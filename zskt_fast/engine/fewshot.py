@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
+from ..common import atomic_write_text
 from ..data import dataset_labels, evaluation_loader, load_dataset
 from ..models import build_classifier, pair_networks, unwrap
 from ..ops import kd_at_loss
@@ -59,7 +61,11 @@ def train_kd_at(config: FewShotConfig | None, run_dir: str | os.PathLike, *, res
     f(steps_done) after every step, before its checkpoint; one that raises ends the run as a kill would."""
     run_dir = Path(run_dir).expanduser().absolute()
     config = (_read_config(run_dir) if resume else config).resolved()
-    teacher_path, must_pretrain = find_teacher(config.data, config.networks)
+    try:
+        teacher_path, must_pretrain = find_teacher(config.data, config.networks)
+    except CheckpointError:
+        _training_images(config.data, None)  # a missing or unreadable data set is the more basic error
+        raise
     if not resume:
         check_run_folder(run_dir, FEWSHOT_FILES, overwrite=overwrite, create=False)
     if must_pretrain:
@@ -67,9 +73,7 @@ def train_kd_at(config: FewShotConfig | None, run_dir: str | os.PathLike, *, res
     teacher_file = load_file(teacher_path)
     data = config.data
     normalisation = (data.mean, data.std) if data.mean is not None else recorded_normalisation(teacher_file)
-    where = {"root": data.data_root, "download": data.download, "image_size": data.image_size,
-             "channels": data.channels, "normalisation": normalisation}
-    train_set = load_dataset(data.dataset, train=True, augment=True, **where)
+    train_set, where = _training_images(data, normalisation)
     config = config.resolved(Context(DATASET_DEFAULTS[data.dataset], torch.device(config.run.device),
                                      steps_per_epoch=steps_per_epoch(len(train_set), config.sgd.batch_size)))
     config.networks.teacher_ckpt = teacher_path
@@ -89,7 +93,7 @@ def train_kd_at(config: FewShotConfig | None, run_dir: str | os.PathLike, *, res
     loader = evaluation_loader(data.dataset, **where)
     with run:
         if not resume:
-            (run_dir / "indices.json").write_text(json.dumps(indices.tolist()))
+            atomic_write_text(run_dir / "indices.json", json.dumps(indices.tolist()))
         teacher_acc = evaluate(teacher, loader, run.device)
         trainer.train(loader, callbacks)
         run.checkpoint(run.total, trainer.state())
@@ -104,6 +108,13 @@ def train_kd_at(config: FewShotConfig | None, run_dir: str | os.PathLike, *, res
                            "student": config.networks.student, "dataset": data.dataset, "teacher_acc": teacher_acc,
                            "student_acc": student_acc, "iterations": run.total, "images": len(indices),
                            "history": run.history})
+
+
+def _training_images(data, normalisation) -> tuple[Dataset, dict]:
+    """The augmented training split, and where it (and the test split) is read from."""
+    where = {"root": data.data_root, "download": data.download, "image_size": data.image_size,
+             "channels": data.channels, "normalisation": normalisation}
+    return load_dataset(data.dataset, train=True, augment=True, **where), where
 
 
 class _KDAT:

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..common import STORAGE_FAILURES, StorageError, atomic_write
+
 
 def _complete_before(line: str, iteration: int) -> bool:
     """A whole record (not a line torn by a kill or a full disk) of an iteration up to `iteration`."""
@@ -40,8 +42,13 @@ class MetricsLog:
                 self.writer = SummaryWriter(tensorboard_dir, purge_step=keep_until)
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as error:
+            if error.errno in STORAGE_FAILURES:  # a torn last line is dropped on resume
+                raise StorageError(f"cannot write {self.path}: {STORAGE_FAILURES[error.errno]}") from error
+            raise
         if self.writer is not None:
             for key, value in record.items():
                 if key != "iteration" and isinstance(value, (int, float)) and math.isfinite(value):
@@ -73,8 +80,8 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, mean, std,
         top, left = 1 + (i // columns) * (h + 1), 1 + (i % columns) * (w + 1)
         grid[:, top:top + h, left:left + w] = image
     pixels = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(path)
+    image = Image.fromarray(pixels[..., 0] if c == 1 else pixels)
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 class MetricsWindow:

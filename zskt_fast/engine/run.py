@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..common import writable_folder
+from ..common import atomic_write_text, writable_folder
 from .checkpoint import CheckpointError, atomic_save, check_finite_weights, load_file
 from .distributed import World, agree
 from .metrics import MetricsLog
@@ -150,7 +150,7 @@ class Run:
             self._exit.enter_context(hold_folder(self.folder))
             if not self.resume:
                 self._clear()
-                (self.folder / "config.json").write_text(json.dumps(self.record, indent=2))
+                atomic_write_text(self.folder / "config.json", json.dumps(self.record, indent=2))
         self._stop = self._exit.enter_context(stop_requests(enabled=self.folder is not None))
         self.metrics = None
         if self.writes and self.outputs is not None:
@@ -237,7 +237,7 @@ class Run:
         seconds = self.elapsed()
         summary = {**summary, "seconds": seconds, f"{self.unit}s_per_second": self.total / seconds if seconds else None}
         if self.writes:
-            (self.folder / "summary.json").write_text(json.dumps(summary, indent=2))
+            atomic_write_text(self.folder / "summary.json", json.dumps(summary, indent=2))
         return summary
 
     # -- resume ------------------------------------------------------------------------------------------------------

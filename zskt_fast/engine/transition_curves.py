@@ -18,7 +18,7 @@ from torch import nn
 
 from tqdm import tqdm
 
-from ..common import check_choice, check_count, check_positive, eval_mode
+from ..common import atomic_write, check_choice, check_count, check_positive, eval_mode
 from .distributed import current_world
 from .matching_images import SOURCES, image_batches, logits_of, select_matching_images
 
@@ -53,9 +53,10 @@ class TransitionCurves:
 
     def save(self, path) -> None:
         mean_a, mean_b = self.mean_curves()
-        np.savez_compressed(path, p_a=self.p_a.numpy(), p_b=self.p_b.numpy(), targets=self.targets.numpy(),
-                            sources=self.sources.numpy(), indices=self.indices.numpy(), mean_a=mean_a, mean_b=mean_b,
-                            mte=self.mte, steps=self.steps, step_size=self.step_size)
+        arrays = {"p_a": self.p_a.numpy(), "p_b": self.p_b.numpy(), "targets": self.targets.numpy(),
+                  "sources": self.sources.numpy(), "indices": self.indices.numpy(), "mean_a": mean_a, "mean_b": mean_b,
+                  "mte": self.mte, "steps": self.steps, "step_size": self.step_size}
+        atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def _bytes_per_trajectory(net_a: nn.Module, image: torch.Tensor) -> int:
