@@ -25,6 +25,8 @@ using AtForward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at:
                                                                                         const at::Tensor&);
 using AtBackward = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                               const at::Tensor&);
+using BnForward = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&);
+using BnBackward = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
 
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> op(const char* name) {
@@ -80,6 +82,31 @@ class AttentionTransfer : public torch::autograd::Function<AttentionTransfer> {
   }
 };
 
+class BnStatistics : public torch::autograd::Function<BnStatistics> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input) {
+    static const auto forward_op = op<BnForward>("zskt_fast::bn_statistics_forward");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [mean, var] = forward_op.call(input);
+    ctx->save_for_backward({input, mean});
+    return {mean, var};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto backward_op = op<BnBackward>("zskt_fast::bn_statistics_backward");
+    const auto saved = ctx->get_saved_variables();
+    // A statistic that no loss used has no gradient: it contributes nothing.
+    const auto grad_mean = grads[0].defined() ? grads[0] : at::zeros_like(saved[1]);
+    const auto grad_var = grads[1].defined() ? grads[1] : at::zeros_like(saved[1]);
+    return {backward_op.call(grad_mean, grad_var, saved[0], saved[1])};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> bn_statistics_forward_autograd(const at::Tensor& input) {
+  auto out = BnStatistics::apply(input);
+  return {out[0], out[1]};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_divergence_forward_autograd(const at::Tensor& student_logits,
                                                                              const at::Tensor& teacher_logits,
                                                                              double temperature) {
@@ -98,6 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention
 TORCH_LIBRARY_IMPL(zskt_fast, Autograd, m) {
   m.impl("kl_divergence_forward", &kl_divergence_forward_autograd);
   m.impl("attention_transfer_forward", &attention_transfer_forward_autograd);
+  m.impl("bn_statistics_forward", &bn_statistics_forward_autograd);
 }
 
 }  // namespace zskt

@@ -29,6 +29,11 @@ TORCH_LIBRARY(zskt_fast, m) {
   // belong to that side, `other_attention` to the other side (the formula is symmetric).
   m.def("attention_transfer_backward(Tensor grad_sq_diff, Tensor features, Tensor attention, Tensor other_attention,"
         " Tensor norm) -> Tensor");
+  // The per-channel mean and biased variance over (N, H, W) of a [B, C, H, W] map, each [C] (a BatchNorm layer's batch
+  // statistics; the batch-norm statistics prior compares them with the layer's running statistics).
+  m.def("bn_statistics_forward(Tensor input) -> (Tensor mean, Tensor var)");
+  // Gradient of sum_c grad_mean[c] * mean[c] + grad_var[c] * var[c] with respect to the map.
+  m.def("bn_statistics_backward(Tensor grad_mean, Tensor grad_var, Tensor input, Tensor mean) -> Tensor");
 }
 
 PYBIND11_MODULE(_C, module) {

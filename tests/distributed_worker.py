@@ -1,5 +1,5 @@
 """A small data-parallel run for the distributed tests: `torchrun --nproc-per-node N tests/distributed_worker.py OUT
-[--float64] [--no-sync-bn] [--iterations K] [--stop K]`, or plain `python` for the one-process run it must equal.
+[--float64] [--no-sync-bn] [--iterations K] [--stop K] [--method M]`, or plain `python` for the one-process run it must equal.
 Rank 0 saves the final student and generator weights and the losses of every iteration to OUT/result.pt."""
 import argparse
 import sys
@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--stop", type=int, default=None)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--method", default="zskt")
     args = parser.parse_args()
     if args.float64:
         torch.set_default_dtype(torch.float64)
@@ -52,7 +53,7 @@ def main() -> None:
                                    batch_size=args.batch_size, n_student_steps=2, z_dim=16, compile="off",
                                    backend="eager" if args.float64 else "auto", sync_bn=not args.no_sync_bn,
                                    amp="off", progress=False, out=Path(args.out) / "run", checkpoint_every=1,
-                                   resume=args.resume, tensorboard=False,
+                                   resume=args.resume, tensorboard=False, method=args.method,
                                    callbacks=[kill_after(args.stop)] if args.stop else [])
     except Killed:  # as a kill after that iteration: its checkpoint is what is left
         if dist.is_initialized():

@@ -73,6 +73,17 @@ def test_two_ranks_compute_what_one_process_computes(float64_runs):
     assert config["world_size"] == 2 and config["sync_bn"] is True
 
 
+def test_the_batch_norm_prior_of_two_ranks_is_that_of_the_global_batch(tmp_path):
+    """DFQ's prior (and its other terms) over 2 ranks x 4 images equals 1 process x 8 images in float64: the batch
+    statistics at the teacher's BatchNorm layers are combined over the ranks (gradients through the gather)."""
+    _worker(tmp_path / "one", None, "--float64", "--method", "dfq")
+    _worker(tmp_path / "two", 2, "--float64", "--method", "dfq")
+    one, two = (torch.load(tmp_path / name / "result.pt", weights_only=True) for name in ("one", "two"))
+    torch.testing.assert_close(two["losses"], one["losses"], rtol=1e-9, atol=1e-12)
+    for part in ("student", "generator"):
+        _close(two[part], one[part], rtol=1e-8)
+
+
 def test_per_rank_batch_norm_is_a_different_algorithm(float64_runs):
     _worker(float64_runs / "local-bn", 2, "--float64", "--no-sync-bn")
     one = torch.load(float64_runs / "one" / "result.pt", weights_only=True)

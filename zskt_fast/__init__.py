@@ -8,6 +8,8 @@ from .ops import (
     REDUCTIONS,
     attention_transfer,
     available_backends,
+    bn_statistics,
+    bn_statistics_prior,
     kd_at_loss,
     key_compile_caches_by_build,
     kl_divergence,
@@ -18,7 +20,8 @@ from .ops import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS", "REDUCTIONS", "attention_transfer", "kd_at_loss", "available_backends", "build_classifier", "distill",
+    "BACKENDS", "REDUCTIONS", "attention_transfer", "bn_statistics", "bn_statistics_prior", "kd_at_loss",
+    "available_backends", "build_classifier", "distill",
     "DistillResult", "Generator", "key_compile_caches_by_build",
     "kl_divergence", "mean_transition_error", "nn", "transition_curves", "zero_shot_knowledge_transfer",
     "zskt_generator_loss", "zskt_student_loss",

@@ -6,8 +6,11 @@ mean transition error and transition curves of the zero-shot student and of the 
 each against the teacher. Every run is cached in the report folder: a re-run after an interruption continues from
 there (finished runs are kept, interrupted ones resumed); --force runs everything again.
 
-Report folder: report.md (tables), accuracy_vs_shots.png, transition_curves.png, results.json, and runs/ (every run's
-own folder).
+The methods section runs each data-free method (ZSKT, DFAD, DAFL, DFQ: their presets) over the seeds and reports the
+student's accuracy against wall-clock seconds; --methods-only runs just that part.
+
+Report folder: report.md (tables), accuracy_vs_shots.png, transition_curves.png, results.json, methods.md,
+accuracy_vs_seconds.png, methods.json, and runs/ (every run's own folder).
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from .engine.fewshot import train_kd_at
 from .engine.run import RunInterrupted
 from .engine.settings import ALGORITHM, DATA, OUTPUTS, SPEED
 from .engine.supervised import train_supervised
+from .engine.time_to_accuracy import methods_table, summarise_methods
 from .engine.teachers import find_teacher, pretrain_missing_teacher
 from .engine.trainer import train
 from .engine.transition_curves import transition_curves
@@ -57,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     groups[OUTPUTS].add_argument("--out", default=None, help="report folder; default reports/DATASET-TEACHER-STUDENT")
     groups[OUTPUTS].add_argument("--force", action="store_true",
                                  help="run everything again instead of keeping finished runs")
+    groups[OUTPUTS].add_argument("--methods-only", action="store_true",
+                                 help="only the methods section: each of --methods over --seeds, the student's test "
+                                      "accuracy against wall-clock seconds (methods.md, accuracy_vs_seconds.png, "
+                                      "methods.json)")
     groups[OUTPUTS].add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -143,6 +151,40 @@ class Report:
             train_kd_at(config, folder, resume=resume, overwrite=True, progress=self.progress)
         return json.loads((folder / "summary.json").read_text())
 
+    def method_run(self, method: str, seed: int, teacher_path: str) -> dict:
+        """One run of a data-free method with its preset (n_S too, unless given) and this report's other settings,
+        tested every methods_eval_every iterations."""
+        folder = self.runs / "methods" / method / f"seed{seed}"
+        if self._fresh(folder, folder / "summary.json"):
+            resume = (folder / "checkpoint.pt").is_file()
+            print(f"method {method}, seed {seed}" + (" (resumed)" if resume else ""))
+            config = self.config
+            values = {**self._shared(), **dataclasses.asdict(config.networks), **dataclasses.asdict(config.steps),
+                      **dataclasses.asdict(config.loop), "teacher_ckpt": teacher_path, "seed": seed,
+                      "tensorboard": False, "method": method, "n_student_steps": self.args.n_student_steps,
+                      "eval_every": config.comparison.methods_eval_every}
+            train(None if resume else TrainConfig.from_flat(values), folder, resume=resume, progress=self.progress,
+                  overwrite=True)
+        return json.loads((folder / "summary.json").read_text())
+
+    def methods_section(self, teacher_path: str) -> dict:
+        """Every method over every seed (seeds outermost: an interrupted report has the early seeds of all methods),
+        summarised as the methods table and curves."""
+        methods, seeds = self.config.comparison.methods, self.args.seeds
+        runs = {method: [] for method in methods}
+        for seed in seeds:
+            for method in methods:
+                runs[method].append(self.method_run(method, seed, teacher_path))
+        return summarise_methods(runs)
+
+    def run_methods(self) -> dict:
+        """The methods section alone."""
+        writable_folder(self.out, "report folder")
+        section = self.methods_section(self.teacher_file())
+        return {"dataset": self.config.data.dataset, "teacher": self.teacher, "student": self.student,
+                "seeds": self.args.seeds, "iterations": self.config.loop.iterations, "machine": _machine(),
+                "date": time.strftime("%Y-%m-%d"), "methods_section": section, "kept": self.kept, "ran": self.ran}
+
     def curves(self, name: str, student_path: Path, teacher, loader, device) -> dict:
         folder = self.runs / "mte"
         comparison = self.config.comparison
@@ -190,7 +232,9 @@ class Report:
         curve_students.update({f"KD+AT M={m}": self.runs / f"kd-at-{m}" / first / "student.pt" for m in shots})
         curve_students["KD+AT full data"] = self.runs / "kd-at-all" / first / "student.pt"
         mte = {name: self.curves(name, path, teacher, loader, device) for name, path in curve_students.items()}
-        return self._results(teacher_acc, teacher_path, methods, mte)
+        results = self._results(teacher_acc, teacher_path, methods, mte)
+        results["methods_section"] = self.methods_section(teacher_path)
+        return results
 
     def _results(self, teacher_acc: float, teacher_path: str, methods: dict, mte: dict) -> dict:
         rows = []
@@ -209,9 +253,12 @@ class Report:
                 "mte_steps": comparison.mte_steps, "methods": rows,
                 "mte": [{"method": name, "mte": value["mte"], "images": value["images"], "mean_a": value["mean_a"],
                          "mean_b": value["mean_b"], "seconds": value["seconds"]} for name, value in mte.items()],
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
-                "date": time.strftime("%Y-%m-%d"), "kept": self.kept, "ran": self.ran}
+                "machine": _machine(), "date": time.strftime("%Y-%m-%d"), "kept": self.kept, "ran": self.ran}
+
+
+def _machine() -> str:
+    return (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
 
 
 def _label(key: str) -> str:
@@ -243,9 +290,57 @@ def write_report(results: dict, out: Path) -> None:
               "|---|---|---|"]
     lines += [f"| {row['method']} | {row['mte']:.4f} | {row['images']} |" for row in results["mte"]]
     lines += ["", "![accuracy against M](accuracy_vs_shots.png)", "", "![transition curves](transition_curves.png)", ""]
+    lines += methods_lines(results)
     atomic_write_text(out / "report.md", "\n".join(lines))
     _plot_accuracy(results, out / "accuracy_vs_shots.png")
     _plot_curves(results, out / "transition_curves.png")
+    write_methods_section(results, out)
+
+
+def methods_lines(results: dict) -> list[str]:
+    """The methods section of the report: the table and the accuracy-against-seconds figure."""
+    section = results["methods_section"]
+    return ["## Data-free methods: time to a good student", "",
+            f"Each method with its preset (docs/methods.md), {results.get('iterations') or results['zero_shot_iterations']:,} "
+            f"iterations, seeds {', '.join(map(str, results['seeds']))}; wall-clock seconds of each run on this machine, "
+            f"evaluations included.", "", *methods_table(section), "",
+            "![student accuracy against seconds](accuracy_vs_seconds.png)", ""]
+
+
+def write_methods_section(results: dict, out: Path) -> None:
+    """methods.md, methods.json and accuracy_vs_seconds.png."""
+    header = [f"# Data-free methods: {results['teacher']} -> {results['student']} on {results['dataset']}", "",
+              f"{results['machine']}; {results['date']}.", ""]
+    atomic_write_text(out / "methods.md", "\n".join(header + methods_lines(results)))
+    atomic_write_text(out / "methods.json", json.dumps(results["methods_section"], indent=2))
+    _plot_accuracy_vs_seconds(results, out / "accuracy_vs_seconds.png")
+
+
+def _plot_accuracy_vs_seconds(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    section = results["methods_section"]
+    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=120)
+    for index, (method, curve) in enumerate(section["curves"].items()):
+        mean, std = curve["accuracy_mean"], curve["accuracy_std"]
+        ax.plot(curve["seconds"], mean, marker=".", color=f"C{index}", label=method)
+        ax.fill_between(curve["seconds"], [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        color=f"C{index}", alpha=0.2)
+    ax.axhline(section["target"], color="k", linestyle="--", linewidth=1,
+               label=f"{section['reference']} final accuracy ({section['target']:.2f}%)")
+    ax.axvline(section["reference_seconds"], color="k", linestyle=":", linewidth=1,
+               label=f"{section['reference']} wall time ({section['reference_seconds']:.0f} s)")
+    ax.set_xlabel("wall-clock seconds of training (this machine)")
+    ax.set_ylabel("student test accuracy (%)")
+    ax.set_title(f"{results['teacher']} -> {results['student']} on {results['dataset']}: mean ± std over "
+                 f"{len(results['seeds'])} seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
 
 
 def _plot_accuracy(results: dict, path: Path) -> None:
@@ -301,10 +396,14 @@ def main(argv: list[str] | None = None) -> int:
         ending.continue_with = (" ".join([parser.prog, *map(shlex.quote, again)]) +
                                 " (the finished runs are kept; an interrupted one resumes from its checkpoint)")
         with left_as_found(report.out, keep_on=(KeyboardInterrupt, RunInterrupted)):
-            results = report.run()
+            if args.methods_only:
+                results = report.run_methods()
+                write_methods_section(results, report.out)
+            else:
+                results = report.run()
+                write_report(results, report.out)
             results["seconds"] = time.perf_counter() - start
-            write_report(results, report.out)
-    print((report.out / "report.md").read_text())
+    print((report.out / ("methods.md" if args.methods_only else "report.md")).read_text())
     print(f"written to {report.out} in {results['seconds']:.0f} s ({len(report.ran)} runs made, "
           f"{len(report.kept)} kept from before)")
     return 0

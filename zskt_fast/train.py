@@ -20,6 +20,7 @@ from .common import atomic_write_text, left_as_found, writable_folder
 from .data import dataset_info
 from .engine.checkpoint import CheckpointError
 from .engine.config import TrainConfig
+from .engine.recipes import METHODS
 from .engine.distill import RUN_FILES
 from .engine.distributed import (World, broadcast_object, check_global_batch, init_world, launched_ranks,
                                  process_group_closed_at_exit)
@@ -130,7 +131,8 @@ def describe(config: TrainConfig, folder: Path, args: argparse.Namespace, world:
     why_compile = (f" (auto: {compile_reason(device, config.loop.iterations)})"
                    if args.compile == "auto" and fresh else "")
     lines = [f"seed {config.run.seed}: {config.networks.teacher} -> {config.networks.student} on "
-             f"{config.data.dataset}, {config.loop.iterations} iterations, {config.run.device}, "
+             f"{config.data.dataset}, method {METHODS[config.objectives.method].title}, "
+             f"{config.loop.iterations} iterations, {config.run.device}, "
              f"amp {steps.amp}{why_amp}, CUDA graphs {'on' if steps.cuda_graphs else 'off'}, "
              f"compile {steps.compile}{why_compile}; writing {folder}"]
     if world is not None and args.parallel == "data":

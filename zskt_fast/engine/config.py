@@ -1,10 +1,10 @@
 """Each program's configuration, composed of settings parts (engine/settings.py, engine/recipes.py).
 
-ZeroShotSettings  steps + loop + run + outputs: a zero-shot run of given networks (zskt_fast.distill)
+ZeroShotSettings  objectives + steps + loop + run + outputs: a zero-shot run of given networks (zskt_fast.distill)
 TrainConfig       data + networks + the zero-shot parts + processes: python -m zskt_fast.train
 PretrainConfig    data + pretrain + sgd + run: python -m zskt_fast.pretrain
 FewShotConfig     data + networks + sgd + kd + run + outputs: python -m zskt_fast.fewshot
-ReproduceConfig   data + networks + steps + loop + run + comparison: python -m zskt_fast.reproduce
+ReproduceConfig   data + networks + objectives + steps + loop + run + comparison: python -m zskt_fast.reproduce
 CurvesConfig      data + curves + run: python -m zskt_fast.mte
 
 Every setting's name is unique within a configuration, so a flat {name: value} mapping (keyword arguments, a command
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from ..common import resolve_device, settings_from_dict
 from ..data import dataset_info
-from .recipes import (ComparisonSettings, CurveSettings, KDSettings, LoopSettings, PretrainSettings, SGDSettings,
-                      StepSettings)
+from .recipes import (ComparisonSettings, CurveSettings, KDSettings, LoopSettings, ObjectiveSettings, PretrainSettings,
+                      SGDSettings, StepSettings)
 from .settings import (DATASET_DEFAULTS, Context, DataSettings, NetworkSettings, OutputSettings, ProcessSettings,
                        RunSettings)
 
@@ -79,6 +79,7 @@ class Composed:
 
 @dataclass
 class ZeroShotSettings(Composed):
+    objectives: ObjectiveSettings = _part(ObjectiveSettings)
     steps: StepSettings = _part(StepSettings)
     loop: LoopSettings = _part(LoopSettings)
     run: RunSettings = _part(RunSettings)
@@ -87,9 +88,11 @@ class ZeroShotSettings(Composed):
     def resolved(self, context: Context | None = None) -> ZeroShotSettings:
         """Without `context`: the loop lengths of the paper's CIFAR-10 run, on this run's device."""
         context = context or Context(device=resolve_device(self.run.device))
+        objectives = self.objectives.resolved(context)
+        context = dataclasses.replace(context, method=objectives.method)
         loop = self.loop.resolved(context)
         context = dataclasses.replace(context, iterations=loop.iterations)
-        return ZeroShotSettings(self.steps.resolved(context), loop, self.run.resolved(context),
+        return ZeroShotSettings(objectives, self.steps.resolved(context), loop, self.run.resolved(context),
                                 self.outputs.resolved(context))
 
 
@@ -97,6 +100,7 @@ class ZeroShotSettings(Composed):
 class TrainConfig(Composed):
     data: DataSettings = _part(DataSettings)
     networks: NetworkSettings = _part(NetworkSettings)
+    objectives: ObjectiveSettings = _part(ObjectiveSettings)
     steps: StepSettings = _part(StepSettings)
     loop: LoopSettings = _part(LoopSettings)
     run: RunSettings = _part(RunSettings)
@@ -118,7 +122,7 @@ class TrainConfig(Composed):
 
     def zero_shot(self) -> ZeroShotSettings:
         """The parts zskt_fast.distill takes."""
-        return ZeroShotSettings(self.steps, self.loop, self.run, self.outputs)
+        return ZeroShotSettings(self.objectives, self.steps, self.loop, self.run, self.outputs)
 
     @classmethod
     def from_dict(cls, values: Mapping, source: str = "settings") -> TrainConfig:
@@ -170,6 +174,7 @@ class FewShotConfig(Composed):
 class ReproduceConfig(Composed):
     data: DataSettings = _part(DataSettings)
     networks: NetworkSettings = _part(NetworkSettings)
+    objectives: ObjectiveSettings = _part(ObjectiveSettings)
     steps: StepSettings = _part(StepSettings)
     loop: LoopSettings = _part(LoopSettings)
     run: RunSettings = _part(RunSettings)
@@ -177,9 +182,10 @@ class ReproduceConfig(Composed):
 
     def resolved(self, context: Context | None = None) -> ReproduceConfig:
         data, context = self._data_and_context(context)
-        loop = self.loop.resolved(context)
+        objectives = self.objectives.resolved(context)
+        loop = self.loop.resolved(dataclasses.replace(context, method=objectives.method))
         context = dataclasses.replace(context, iterations=loop.iterations)
-        return ReproduceConfig(data, self.networks.resolved(context), self.steps.resolved(context), loop,
+        return ReproduceConfig(data, self.networks.resolved(context), objectives, self.steps.resolved(context), loop,
                                self.run.resolved(context), self.comparison.resolved(context))
 
 

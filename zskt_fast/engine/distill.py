@@ -22,6 +22,7 @@ from .distributed import World, data_parallel_world, global_batch_norm, mean_ove
 from .evaluation import as_batches, evaluate
 from .loop import zero_shot_knowledge_transfer
 from .metrics import MetricsWindow, save_image_grid
+from .objectives import check_teacher_for
 from .run import Run
 from .schedules import cosine_lr
 from .speed import check_cpu_bf16_training
@@ -63,8 +64,10 @@ def distill(teacher: nn.Module, student: nn.Module, *, image_shape: Sequence[int
         torch.fx node names). Ignored when beta is 0 (KL only).
     test_data: a DataLoader (or any iterable of (images, labels) batches), a Dataset, or an (images, labels) pair of
         tensors, normalised as the teacher expects; the student is tested every eval_every iterations. None: no tests.
-    **settings: the fields of ZeroShotSettings' parts (iterations, seed, device, batch_size, beta, student_lr, amp,
-        compile, cuda_graphs, eval_every, ...), defaults the paper's CIFAR-10 run (iterations 80,000).
+    **settings: the fields of ZeroShotSettings' parts (method, iterations, seed, device, batch_size, beta, student_lr,
+        amp, compile, cuda_graphs, eval_every, bn_prior, ...), defaults the paper's CIFAR-10 run (iterations 80,000).
+        method: 'zskt' (the default, the paper's), 'dfad', 'dafl' or 'dfq' (docs/methods.md), whose preset fills the
+        generator's and student's objectives and n_S; each weight can be given too (bn_prior=10, ...).
     out: a run folder to write (metrics, image grids, checkpoints, student.pt, generator.pt, summary.json); with
         `resume` the run in it continues from its checkpoint (with the same networks and settings). None: nothing is
         written and the run cannot be resumed.
@@ -95,7 +98,8 @@ def distill(teacher: nn.Module, student: nn.Module, *, image_shape: Sequence[int
         for net in (teacher, student, generator):
             net.to(device)
         teacher, student, pairs = pair_networks(teacher, student, image_shape=image_shape, attention=attention,
-                                                use_attention=config.steps.beta > 0, num_classes=num_classes)
+                                                use_attention=uses_attention(config), num_classes=num_classes)
+        check_teacher_for(config.objectives, teacher)
         record = {**(run_record or {}), **config.to_dict(), "image_shape": list(image_shape), "attention": attention,
                   "world_size": world.size if world else 1, **{k: v for k, v in names.items()
                                                                if k not in (run_record or {})}}
@@ -119,7 +123,8 @@ def build_steps(teacher: nn.Module, student: nn.Module, generator: nn.Module, co
     """The steps of Algorithm 1, in the state of the run's checkpoint when it resumes; captured as CUDA graphs after
     that when they replay."""
     steps_class = GraphedZSKTSteps if config.steps.cuda_graphs else ZSKTSteps
-    steps = steps_class(teacher, student, generator, config.steps, run.device, seed=config.run.seed, world=world)
+    steps = steps_class(teacher, student, generator, config.steps, run.device, seed=config.run.seed, world=world,
+                        objectives=config.objectives)
     if run.state is not None:
         steps.load_state_dict(run.state["steps"])
     if config.steps.cuda_graphs:
@@ -200,10 +205,15 @@ class _Outputs:
             atomic_save({"state_dict": {k: v.cpu() for k, v in generator.state_dict().items()},
                          "z_dim": config.steps.z_dim, "image_size": generator.image_size,
                          "channels": generator.channels}, run.folder / "generator.pt")
-        return run.finish({**names, "teacher_acc": self.teacher_acc, "student_acc": self.student_acc,
-                           "iterations": config.loop.iterations, "device": str(run.device), "amp": config.steps.amp,
+        return run.finish({**names, "method": config.objectives.method, "teacher_acc": self.teacher_acc,
+                           "student_acc": self.student_acc, "iterations": config.loop.iterations, "device": str(run.device), "amp": config.steps.amp,
                            "cuda_graphs": config.steps.cuda_graphs, "backend": config.steps.backend,
                            "attention_pairs": pairs, "history": run.history})
+
+
+def uses_attention(config) -> bool:
+    """Whether the student's loss reads feature maps: ZSKT's KL + attention transfer with beta > 0."""
+    return config.objectives.student_loss == "kl-at" and config.steps.beta > 0
 
 
 def check_image_shape(image_shape) -> tuple[int, int, int]:

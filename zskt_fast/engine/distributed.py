@@ -158,6 +158,24 @@ class _GatherFromRanks(torch.autograd.Function):
         return grad[dist.get_rank()]
 
 
+def global_mean(tensor: torch.Tensor, world: World | None) -> torch.Tensor:
+    """The mean over ranks of a tensor that each rank computed as a mean over its (equal) share of the batch: the
+    global batch's mean, with gradients to every rank's. Alone: the tensor given."""
+    if world is None or world.size == 1:
+        return tensor
+    return _GatherFromRanks.apply(tensor).mean(0)
+
+
+def global_statistics(mean: torch.Tensor, var: torch.Tensor, world: World | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel mean and biased variance of the global batch from each rank's (equal shares of the batch), with
+    gradients to every rank's: var = mean over ranks of (var_r + (mean_r - mean)^2). Alone: the statistics given."""
+    if world is None or world.size == 1:
+        return mean, var
+    means, variances = _GatherFromRanks.apply(torch.stack([mean, var])).unbind(1)  # [ranks, C] each
+    global_mean = means.mean(0)
+    return global_mean, (variances + (means - global_mean).pow(2)).mean(0)
+
+
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch normalisation whose training-mode statistics are those of the global batch over all ranks (the same
     formulas as BatchNorm: biased variance to normalise, unbiased for the running variance), with gradients through

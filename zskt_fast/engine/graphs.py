@@ -27,6 +27,7 @@ class GraphedZSKTSteps(ZSKTSteps):
 
     def _tensors_to_restore(self) -> list[torch.Tensor]:
         tensors = [t for net in (self.student, self.generator) for t in (*net.parameters(), *net.buffers())]
+        tensors += self.generator_objective.state_tensors()
         for optimizer in (self.optimizer_G, self.optimizer_S):
             for state in optimizer.state.values():
                 tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]

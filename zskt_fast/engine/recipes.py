@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ..common import check_choice, check_count, check_non_negative, check_positive, option
 from ..models import ARCHITECTURE_HELP, architecture_key
 from ..ops import BACKENDS, DEFAULT_BETA, DEFAULT_TEMPERATURE, KD_ALPHA, KD_BETA, KD_TEMPERATURE
-from .settings import ALGORITHM, DATA, PROCESSES, SPEED, Context, copy_of, per_dataset
+from .settings import ALGORITHM, DATA, METHOD, PROCESSES, SPEED, Context, copy_of, per_dataset
 from .speed import (AMP_CHOICES, COMPILE_CHOICES, COMPILE_FROM_ITERATIONS, COMPILE_MODES_WITH_GRAPHS,
                     check_cuda_graphs, default_amp, default_compile)
 from .transition_curves import DEFAULT_IMAGES, DEFAULT_STEP_SIZE, DEFAULT_STEPS, SOURCES
@@ -70,13 +70,101 @@ class StepSettings:
         return steps
 
 
+@dataclass(frozen=True)
+class MethodPreset:
+    """A data-free method as settings of Algorithm 1's loop: the generator's weighted terms, the student's loss and
+    n_S, as its paper's published code runs them (docs/methods.md cites each number)."""
+    name: str
+    title: str
+    adversarial: float
+    adversarial_loss: str
+    bn_prior: float
+    one_hot: float
+    balance: float
+    activation: float
+    student_loss: str
+    n_student_steps: int
+
+
+ADVERSARIAL_LOSSES = ("kl", "kl-batch", "l1")
+STUDENT_LOSSES = ("kl-at", "kd", "l1")
+GENERATOR_WEIGHTS = ("adversarial", "bn_prior", "one_hot", "balance", "activation")
+METHODS = {preset.name: preset for preset in (
+    MethodPreset("zskt", "ZSKT, Micaelli & Storkey 2019 (the paper's run)", adversarial=1.0, adversarial_loss="kl",
+                 bn_prior=0.0, one_hot=0.0, balance=0.0, activation=0.0, student_loss="kl-at", n_student_steps=10),
+    MethodPreset("dfad", "DFAD, Fang et al. 2019", adversarial=1.0, adversarial_loss="l1", bn_prior=0.0,
+                 one_hot=0.0, balance=0.0, activation=0.0, student_loss="l1", n_student_steps=5),
+    MethodPreset("dafl", "DAFL, Chen et al. 2019", adversarial=0.0, adversarial_loss="kl", bn_prior=0.0,
+                 one_hot=1.0, balance=20.0, activation=0.1, student_loss="kd", n_student_steps=5),
+    MethodPreset("dfq", "DFQ, Choi et al. 2020", adversarial=1.0, adversarial_loss="kl-batch", bn_prior=1.0,
+                 one_hot=1.0, balance=20.0, activation=0.0, student_loss="kd", n_student_steps=10),
+)}
+
+
+def _preset_values(name: str) -> str:
+    return "; ".join(f"{p.name} {getattr(p, name)}" for p in METHODS.values())
+
+
+@dataclass
+class ObjectiveSettings:
+    """What the generator and the student minimise: a method's preset, each of whose values can be overridden."""
+    method: str = option("zskt", "the data-free method: " + "; ".join(f"{p.name}: {p.title}" for p in
+                                                                        METHODS.values()) +
+                         ". All run Algorithm 1's loop (n_G generator steps, then n_S student steps on the same "
+                         "images) with this package's optimisers and schedule; a method sets the terms below and n_S",
+                         group=METHOD, choices=tuple(METHODS))
+    adversarial: float | None = option(None, "weight of the adversarial term (the generator seeks disagreement); "
+                                             f"{_preset_values('adversarial')}", group=METHOD)
+    adversarial_loss: str | None = option(None, "the adversarial term: kl, -KL(T || S) over samples and classes "
+                                                "(ZSKT); kl-batch, -KL(T || S) per sample (DFQ's code); l1, -|t - s| "
+                                                f"(DFAD); {_preset_values('adversarial_loss')}", group=METHOD,
+                                          choices=ADVERSARIAL_LOSSES)
+    bn_prior: float | None = option(None, "weight of the batch-norm statistics prior (DeepInversion, DFQ): the "
+                                          "distance of the batch statistics at the teacher's BatchNorm layers from "
+                                          f"their running statistics; {_preset_values('bn_prior')}", group=METHOD)
+    bn_momentum: float = option(0.0, "average the prior's batch statistics with those of earlier iterations (their "
+                                     "moving average at this rate, as FastDFKD's 0.9); 0: this batch's alone",
+                                group=METHOD)
+    one_hot: float | None = option(None, "weight of the one-hot term, the teacher's cross-entropy against its own "
+                                         f"argmax (DAFL, DFQ); {_preset_values('one_hot')}", group=METHOD)
+    balance: float | None = option(None, "weight of the class-balance term, sum p log p of the batch's mean teacher "
+                                         f"prediction (DAFL, DFQ); {_preset_values('balance')}", group=METHOD)
+    activation: float | None = option(None, "weight of the activation term, -mean |f| of the input of the teacher's "
+                                            f"last linear layer (DAFL); {_preset_values('activation')}",
+                                      group=METHOD)
+    student_loss: str | None = option(None, "the student's loss: kl-at, KL + beta * attention transfer (ZSKT); kd, "
+                                            "T^2 KL at temperature T per sample (the frameworks' KD); l1, |t - s| "
+                                            f"(DFAD); {_preset_values('student_loss')}", group=METHOD,
+                                      choices=STUDENT_LOSSES)
+
+    def resolved(self, context: Context | None = None) -> ObjectiveSettings:
+        objectives = copy_of(self)
+        check_choice(objectives.method, tuple(METHODS), "method")
+        preset = METHODS[objectives.method]
+        for name in GENERATOR_WEIGHTS + ("adversarial_loss", "student_loss"):
+            if getattr(objectives, name) is None:
+                setattr(objectives, name, getattr(preset, name))
+        for name in GENERATOR_WEIGHTS:
+            check_non_negative(getattr(objectives, name), name)
+        check_choice(objectives.adversarial_loss, ADVERSARIAL_LOSSES, "adversarial_loss")
+        check_choice(objectives.student_loss, STUDENT_LOSSES, "student_loss")
+        check_non_negative(objectives.bn_momentum, "bn_momentum")
+        if objectives.bn_momentum >= 1:
+            raise ValueError(f"bn_momentum must be in [0, 1), got {objectives.bn_momentum!r}")
+        if not any(getattr(objectives, name) for name in GENERATOR_WEIGHTS):
+            raise ValueError(f"every weight of the generator's objective is 0 ({', '.join(GENERATOR_WEIGHTS)}): give "
+                             f"at least one a weight > 0")
+        return objectives
+
+
 @dataclass
 class LoopSettings:
     """The length and shape of the zero-shot loop."""
     iterations: int | None = option(None, f"iterations N, each n_G generator + n_S student steps; default: "
                                           f"{per_dataset('iterations')}", group=ALGORITHM)
     n_generator_steps: int = option(1, "n_G", group=ALGORITHM)
-    n_student_steps: int = option(10, "n_S", group=ALGORITHM)
+    n_student_steps: int | None = option(None, f"n_S; default: the method's ({_preset_values('n_student_steps')})",
+                                         group=ALGORITHM)
     sync_bn: bool = option(True, "under torchrun (data-parallel): batch-norm statistics of the student and the "
                                  "generator over the global batch, so that N processes compute what one does; "
                                  "--no-sync-bn: per-process statistics (a different algorithm)", group=PROCESSES)
@@ -84,6 +172,8 @@ class LoopSettings:
     def resolved(self, context: Context) -> LoopSettings:
         loop = copy_of(self)
         loop.iterations = context.defaults.iterations if loop.iterations is None else loop.iterations
+        if loop.n_student_steps is None:
+            loop.n_student_steps = METHODS[context.method].n_student_steps
         for name in ("iterations", "n_generator_steps", "n_student_steps"):
             check_count(getattr(loop, name), name)
         if not isinstance(loop.sync_bn, bool):
@@ -227,9 +317,21 @@ class ComparisonSettings:
     mte_images: int | None = option(None, f"N test images of the transition curves; default {DIGITS_IMAGES} on digits, "
                                           f"{DEFAULT_IMAGES:,} (the paper's) otherwise", group=ALGORITHM_2)
     mte_steps: int = option(DEFAULT_STEPS, "K gradient steps per trajectory (the paper's 100)", group=ALGORITHM_2)
+    methods: list[str] = option(list(METHODS), "the data-free methods of the methods section (student accuracy "
+                                               "against wall-clock seconds), each run with its preset",
+                                group=METHOD)
+    methods_eval_every: int = option(25, "test the students of the methods section every this many iterations (the "
+                                         "points of their accuracy-against-seconds curves)", group=METHOD)
 
     def resolved(self, context: Context) -> ComparisonSettings:
         comparison = copy_of(self)
+        if not comparison.methods or not isinstance(comparison.methods, list):
+            raise ValueError(f"methods must be a list of method names, got {comparison.methods!r}")
+        for method in comparison.methods:
+            check_choice(method, tuple(METHODS), "methods")
+        if len(set(comparison.methods)) != len(comparison.methods):
+            raise ValueError(f"methods takes distinct names, got {comparison.methods}")
+        check_count(comparison.methods_eval_every, "methods_eval_every")
         for name in ("fewshot_iterations", "scratch_epochs", "mte_images"):
             if getattr(comparison, name) is not None:
                 check_count(getattr(comparison, name), name)

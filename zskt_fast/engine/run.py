@@ -199,8 +199,9 @@ class Run:
         return record
 
     def evaluated(self, done: int, accuracy: float) -> None:
-        """The student's test accuracy after `done` iterations, kept in the history (and the checkpoint)."""
-        self.history.append({"iteration": done, "student_acc": accuracy})
+        """The student's test accuracy after `done` iterations, and the seconds of work it took to get there (over
+        every part of a resumed run), kept in the history (and the checkpoint)."""
+        self.history.append({"iteration": done, "student_acc": accuracy, "seconds": self.elapsed()})
 
     def show(self, **fields: str) -> None:
         self.bar.set_postfix(fields)

@@ -21,6 +21,7 @@ from .distributed import DIST_BACKENDS
 # Help groups of the options.
 DATA, ALGORITHM, SPEED, OUTPUTS, PROCESSES = ("data and networks", "Algorithm 1 (defaults: the authors' settings)",
                                               "speed", "outputs", "many processes (torchrun)")
+METHOD = "data-free method (weights default to the --method preset's; docs/methods.md)"
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Context:
     arch: str | None = None
     steps_per_epoch: int | None = None
     iterations: int | None = None
+    method: str = "zskt"  # the data-free method, whose preset fills the loop's n_S
 
 
 def copy_of(part):

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from ..models import FeatureNetwork
-from ..ops import key_compile_caches_by_build, zskt_generator_loss, zskt_student_loss
+from ..ops import key_compile_caches_by_build
 from .distributed import World, average_gradients
-from .recipes import StepSettings
+from .objectives import GeneratorObjective, student_loss
+from .recipes import ObjectiveSettings, StepSettings
 from .schedules import cosine_lr
 from .settings import Context
 from .speed import AMP_DTYPES
@@ -50,14 +51,18 @@ class ZSKTSteps:
     """Holds the networks, the optimisers and the noise source; each method is one piece of Algorithm 1."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, generator: nn.Module, settings: StepSettings,
-                 device: torch.device, seed: int, world: World | None = None):
+                 device: torch.device, seed: int, world: World | None = None,
+                 objectives: ObjectiveSettings | None = None):
         """`world`: the ranks of a data-parallel run; each draws the global noise batch and keeps its share, and
-        gradients are averaged across ranks before each update (batch-norm layers synchronise themselves)."""
+        gradients are averaged across ranks before each update (batch-norm layers synchronise themselves).
+        `objectives`: the method's generator and student objectives (default: ZSKT's)."""
         self.device = torch.device(device)
         self.world = world if world is not None and world.size > 1 else None
         settings = settings.resolved(Context(device=self.device))
         self.teacher, self.student, self.generator = teacher, student, generator
         self.settings = settings
+        self.objectives = (objectives or ObjectiveSettings()).resolved()
+        self.generator_objective = GeneratorObjective(self.objectives, settings, teacher, self.device, self.world)
         teacher.eval().requires_grad_(False)
         student.train()
         generator.train()
@@ -73,8 +78,8 @@ class ZSKTSteps:
             self.scaler_G = torch.amp.GradScaler(self.device.type)
             self.scaler_S = torch.amp.GradScaler(self.device.type)
         self.amp_dtype = amp_dtype
-        # The attention features take part only when beta > 0; with beta = 0 the networks need not pair.
-        self.use_attention = settings.beta > 0
+        # The attention features take part only in ZSKT's student loss with beta > 0; else the networks need not pair.
+        self.use_attention = self.objectives.student_loss == "kl-at" and settings.beta > 0
         # This package's networks compile as one graph each step (fullgraph: never a silent fallback); a user's
         # network (wrapped for its features) may hold code dynamo cannot capture whole, and the batch-norm layers of a
         # data-parallel run hold collectives that run eagerly: those graph-break.
@@ -111,7 +116,8 @@ class ZSKTSteps:
         return z if self.world is None else z[self.world.share(s.batch_size)]
 
     def generator_step(self, z: torch.Tensor) -> torch.Tensor:
-        """One Adam step of G on -KL(T(G(z)) || S(G(z))); the gradient flows through both networks into G only."""
+        """One Adam step of G on the method's generator objective (ZSKT: -KL(T(G(z)) || S(G(z)))); the gradient
+        flows through the networks into G only."""
         loss = self._generator_loss(z)
         self._optimise(loss, self.generator, self.optimizer_G, self.scaler_G, self._update_G, only_this_net=True)
         return loss.detach()
@@ -127,19 +133,22 @@ class ZSKTSteps:
         return images, TeacherOutputs(logits, features)
 
     def student_step(self, images: torch.Tensor, teacher: TeacherOutputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """One Adam step of S on KL(T || S) + beta * sum_l AT_l; returns the loss and the student's logits."""
+        """One Adam step of S on the method's student loss (ZSKT: KL(T || S) + beta * sum_l AT_l); returns the loss
+        and the student's logits."""
         loss, logits = self._student_loss(images, teacher.logits, teacher.features)
         self._optimise(loss, self.student, self.optimizer_S, self.scaler_S, self._update_S)
         return loss.detach(), logits.detach()
 
     # -- the forward work of each step: what torch.compile compiles as one graph -------------------------------------
     def generator_loss(self, z: torch.Tensor) -> torch.Tensor:
+        objective = self.generator_objective
         with self.autocast():
             images = self.generator(z)
-            student_logits, _ = self.student(images)
+            student_logits = self.student(images)[0] if objective.needs_student else None
+            objective.start_collecting()  # the teacher's layer inputs that the prior and activation terms read
             teacher_logits, _ = self.teacher(images)
-            return zskt_generator_loss(student_logits, teacher_logits, temperature=self.settings.temperature,
-                                       backend=self.settings.backend)
+            bn_inputs, classifier_inputs = objective.stop_collecting()
+            return objective.loss(student_logits, teacher_logits, bn_inputs, classifier_inputs)
 
     @torch.no_grad()
     def teacher_forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -153,9 +162,8 @@ class ZSKTSteps:
                      teacher_features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast():
             logits, features = self.student(images)
-            loss = zskt_student_loss(logits, teacher_logits, features if self.use_attention else [], teacher_features,
-                                     beta=self.settings.beta, temperature=self.settings.temperature,
-                                     backend=self.settings.backend)
+            loss = student_loss(self.objectives, self.settings, logits, teacher_logits,
+                                features if self.use_attention else [], teacher_features)
         return loss, logits
 
     def set_learning_rates(self, iteration: int, iterations: int) -> None:
@@ -200,6 +208,7 @@ class ZSKTSteps:
             "noise": self.noise.get_state(),
             "scaler_G": self.scaler_G.state_dict() if self.scaler_G else None,
             "scaler_S": self.scaler_S.state_dict() if self.scaler_S else None,
+            **({"objective": self.generator_objective.state_dict()} if self.generator_objective.state_tensors() else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -217,3 +226,4 @@ class ZSKTSteps:
         for name in ("scaler_G", "scaler_S"):
             if getattr(self, name) is not None and state.get(name):
                 getattr(self, name).load_state_dict(state[name])
+        self.generator_objective.load_state_dict(state.get("objective", {}))

@@ -17,7 +17,8 @@ from ..data import dataset_info, evaluation_loader
 from ..models import Generator, build_classifier, pair_networks
 from .checkpoint import CheckpointError, load_file, load_into, recorded_normalisation
 from .config import TrainConfig
-from .distill import RUN_FILES, Callback, distill
+from .distill import RUN_FILES, Callback, distill, uses_attention
+from .objectives import check_teacher_for
 from .run import check_run_folder
 from .teachers import find_teacher, pretrain_missing_teacher
 
@@ -53,8 +54,9 @@ def prepare_run(config: TrainConfig) -> PreparedRun:
         Generator(config.steps.z_dim, data.image_size, data.channels)
         if teacher_file is not None:
             load_into(teacher, teacher_file, teacher_path, "teacher")
-        pair_networks(teacher, student, image_shape=data.image_shape, attention=networks.attention_layers,
-                      use_attention=config.steps.beta > 0)
+        teacher, _, _ = pair_networks(teacher, student, image_shape=data.image_shape,
+                                      attention=networks.attention_layers, use_attention=uses_attention(config))
+        check_teacher_for(config.objectives, teacher, f"the {networks.teacher} teacher")
     return PreparedRun(config, test_batches, teacher_path, teacher_file)
 
 

@@ -79,3 +79,37 @@ def common_dtype(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
         return a, b
     dtype = torch.promote_types(a.dtype, b.dtype)
     return a.to(dtype), b.to(dtype)
+
+
+def check_bn_prior_arguments(inputs, running_means, running_vars) -> None:
+    """Inputs of BatchNorm layers ([B, C, H, W] each, one device) and, unless None, one [C] running mean and variance
+    per input."""
+    if isinstance(inputs, torch.Tensor) or not isinstance(inputs, Sequence):
+        raise TypeError(f"inputs must be a list or tuple of [B, C, H, W] tensors, got {type(inputs).__name__}")
+    if not inputs:
+        raise ValueError("inputs is empty: give the input of at least one BatchNorm layer")
+    for name, seq in (("running_means", running_means), ("running_vars", running_vars)):
+        if seq is None:
+            continue
+        if isinstance(seq, torch.Tensor) or not isinstance(seq, Sequence):
+            raise TypeError(f"{name} must be a list or tuple of [C] tensors, got {type(seq).__name__}")
+        if len(seq) != len(inputs):
+            raise ValueError(f"{name} has {len(seq)} tensors and inputs has {len(inputs)}: one per layer")
+    device = inputs[0].device if isinstance(inputs[0], torch.Tensor) else None
+    for layer, x in enumerate(inputs):
+        _check_tensor(x, f"inputs[{layer}]")
+        if x.dim() != 4:
+            raise ValueError(f"inputs[{layer}] must be [B, C, H, W], got shape {tuple(x.shape)} (rank {x.dim()})")
+        if x.numel() == 0:
+            raise ValueError(f"inputs[{layer}] is empty: shape {tuple(x.shape)}")
+        if x.device != device:
+            raise ValueError(f"inputs[{layer}] is on {x.device} and inputs[0] on {device}: put them on one device")
+        if running_means is None:
+            continue
+        for name, stat in (("running_means", running_means[layer]), ("running_vars", running_vars[layer])):
+            _check_tensor(stat, f"{name}[{layer}]")
+            if stat.shape != (x.shape[1],):
+                raise ValueError(f"{name}[{layer}] must be [{x.shape[1]}] for inputs[{layer}] of shape "
+                                 f"{tuple(x.shape)}, got shape {tuple(stat.shape)}")
+            if stat.device != device:
+                raise ValueError(f"{name}[{layer}] is on {stat.device} and inputs[{layer}] on {device}")

@@ -56,3 +56,27 @@ def attention_transfer_layer(student_features: torch.Tensor, teacher_features: t
 
 def attention_transfer(student_features, teacher_features, beta: float = DEFAULT_BETA) -> torch.Tensor:
     return beta * sum(attention_transfer_layer(s, t) for s, t in zip(student_features, teacher_features))
+
+
+def bn_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel mean and biased variance over (N, H, W) of a [B, C, H, W] map: a BatchNorm layer's batch
+    statistics in training mode."""
+    x = _upcast(features)
+    return x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)
+
+
+def prior_of_statistics(statistics, running_means, running_vars) -> torch.Tensor:
+    """sum over layers l of ||running_var_l - var_l||_2 + ||running_mean_l - mean_l||_2 (norms, not squared), for
+    the (mean_l, var_l) of `statistics`."""
+    total = None
+    for (mean, var), running_mean, running_var in zip(statistics, running_means, running_vars):
+        term = torch.linalg.vector_norm(running_var.to(var.dtype) - var) + \
+            torch.linalg.vector_norm(running_mean.to(mean.dtype) - mean)
+        total = term if total is None else total + term
+    return total
+
+
+def bn_statistics_prior(inputs, running_means, running_vars) -> torch.Tensor:
+    """The batch-norm statistics prior (DeepInversion, Yin et al. 2020; DFQ, Choi et al. 2020) of the inputs of a
+    network's BatchNorm layers."""
+    return prior_of_statistics([bn_statistics(x) for x in inputs], running_means, running_vars)
