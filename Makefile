@@ -66,7 +66,7 @@ wheel-check: setup
 # (mte.json); the tables are printed and the plots drawn into $(BENCH_OUT)/plots. pytest's own tables go to the logs.
 BENCH_OUT ?= benchmarks/out
 BENCH_OPS := benchmarks/bench_memory_bandwidth.py benchmarks/bench_kl_divergence.py \
-    benchmarks/bench_attention_transfer.py benchmarks/bench_zskt_losses.py
+    benchmarks/bench_attention_transfer.py benchmarks/bench_zskt_losses.py benchmarks/bench_bn_statistics_prior.py
 bench: build
 	mkdir -p $(BENCH_OUT)
 	$(PY) -m pytest -q -p no:cacheprovider $(BENCH_OPS) --benchmark-json=$(BENCH_OUT)/ops.json \

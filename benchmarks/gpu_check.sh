@@ -138,7 +138,8 @@ print('backends on cuda:', _library.available_backends('cuda'))"
   [ "$MODE" = full ] && stage memcheck 90 1 bash -c memcheck
   stage bench-ops $([ "$MODE" = quick ] && echo 70 || echo 150) 1 env ZSKT_BENCH_SHORT=1 \
     "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_memory_bandwidth.py benchmarks/bench_kl_divergence.py \
-    benchmarks/bench_attention_transfer.py benchmarks/bench_zskt_losses.py --benchmark-json="$OUT/ops_gpu.json" \
+    benchmarks/bench_attention_transfer.py benchmarks/bench_zskt_losses.py benchmarks/bench_bn_statistics_prior.py \
+    --benchmark-json="$OUT/ops_gpu.json" \
     --benchmark-columns=min,median,rounds $([ "$MODE" = quick ] && echo "-k float32 or copy")
   if [ "$MODE" = full ]; then
     stage bench-train 120 1 env ZSKT_BENCH_ITERATIONS="${ZSKT_BENCH_ITERATIONS:-20}" \

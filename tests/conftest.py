@@ -87,6 +87,16 @@ def assert_close_to_reference(actual: torch.Tensor, expected: torch.Tensor, dtyp
     torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), rtol=rtol, atol=atol)
 
 
+def check_loss_and_gradients(out, ref, grads, ref_grads, inputs, dtype: torch.dtype) -> None:
+    """A fused loss and its inputs' gradients against the float64 reference: a scalar in float32 (float64 for float64
+    inputs), gradients in each input's dtype and shape, all within the tolerances of `dtype`."""
+    assert out.dim() == 0 and out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert_close_to_reference(out, ref, dtype, "loss")
+    for x, g, g_ref in zip(inputs, grads, ref_grads):
+        assert g is not None and g.dtype == x.dtype and g.shape == x.shape
+        assert_close_to_reference(g, g_ref, dtype, "grad")
+
+
 def make_input(shape, dtype, device, *, layout: str = "contiguous", seed: int = 0, scale: float = 1.0):
     """A leaf tensor requiring grad with the given memory layout: contiguous, channels_last, strided (every other
     element of a larger tensor along dim 1) or transposed (a dense but permuted layout)."""

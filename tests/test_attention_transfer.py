@@ -7,6 +7,7 @@ import zskt_fast
 from zskt_fast.ops import reference
 
 from conftest import as_reference, assert_close_to_reference, make_input, skip_unsupported_dtype
+from conftest import check_loss_and_gradients as check
 
 # (B, C_student, C_teacher, H, W): B = 1, C = 1, H*W = 1, H*W not a power of two, mixed channel counts.
 SHAPES = [(1, 1, 1, 1, 1), (1, 1, 3, 4, 4), (2, 3, 5, 7, 5), (4, 16, 32, 8, 8), (3, 2, 2, 1, 1), (2, 8, 4, 17, 3)]
@@ -29,14 +30,6 @@ def run_both(backend, device, layers, dtype, *, beta=250.0, layouts=("contiguous
     grads = [x.grad for x in student + teacher]
     ref_grads = [x.grad for x in student_ref + teacher_ref]
     return out, ref, grads, ref_grads, student + teacher
-
-
-def check(out, ref, grads, ref_grads, inputs, dtype):
-    assert out.dim() == 0 and out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    assert_close_to_reference(out, ref, dtype, "loss")
-    for x, g, g_ref in zip(inputs, grads, ref_grads):
-        assert g is not None and g.dtype == x.dtype and g.shape == x.shape
-        assert_close_to_reference(g, g_ref, dtype, "grad")
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 RECORDED = Path(__file__).parent / "data" / "benchmarks_recorded.json"
-OPS = ("kl_divergence", "attention_transfer", "zskt_student_loss", "zskt_generator_loss")
+OPS = ("kl_divergence", "attention_transfer", "zskt_student_loss", "zskt_generator_loss", "bn_statistics_prior")
 MODES = ("forward", "backward", "full")
 
 sys.path.insert(0, str(BENCHMARKS))

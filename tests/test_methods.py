@@ -287,11 +287,13 @@ def test_the_dfq_generator_loss_traces_as_one_graph_with_its_hooks(float64_defau
         torch.testing.assert_close(a, b)
 
 
-def test_dfq_trains_in_bf16(tmp_path, teacher_cache):
-    bf16 = train(_config(method="dfq", amp="bf16", iterations=2, eval_every=2, log_every=1), tmp_path / "bf16",
-                 progress=False)
-    assert all(torch.isfinite(torch.tensor(r["loss_generator"])) for r in _records(tmp_path / "bf16"))
-    assert bf16["amp"] == "bf16"
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_dfq_trains_in_mixed_precision(amp, tmp_path, teacher_cache):
+    """bf16 autocast, and fp16 with its loss scalers, with the prior's hooks reading half-precision maps."""
+    summary = train(_config(method="dfq", amp=amp, iterations=2, eval_every=2, log_every=1), tmp_path / amp,
+                    progress=False)
+    assert all(torch.isfinite(torch.tensor(r["loss_generator"])) for r in _records(tmp_path / amp))
+    assert summary["amp"] == amp
 
 
 def test_a_torchvision_teacher_gives_the_prior_every_batch_norm_layer(tmp_path):

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "convert.h"
 #include "multiversion.h"
 
 namespace zskt {
@@ -41,13 +42,23 @@ Map as_readable(const at::Tensor& x) {
   return {x.contiguous(), false, B, C, HW};
 }
 
+// The value of one element as the kernels compute with it (bfloat16 through its bits, see gradient_row).
+template <typename scalar_t>
+ZSKT_INLINE_INTO_CLONE inline double value_of(const scalar_t& v) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    return static_cast<double>(float_of_bf16_bits(reinterpret_cast<const uint16_t&>(v)));
+  } else {
+    return static_cast<double>(static_cast<at::opmath_type<scalar_t>>(v));
+  }
+}
+
 // Adds v - pivot and its square to (s1, s2) for the n values of one row.
 template <typename scalar_t>
 ZSKT_MULTIVERSION void shifted_sums(const scalar_t* __restrict__ row, int64_t n, double pivot, double& s1, double& s2) {
   double a = 0, b = 0;
 #pragma omp simd reduction(+ : a, b)
   for (int64_t i = 0; i < n; ++i) {
-    const double d = static_cast<double>(static_cast<at::opmath_type<scalar_t>>(row[i])) - pivot;
+    const double d = value_of(row[i]) - pivot;
     a += d;
     b += d * d;
   }
@@ -124,9 +135,17 @@ std::tuple<at::Tensor, at::Tensor> bn_statistics_forward_cpu(const at::Tensor& i
 template <typename scalar_t, typename acc_t>
 ZSKT_MULTIVERSION void gradient_row(const scalar_t* __restrict__ x, scalar_t* __restrict__ out, int64_t n, acc_t a,
                                     acc_t k, acc_t m) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    // bfloat16 through its bits (convert.h): c10's per-element conversions keep the loop from vectorising.
+    const auto* xb = reinterpret_cast<const uint16_t*>(x);
+    auto* ob = reinterpret_cast<uint16_t*>(out);
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    out[i] = static_cast<scalar_t>(a + k * (static_cast<acc_t>(x[i]) - m));
+    for (int64_t i = 0; i < n; ++i) ob[i] = bf16_bits_of(a + k * (float_of_bf16_bits(xb[i]) - m));
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      out[i] = static_cast<scalar_t>(a + k * (static_cast<acc_t>(x[i]) - m));
+    }
   }
 }
 
