@@ -1,5 +1,6 @@
 """A small data-parallel run for the distributed tests: `torchrun --nproc-per-node N tests/distributed_worker.py OUT
-[--float64] [--no-sync-bn] [--iterations K] [--stop K] [--method M]`, or plain `python` for the one-process run it must equal.
+[--float64] [--no-sync-bn] [--iterations K] [--stop K] [--method M]`, or plain `python` for the one-process run it must
+equal.
 Rank 0 saves the final student and generator weights and the losses of every iteration to OUT/result.pt."""
 import argparse
 import sys

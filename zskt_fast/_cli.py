@@ -106,10 +106,10 @@ def _one_line(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def errors_as_messages(parser: argparse.ArgumentParser, *, debug: bool = False, interrupted: str = ""):
+def errors_as_messages(parser: argparse.ArgumentParser, *, debug: bool = False):
     """Every way a program can end early ends in one line, 'PROG: ...', with an exit status that says whose it is:
     2 for the user's (bad settings, missing or unreadable files and data sets), 130 / 143 for Ctrl-C / SIGTERM (with
-    `interrupted`, or the Ending's command, saying how to go on), 1 for the machine's (a full or read-only disk, a lost
+    the Ending's command saying how to go on), 1 for the machine's (a full or read-only disk, a lost
     process of a torchrun job, a run whose losses stopped being finite, anything unexpected). `debug` shows the
     traceback instead. Yields the Ending that the program fills in once it has a run to continue."""
     ending = Ending()
@@ -123,8 +123,7 @@ def errors_as_messages(parser: argparse.ArgumentParser, *, debug: bool = False, 
         if debug and not isinstance(error, KeyboardInterrupt):
             raise
         status, message, resumable = _classify(error)
-        hint = f"\ncontinue with: {ending.continue_with}" if resumable and ending.continue_with else \
-            (f"; {interrupted}" if resumable and interrupted else "")
+        hint = f"\ncontinue with: {ending.continue_with}" if resumable and ending.continue_with else ""
         gap = "\n" if resumable else ""  # off the line of the progress bar or the ^C
         parser.exit(status, "" if ending.quiet else f"{gap}{parser.prog}: {message}{hint}\n")
     finally:

@@ -138,7 +138,8 @@ def settings_from_dict(settings_class, values: dict, source: str):
 
 # The failures of the storage itself (not of the program): a file that cannot be written for one of these reasons
 # would fail again on a retry until the user frees space or remounts.
-STORAGE_FAILURES = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
+STORAGE_FAILURES = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
+                    errno.EROFS: "read-only file system"}
 
 
 class StorageError(Exception):

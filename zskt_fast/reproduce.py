@@ -301,9 +301,10 @@ def methods_lines(results: dict) -> list[str]:
     """The methods section of the report: the table and the accuracy-against-seconds figure."""
     section = results["methods_section"]
     return ["## Data-free methods: time to a good student", "",
-            f"Each method with its preset (docs/methods.md), {results.get('iterations') or results['zero_shot_iterations']:,} "
-            f"iterations, seeds {', '.join(map(str, results['seeds']))}; wall-clock seconds of each run on this machine, "
-            f"evaluations included.", "", *methods_table(section), "",
+            f"Each method with its preset (docs/methods.md), "
+            f"{results.get('iterations') or results['zero_shot_iterations']:,} iterations, seeds "
+            f"{', '.join(map(str, results['seeds']))}; wall-clock seconds of each run on this machine, evaluations "
+            f"included.", "", *methods_table(section), "",
             "![student accuracy against seconds](accuracy_vs_seconds.png)", ""]
 
 

@@ -107,13 +107,16 @@ def distill(teacher: nn.Module, student: nn.Module, *, image_shape: Sequence[int
                   folders=RUN_FOLDERS, record=record, resume=resume, overwrite=overwrite, outputs=config.outputs,
                   world=world, device=device, progress=progress, advice=DIVERGED)
         steps = build_steps(teacher, student, generator, config, world, run)
-        outputs = _Outputs(run, steps, config, test_data, normalisation, callbacks)
-        with run:
-            zero_shot_knowledge_transfer(steps, iterations=config.loop.iterations,
-                                         n_generator_steps=config.loop.n_generator_steps,
-                                         n_student_steps=config.loop.n_student_steps, start=run.start,
-                                         on_iteration_end=outputs.after_iteration)
-            summary = outputs.finish({**names, "seed": config.run.seed}, pairs)
+        try:
+            outputs = _Outputs(run, steps, config, test_data, normalisation, callbacks)
+            with run:
+                zero_shot_knowledge_transfer(steps, iterations=config.loop.iterations,
+                                             n_generator_steps=config.loop.n_generator_steps,
+                                             n_student_steps=config.loop.n_student_steps, start=run.start,
+                                             on_iteration_end=outputs.after_iteration)
+                summary = outputs.finish({**names, "seed": config.run.seed}, pairs)
+        finally:
+            steps.generator_objective.remove_hooks()  # the teacher is the caller's network
     return DistillResult(unwrap(student), generator, outputs.teacher_acc, outputs.student_acc, run.history, summary,
                          run.folder)
 
@@ -206,7 +209,8 @@ class _Outputs:
                          "z_dim": config.steps.z_dim, "image_size": generator.image_size,
                          "channels": generator.channels}, run.folder / "generator.pt")
         return run.finish({**names, "method": config.objectives.method, "teacher_acc": self.teacher_acc,
-                           "student_acc": self.student_acc, "iterations": config.loop.iterations, "device": str(run.device), "amp": config.steps.amp,
+                           "student_acc": self.student_acc, "iterations": config.loop.iterations,
+                           "device": str(run.device), "amp": config.steps.amp,
                            "cuda_graphs": config.steps.cuda_graphs, "backend": config.steps.backend,
                            "attention_pairs": pairs, "history": run.history})
 

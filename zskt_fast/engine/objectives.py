@@ -17,8 +17,8 @@ from torch import nn
 
 from ..ops import zskt_generator_loss, zskt_student_loss
 from ..ops.bn_statistics_prior import checked_bn_statistics, resolve_bn_backend
-from ..ops.data_free_losses import (activation_loss, adversarial_kl, adversarial_l1, class_balance_of, kd_loss,
-                                    logit_l1, mean_prediction, one_hot_loss)
+from ..ops.data_free_losses import (activation_loss, adversarial_l1, class_balance_of, kd_loss, logit_l1,
+                                    mean_prediction, one_hot_loss)
 from ..ops.reference import prior_of_statistics
 from .distributed import World, global_mean, global_statistics
 from .recipes import ObjectiveSettings, StepSettings
@@ -61,8 +61,12 @@ class _Inputs:
         self.inputs, self.active = [], True
 
     def stop(self) -> list[torch.Tensor]:
-        self.active = False
-        return self.inputs
+        inputs, self.inputs, self.active = self.inputs, [], False  # the step's maps are not kept past it
+        return inputs
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 class GeneratorObjective:
@@ -96,33 +100,36 @@ class GeneratorObjective:
         """The inputs of the BatchNorm2d layers and of the last linear layer seen since start_collecting."""
         return tuple(inputs.stop() if inputs is not None else [] for inputs in (self.bn_inputs, self.classifier_inputs))
 
+    def remove_hooks(self) -> None:
+        """Takes the hooks off the teacher (the user's network, which outlives the run)."""
+        for inputs in (self.bn_inputs, self.classifier_inputs):
+            if inputs is not None:
+                inputs.remove()
+
     def loss(self, student_logits: torch.Tensor | None, teacher_logits: torch.Tensor, bn_inputs: list,
              classifier_inputs: list) -> torch.Tensor:
-        o, backend = self.objectives, self.steps.backend
-        if o.method == "zskt" and o.adversarial == 1 and o.adversarial_loss == "kl" and not any(
-                (o.bn_prior, o.one_hot, o.balance, o.activation)):
-            # The paper's objective alone: its one op, exactly as the authors' loop computes it.
-            return zskt_generator_loss(student_logits, teacher_logits, temperature=self.steps.temperature,
-                                       backend=backend)
+        o = self.objectives
         terms = []
         if o.adversarial > 0:
-            terms.append(o.adversarial * self._adversarial(student_logits, teacher_logits))
+            terms.append((o.adversarial, self._adversarial(student_logits, teacher_logits)))
         if o.bn_prior > 0:
-            terms.append(o.bn_prior * self._bn_prior(bn_inputs))
+            terms.append((o.bn_prior, self._bn_prior(bn_inputs)))
         if o.one_hot > 0:
-            terms.append(o.one_hot * one_hot_loss(teacher_logits))
+            terms.append((o.one_hot, one_hot_loss(teacher_logits)))
         if o.balance > 0:  # of the global batch's mean prediction: the term is not a mean over samples
-            terms.append(o.balance * class_balance_of(global_mean(mean_prediction(teacher_logits), self.world)))
+            terms.append((o.balance, class_balance_of(global_mean(mean_prediction(teacher_logits), self.world))))
         if o.activation > 0:
-            terms.append(o.activation * activation_loss(classifier_inputs[-1]))
-        return sum(terms[1:], terms[0])
+            terms.append((o.activation, activation_loss(classifier_inputs[-1])))
+        # A weight of 1 is not multiplied: ZSKT's objective alone is its one op, as the authors' loop computes it.
+        weighted = [term if weight == 1 else weight * term for weight, term in terms]
+        return sum(weighted[1:], weighted[0])
 
     def _adversarial(self, student_logits, teacher_logits) -> torch.Tensor:
         loss, backend, temperature = self.objectives.adversarial_loss, self.steps.backend, self.steps.temperature
         if loss == "l1":
             return adversarial_l1(student_logits, teacher_logits)
-        return adversarial_kl(student_logits, teacher_logits, temperature=temperature,
-                              reduction="mean" if loss == "kl" else "batchmean", backend=backend)
+        return zskt_generator_loss(student_logits, teacher_logits, temperature=temperature,
+                                   reduction="mean" if loss == "kl" else "batchmean", backend=backend)
 
     def _bn_prior(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         if len(inputs) != len(self.norms):

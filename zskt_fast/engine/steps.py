@@ -208,7 +208,7 @@ class ZSKTSteps:
             "noise": self.noise.get_state(),
             "scaler_G": self.scaler_G.state_dict() if self.scaler_G else None,
             "scaler_S": self.scaler_S.state_dict() if self.scaler_S else None,
-            **({"objective": self.generator_objective.state_dict()} if self.generator_objective.state_tensors() else {}),
+            **({"objective": objective} if (objective := self.generator_objective.state_dict()) else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:

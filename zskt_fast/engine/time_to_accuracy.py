@@ -39,7 +39,8 @@ def summarise_methods(runs: dict[str, list[dict]], reference: str = "zskt") -> d
         at_reference_time = _mean_std([accuracy_at(s["history"], reference_seconds) for s in summaries])
         done = [r for r in reached if r is not None]
         rows.append({
-            "method": method, "seeds": [s["seed"] for s in summaries], "accuracies": [s["student_acc"] for s in summaries],
+            "method": method, "seeds": [s["seed"] for s in summaries],
+            "accuracies": [s["student_acc"] for s in summaries],
             "accuracy_mean": final[0], "accuracy_std": final[1],
             "seconds_mean": statistics.fmean(s["seconds"] for s in summaries),
             "seconds_per_iteration": statistics.fmean(s["seconds"] / s["iterations"] for s in summaries),

@@ -9,6 +9,7 @@ from .zskt_losses import KD_ALPHA, KD_BETA, KD_TEMPERATURE, kd_at_loss, zskt_gen
 
 __all__ = [
     "BACKENDS", "DEFAULT_BETA", "DEFAULT_TEMPERATURE", "KD_ALPHA", "KD_BETA", "KD_TEMPERATURE", "REDUCTIONS",
-    "attention_transfer", "available_backends", "bn_statistics", "bn_statistics_prior", "kd_at_loss", "compiled_available", "compiled_with_cuda",
+    "attention_transfer", "available_backends", "bn_statistics", "bn_statistics_prior", "kd_at_loss",
+    "compiled_available", "compiled_with_cuda",
     "key_compile_caches_by_build", "kl_divergence", "resolve_backend", "zskt_generator_loss", "zskt_student_loss",
 ]

@@ -1,7 +1,8 @@
 """The loss terms of the data-free distillation methods beside ZSKT, on logits and features (t: the teacher's logits,
 s: the student's, on the same generated batch). Each is one function with its formula and its paper; docs/methods.md
 lists them together. The batch-norm statistics prior, a pass over feature maps, is a fused op of its own
-(ops/bn_statistics_prior.py); the KL terms use the fused KL op.
+(ops/bn_statistics_prior.py); the adversarial KL is `zskt_generator_loss` (its reduction 'mean' for ZSKT,
+'batchmean' for DFQ as the frameworks run it); the KD term uses the fused KL op.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ def _logits(x: torch.Tensor) -> torch.Tensor:
 def adversarial_l1(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """-mean over samples and classes of |t - s|: the generator's term of DFAD (Fang et al. 2019), which maximises the
     student's L1 distance to the teacher."""
-    _checks.check_logits(student_logits, teacher_logits)
     return -logit_l1(student_logits, teacher_logits)
 
 
@@ -75,12 +75,3 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tempe
     return temperature ** 2 * checked_kl_divergence(student_logits, teacher_logits, temperature, "batchmean",
                                                     backend)
 
-
-def adversarial_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
-                   reduction: str = "batchmean", backend: str = "auto") -> torch.Tensor:
-    """-KL(softmax(t / T) || softmax(s / T)): the adversarial term of ZSKT (reduction 'mean', over samples and
-    classes, as the authors' code: `zskt_generator_loss`) and of DFQ as the frameworks run it ('batchmean')."""
-    _checks.check_logits(student_logits, teacher_logits)
-    _checks.check_kl_options(temperature, reduction)
-    backend = _library.resolve_backend(backend, student_logits.device)
-    return -checked_kl_divergence(student_logits, teacher_logits, temperature, reduction, backend)
