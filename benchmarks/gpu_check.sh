@@ -147,6 +147,8 @@ print('backends on cuda:', _library.available_backends('cuda'))"
       --benchmark-columns=min,median,rounds
     stage bench-mte 90 1 "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_mte.py -k gpu \
       --benchmark-json="$OUT/mte_gpu.json" --benchmark-columns=min,median,rounds
+    stage bench-synthesis 60 1 "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_synthesis.py \
+      --benchmark-json="$OUT/synthesis_gpu.json" --benchmark-columns=min,median,rounds
     stage torchrun 90 1 bash -c torchrun_check
     # Last and optional (what is left of the budget, no failure when nothing is), so that compilation cannot eat the
     # time of the stages above.
@@ -161,7 +163,8 @@ print('backends on cuda:', _library.available_backends('cuda'))"
 fi
 
 say "total: $((SECONDS - START)) s of the $BUDGET s budget"
-for json in "$OUT"/ops_gpu.json "$OUT"/train_gpu.json "$OUT"/mte_gpu.json "$OUT"/compiled_gpu.json; do
+for json in "$OUT"/ops_gpu.json "$OUT"/train_gpu.json "$OUT"/mte_gpu.json "$OUT"/synthesis_gpu.json \
+    "$OUT"/compiled_gpu.json; do
   if [ -s "$json" ]; then timeout 30 "$PY" benchmarks/report.py "$json" 2>&1 | tee -a "$SUMMARY"; fi
 done
 if [ "$DRY_RUN" = 0 ] && [ "$HAS_GPU" = 0 ]; then

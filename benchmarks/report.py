@@ -199,6 +199,29 @@ def transition_curve_tables(rows) -> list[str]:
     return out
 
 
+def synthesis_tables(rows) -> list[str]:
+    """The pool methods' per-step costs (benchmarks/bench_synthesis.py) and what a published round of each costs."""
+    published = {"fast": 5, "deepinversion": 1000}  # synthesis steps per published round, each with 400 student steps
+    out = []
+    for group, items in by_group(rows):
+        out += ["", group, "| what | s / step | set-up (compile) s |", "|---|---|---|"]
+        for r in items:
+            e = r["extra_info"]
+            setup = e.get("setup_s")
+            out.append(f"| {e.get('pool_method') or e.get('pool_variant')} | {r['stats']['median']:.4f} | "
+                       f"{f'{setup:.1f}' if setup is not None else '-'} |")
+    steps = {(r["extra_info"]["point"], r["extra_info"].get("pool_method") or r["extra_info"].get("pool_variant")):
+             r["stats"]["median"] for r in rows}
+    for point in sorted({p for p, _ in steps}):
+        student = steps.get((point, "eager"))
+        for method, n in published.items():
+            synthesis = steps.get((point, method))
+            if student is not None and synthesis is not None:
+                out.append(f"{point}: a published {method} round ({n} synthesis + 400 student steps, eager) "
+                           f"{n * synthesis + 400 * student:.1f} s")
+    return out
+
+
 def report(data) -> list[str]:
     rows = data["benchmarks"]
     lines = header(data)
@@ -207,8 +230,9 @@ def report(data) -> list[str]:
         lines.append(f"copy bandwidth (read + write): {peak:.1f} GB/s")
     train = [r for r in rows if "variant" in r["extra_info"]]
     mte = [r for r in rows if "method" in r["extra_info"]]
+    pool = [r for r in rows if "point" in r["extra_info"]]
     return (lines + (training_tables(train) if train else []) + (transition_curve_tables(mte) if mte else [])
-            + op_tables(rows, peak))
+            + (synthesis_tables(pool) if pool else []) + op_tables(rows, peak))
 
 
 def main(argv=None) -> None:

@@ -1,7 +1,9 @@
 """A small data-parallel run for the distributed tests: `torchrun --nproc-per-node N tests/distributed_worker.py OUT
 [--float64] [--no-sync-bn] [--iterations K] [--stop K] [--method M]`, or plain `python` for the one-process run it must
 equal.
-Rank 0 saves the final student and generator weights and the losses of every iteration to OUT/result.pt."""
+Rank 0 saves the final student and generator weights and the losses of every iteration to OUT/result.pt; with a pool
+method (fast, deepinversion: 2 rounds, the first a warm-up) the synthesis losses and every round's images, gathered
+from the ranks in rank order."""
 import argparse
 import sys
 from pathlib import Path
@@ -14,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import zskt_fast  # noqa: E402
 from zskt_fast.engine import distill as distill_module  # noqa: E402
+from zskt_fast.engine import pool_distill  # noqa: E402
+from zskt_fast.engine.recipes import POOL_METHODS  # noqa: E402
 from zskt_fast.engine.distributed import init_world, launched_ranks  # noqa: E402
 from zskt_fast.models import build_classifier  # noqa: E402
 
@@ -47,16 +51,43 @@ def main() -> None:
         return loop(steps, on_iteration_end=record, **kwargs)
 
     distill_module.zero_shot_knowledge_transfer = recording_loop
+    rounds, pool_loop = [], pool_distill.synthesis_and_pool
+
+    def recording_rounds(method, **kwargs):
+        user = kwargs.pop("on_round_end")
+
+        def record(round_index, outputs):
+            images = outputs["images"]
+            if dist.is_initialized():
+                shares = [torch.empty_like(images) for _ in range(dist.get_world_size())]
+                dist.all_gather(shares, images.contiguous())
+                images = torch.cat(shares)
+            rounds.append((outputs["loss_synthesis"].item(), images))
+            user(round_index, outputs)
+        return pool_loop(method, on_round_end=record, **kwargs)
+
+    pool_distill.synthesis_and_pool = recording_rounds
+    pool = {"warmup": 1, "pool_size": 16, "n_generator_steps": 2, "iterations": 2} \
+        if args.method in POOL_METHODS else {"iterations": args.iterations}
     torch.manual_seed(0)
     teacher, student = build_classifier("wrn-10-1", in_channels=1), build_classifier("wrn-10-1", in_channels=1)
     try:
-        result = zskt_fast.distill(teacher, student, image_shape=(1, 8, 8), iterations=args.iterations,
+        result = zskt_fast.distill(teacher, student, image_shape=(1, 8, 8), **pool,
                                    batch_size=args.batch_size, n_student_steps=2, z_dim=16, compile="off",
                                    backend="eager" if args.float64 else "auto", sync_bn=not args.no_sync_bn,
                                    amp="off", progress=False, out=Path(args.out) / "run", checkpoint_every=1,
                                    resume=args.resume, tensorboard=False, method=args.method,
                                    callbacks=[kill_after(args.stop)] if args.stop else [])
     except Killed:  # as a kill after that iteration: its checkpoint is what is left
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return
+    if args.method in POOL_METHODS:
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            generator = result.generator.state_dict() if result.generator is not None else {}
+            torch.save({"losses": torch.tensor([loss for loss, _ in rounds]),
+                        "images": [images for _, images in rounds], "generator": generator},
+                       Path(args.out) / "result.pt")
         if dist.is_initialized():
             dist.destroy_process_group()
         return

@@ -18,8 +18,8 @@ def run(*args, env=None, timeout=600):
 
 
 def stage_lines(text: str) -> dict[str, str]:
-    names = ("build", "extension", "gpu-tests", "memcheck", "bench-ops", "bench-train", "bench-mte", "torchrun",
-             "bench-compiled", "gpu-compiled")
+    names = ("build", "extension", "gpu-tests", "memcheck", "bench-ops", "bench-train", "bench-mte", "bench-synthesis",
+             "torchrun", "bench-compiled", "gpu-compiled")
     return {line.split()[0]: line for line in text.splitlines() if line.split()[:1] and line.split()[0] in names}
 
 
@@ -60,8 +60,8 @@ def test_dry_run_builds_with_cuda_and_skips_the_gpu_stages(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr + (out / "gpu_check.log").read_text()[-3000:]
     lines = stage_lines(result.stdout)
     assert " ok " in lines["build"] and " ok " in lines["extension"]
-    for name in ("gpu-tests", "memcheck", "bench-ops", "bench-train", "bench-mte", "torchrun", "bench-compiled",
-                 "gpu-compiled"):
+    for name in ("gpu-tests", "memcheck", "bench-ops", "bench-train", "bench-mte", "bench-synthesis", "torchrun",
+                 "bench-compiled", "gpu-compiled"):
         assert "skipped: no GPU" in lines[name], name
     files = sorted(p.name for p in out.iterdir())
     assert files == ["gpu_check.log", "summary.txt"] and len(files) <= 8

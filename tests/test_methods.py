@@ -12,7 +12,7 @@ import zskt_fast
 from zskt_fast import train as train_cli
 from zskt_fast.engine.config import TrainConfig
 from zskt_fast.engine.objectives import GeneratorObjective, batch_norm_layers
-from zskt_fast.engine.recipes import METHODS, ObjectiveSettings, StepSettings
+from zskt_fast.engine.recipes import METHODS, ObjectiveSettings, StepSettings, method_default
 from zskt_fast.engine.trainer import train
 from zskt_fast.ops import data_free_losses as terms
 
@@ -76,7 +76,7 @@ def test_a_preset_fills_every_weight_and_n_s_and_options_override_it(method):
     assert (o.adversarial, o.adversarial_loss, o.bn_prior, o.one_hot, o.balance, o.activation, o.student_loss) == (
         preset.adversarial, preset.adversarial_loss, preset.bn_prior, preset.one_hot, preset.balance,
         preset.activation, preset.student_loss)
-    assert config.loop.n_student_steps == preset.n_student_steps
+    assert config.loop.n_student_steps == method_default(method, "n_student_steps", "digits")
     changed = TrainConfig.from_flat({"method": method, "bn_prior": 10.0, "n_student_steps": 3}).resolved()
     assert changed.objectives.bn_prior == 10.0 and changed.loop.n_student_steps == 3
     assert changed.objectives.one_hot == preset.one_hot
@@ -95,7 +95,7 @@ def test_the_published_settings_of_each_method():
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"method": "cmi"}, "method must be one of zskt, dfad, dafl, dfq; got 'cmi'"),
+    ({"method": "cmi"}, "method must be one of zskt, dfad, dafl, dfq, fast, deepinversion; got 'cmi'"),
     ({"bn_prior": -1.0}, "bn_prior must be a finite number >= 0, got -1.0"),
     ({"balance": float("nan")}, "balance must be a finite number >= 0, got nan"),
     ({"bn_momentum": 1.0}, "bn_momentum must be in \\[0, 1\\), got 1.0"),
@@ -119,7 +119,7 @@ def test_the_help_names_each_method_and_its_paper(capsys):
     for title in ("ZSKT, Micaelli & Storkey 2019", "DFAD, Fang et al. 2019", "DAFL, Chen et al. 2019",
                   "DFQ, Choi et al. 2020"):
         assert title in help_text
-    assert "--bn-prior" in help_text and "--method {zskt,dfad,dafl,dfq}" in help_text
+    assert "--bn-prior" in help_text and "--method {zskt,dfad,dafl,dfq,fast,deepinversion}" in help_text
 
 
 # -- the generator objective on a real teacher --------------------------------------------------------------------

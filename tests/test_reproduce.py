@@ -59,7 +59,7 @@ def test_the_methods_section_is_in_the_report_with_the_numbers_of_methods_json(r
     text = (report / "report.md").read_text()
     assert "## Data-free methods: time to a good student" in text and "accuracy_vs_seconds.png" in text
     for row in section["rows"]:
-        assert f"| {row['method']} | {row['accuracy_mean']:.2f} ± {row['accuracy_std']:.2f} |" in text
+        assert f"| {row['method']} | {row['length']} | {row['accuracy_mean']:.2f} ± {row['accuracy_std']:.2f} |" in text
         assert row["seconds_per_iteration"] > 0 and len(row["seconds_to_target"]) == 2
     assert len(section["curves"]["dfq"]["seconds"]) == 2  # an evaluation every iteration of 2
     dfq = json.loads((report / "runs" / "methods" / "dfq" / "seed1" / "config.json").read_text())
@@ -77,7 +77,7 @@ def test_methods_only_runs_just_that_part(tmp_path, teacher_cache, capsys):
 
 
 def test_time_to_accuracy_of_synthetic_runs():
-    from zskt_fast.engine.time_to_accuracy import accuracy_at, seconds_to_reach, summarise_methods
+    from zskt_fast.engine.time_to_accuracy import accuracy_at, methods_table, seconds_to_reach, summarise_methods
 
     def run(seed, points, seconds):
         return {"seed": seed, "student_acc": points[-1][1], "seconds": seconds, "iterations": 100,
@@ -94,6 +94,9 @@ def test_time_to_accuracy_of_synthetic_runs():
     assert rows["zskt"]["seconds_to_target"] == [None, 30] and rows["zskt"]["seconds_to_target_mean"] is None
     assert rows["fast"]["reached"] == 1 and rows["fast"]["accuracy_at_reference_time_mean"] == 92.0
     assert section["curves"]["fast"]["accuracy_mean"] == [85.5, 92.0]
+    dfq = [run(0, [(15, 92.0)], 15), run(1, [(15, 91.5)], 15)]
+    table = "\n".join(methods_table(summarise_methods({"zskt": zskt, "dfq": dfq})))
+    assert "| dfq | 100 iterations | 91.75 ± 0.25 | 15 (15, 15) | 50% |" in table
 
 
 @pytest.mark.parametrize("extra, message", [(["--shots", "0"], "shots must be an integer >= 1"),

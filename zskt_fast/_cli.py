@@ -48,8 +48,8 @@ def add_options(parser: argparse.ArgumentParser, config_class, *, skip: tuple[st
                 defaults: dict | None = None, group_order: tuple[str, ...] = ()) -> dict[str, argparse._ArgumentGroup]:
     """One --option per setting of the configuration `config_class` (each field of each of its parts; setting x_y ->
     --x-y), with the setting's default (or the one `defaults` gives instead) and the help text and argparse keywords
-    kept in its metadata; booleans get --x / --no-x. Settings with a `group` go into help groups, in `group_order`
-    first; returns the groups by name."""
+    kept in its metadata (aliases=...: further flags); booleans get --x / --no-x. Settings with a `group` go into help
+    groups, in `group_order` first; returns the groups by name."""
     groups = {name: parser.add_argument_group(name) for name in group_order}
     defaults = defaults or {}
     for kind in config_class.part_types().values():
@@ -60,6 +60,7 @@ def add_options(parser: argparse.ArgumentParser, config_class, *, skip: tuple[st
             cli = dict(field.metadata)
             help_text = cli.pop("help").replace("%", "%%")
             group = cli.pop("group", None)
+            aliases = tuple(cli.pop("aliases", ()))
             target = parser if group is None else groups.setdefault(group, parser.add_argument_group(group))
             flag = "--" + field.name.replace("_", "-")
             default = defaults.get(field.name, field_default(field))
@@ -68,9 +69,10 @@ def add_options(parser: argparse.ArgumentParser, config_class, *, skip: tuple[st
                 (value_type,) = typing.get_args(value_type)
                 cli.setdefault("nargs", "+")
             if value_type is bool:
-                target.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+                target.add_argument(flag, *aliases, action=argparse.BooleanOptionalAction, default=default,
+                                    help=help_text)
             else:
-                target.add_argument(flag, type=value_type, default=default, help=help_text, **cli)
+                target.add_argument(flag, *aliases, type=value_type, default=default, help=help_text, **cli)
     return groups
 
 

@@ -6,8 +6,8 @@ mean transition error and transition curves of the zero-shot student and of the 
 each against the teacher. Every run is cached in the report folder: a re-run after an interruption continues from
 there (finished runs are kept, interrupted ones resumed); --force runs everything again.
 
-The methods section runs each data-free method (ZSKT, DFAD, DAFL, DFQ: their presets) over the seeds and reports the
-student's accuracy against wall-clock seconds; --methods-only runs just that part.
+The methods section runs each data-free method (ZSKT, DFAD, DAFL, DFQ, FastDFKD, DeepInversion: their presets) over
+the seeds and reports the student's accuracy against wall-clock seconds; --methods-only runs just that part.
 
 Report folder: report.md (tables), accuracy_vs_shots.png, transition_curves.png, results.json, methods.md,
 accuracy_vs_seconds.png, methods.json, and runs/ (every run's own folder).
@@ -34,6 +34,7 @@ from .data import dataset_info, evaluation_loader
 from .engine.checkpoint import load_classifier, load_file, recorded_normalisation
 from .engine.config import FewShotConfig, PretrainConfig, ReproduceConfig, TrainConfig
 from .engine.evaluation import evaluate
+from .engine.recipes import METHODS
 from .engine.fewshot import train_kd_at
 from .engine.run import RunInterrupted
 from .engine.settings import ALGORITHM, DATA, OUTPUTS, SPEED
@@ -45,6 +46,8 @@ from .engine.transition_curves import transition_curves
 from .mte import plot_curves
 
 DEFAULT_SEEDS = (0, 1, 2)
+# Settings whose defaults are each method's own: the methods section passes them only when given.
+METHOD_DEFAULTS = ("batch_size", "z_dim", "temperature", "iterations", "n_generator_steps", "n_student_steps")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,8 +155,9 @@ class Report:
         return json.loads((folder / "summary.json").read_text())
 
     def method_run(self, method: str, seed: int, teacher_path: str) -> dict:
-        """One run of a data-free method with its preset (n_S too, unless given) and this report's other settings,
-        tested every methods_eval_every iterations."""
+        """One run of a data-free method with its preset (the batch, noise size, temperature, length, n_G and n_S
+        too, unless given) and this report's other settings, tested every methods_eval_every iterations (the pool
+        methods: every round)."""
         folder = self.runs / "methods" / method / f"seed{seed}"
         if self._fresh(folder, folder / "summary.json"):
             resume = (folder / "checkpoint.pt").is_file()
@@ -161,8 +165,9 @@ class Report:
             config = self.config
             values = {**self._shared(), **dataclasses.asdict(config.networks), **dataclasses.asdict(config.steps),
                       **dataclasses.asdict(config.loop), "teacher_ckpt": teacher_path, "seed": seed,
-                      "tensorboard": False, "method": method, "n_student_steps": self.args.n_student_steps,
-                      "eval_every": config.comparison.methods_eval_every}
+                      "tensorboard": False, "method": method,
+                      **{name: getattr(self.args, name) for name in METHOD_DEFAULTS},
+                      "eval_every": None if METHODS[method].shape == "pool" else config.comparison.methods_eval_every}
             train(None if resume else TrainConfig.from_flat(values), folder, resume=resume, progress=self.progress,
                   overwrite=True)
         return json.loads((folder / "summary.json").read_text())
@@ -301,10 +306,9 @@ def methods_lines(results: dict) -> list[str]:
     """The methods section of the report: the table and the accuracy-against-seconds figure."""
     section = results["methods_section"]
     return ["## Data-free methods: time to a good student", "",
-            f"Each method with its preset (docs/methods.md), "
-            f"{results.get('iterations') or results['zero_shot_iterations']:,} iterations, seeds "
-            f"{', '.join(map(str, results['seeds']))}; wall-clock seconds of each run on this machine, evaluations "
-            f"included.", "", *methods_table(section), "",
+            f"Each method with its preset (docs/methods.md) and its length (iterations of Algorithm 1, rounds of the "
+            f"pool methods), seeds {', '.join(map(str, results['seeds']))}; wall-clock seconds of each run on this "
+            f"machine, evaluations included.", "", *methods_table(section), "",
             "![student accuracy against seconds](accuracy_vs_seconds.png)", ""]
 
 

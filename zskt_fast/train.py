@@ -97,6 +97,8 @@ def plan_new_run(args: argparse.Namespace, out: Path, world: World | None) -> li
     plan = [SeedRun(config, out / f"seed{config.run.seed}", False) for config in configs]
     if world is not None and args.parallel == "data":
         check_global_batch(first.steps.batch_size, world.size)
+        if METHODS[first.objectives.method].shape == "pool":
+            check_global_batch(first.pool.pool_size, world.size, "pool_size")
     prepared = prepare_run(first)  # the seeds share data, networks and teacher: one check covers them all
     for seed in plan:
         check_run_folder(seed.folder, RUN_FILES, overwrite=args.overwrite, create=False)
@@ -128,11 +130,16 @@ def describe(config: TrainConfig, folder: Path, args: argparse.Namespace, world:
     device = torch.device(config.run.device)
     fresh = not args.resume  # a resumed run keeps its recorded settings: there is no choice to explain
     why_amp = f" (auto: {amp_reason(device)})" if args.amp == "auto" and fresh else ""
-    why_compile = (f" (auto: {compile_reason(device, config.loop.iterations)})"
-                   if args.compile == "auto" and fresh else "")
+    pool = METHODS[config.objectives.method].shape == "pool"
+    compiled = (config.loop.iterations * config.loop.n_student_steps, "student steps") if pool else \
+        (config.loop.iterations, "iterations")
+    why_compile = f" (auto: {compile_reason(device, *compiled)})" if args.compile == "auto" and fresh else ""
+    length = (f"{config.loop.iterations} rounds of {config.loop.n_generator_steps} synthesis and "
+              f"{config.loop.n_student_steps} student steps ({config.pool.warmup} warm-up rounds), a pool of up to "
+              f"{config.pool.pool_size:,} images" if pool else f"{config.loop.iterations} iterations")
     lines = [f"seed {config.run.seed}: {config.networks.teacher} -> {config.networks.student} on "
              f"{config.data.dataset}, method {METHODS[config.objectives.method].title}, "
-             f"{config.loop.iterations} iterations, {config.run.device}, "
+             f"{length}, {config.run.device}, "
              f"amp {steps.amp}{why_amp}, CUDA graphs {'on' if steps.cuda_graphs else 'off'}, "
              f"compile {steps.compile}{why_compile}; writing {folder}"]
     if world is not None and args.parallel == "data":
@@ -166,9 +173,10 @@ def run_seeds(plan: list[SeedRun], args: argparse.Namespace, world: World | None
 def report(summaries: list[dict], out: Path) -> None:
     """Each seed's accuracies; with several, their mean ± std, also written to the parent's summary.json."""
     for s in summaries:
+        unit, short = ("round", "rounds") if "rounds_per_second" in s else ("iteration", "it")  # pool methods: rounds
         print(f"seed {s['seed']}: teacher test accuracy {s['teacher_acc']:.2f}%, student test accuracy "
-              f"{s['student_acc']:.2f}% ({s['iterations']} iterations, {s['seconds']:.0f} s, "
-              f"{s['iterations_per_second']:.2f} it/s)")
+              f"{s['student_acc']:.2f}% ({s['iterations']} {unit}s, {s['seconds']:.0f} s, "
+              f"{s[f'{unit}s_per_second']:.2f} {short}/s)")
     if len(summaries) > 1:
         accs = [s["student_acc"] for s in summaries]
         print(f"student test accuracy over {len(accs)} seeds: {statistics.fmean(accs):.2f} ± "

@@ -1,10 +1,10 @@
 """Each program's configuration, composed of settings parts (engine/settings.py, engine/recipes.py).
 
-ZeroShotSettings  objectives + steps + loop + run + outputs: a zero-shot run of given networks (zskt_fast.distill)
+ZeroShotSettings  objectives + steps + loop + pool + run + outputs: a zero-shot run of given networks (distill)
 TrainConfig       data + networks + the zero-shot parts + processes: python -m zskt_fast.train
 PretrainConfig    data + pretrain + sgd + run: python -m zskt_fast.pretrain
 FewShotConfig     data + networks + sgd + kd + run + outputs: python -m zskt_fast.fewshot
-ReproduceConfig   data + networks + objectives + steps + loop + run + comparison: python -m zskt_fast.reproduce
+ReproduceConfig   data + networks + objectives + steps + loop + pool + run + comparison: python -m zskt_fast.reproduce
 CurvesConfig      data + curves + run: python -m zskt_fast.mte
 
 Every setting's name is unique within a configuration, so a flat {name: value} mapping (keyword arguments, a command
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from ..common import resolve_device, settings_from_dict
 from ..data import dataset_info
-from .recipes import (ComparisonSettings, CurveSettings, KDSettings, LoopSettings, ObjectiveSettings, PretrainSettings,
-                      SGDSettings, StepSettings)
+from .recipes import (METHODS, ComparisonSettings, CurveSettings, KDSettings, LoopSettings, ObjectiveSettings,
+                      PoolSettings, PretrainSettings, SGDSettings, StepSettings, compile_context)
 from .settings import (DATASET_DEFAULTS, Context, DataSettings, NetworkSettings, OutputSettings, ProcessSettings,
                        RunSettings)
 
@@ -82,6 +82,7 @@ class ZeroShotSettings(Composed):
     objectives: ObjectiveSettings = _part(ObjectiveSettings)
     steps: StepSettings = _part(StepSettings)
     loop: LoopSettings = _part(LoopSettings)
+    pool: PoolSettings = _part(PoolSettings)
     run: RunSettings = _part(RunSettings)
     outputs: OutputSettings = _part(OutputSettings)
 
@@ -92,8 +93,17 @@ class ZeroShotSettings(Composed):
         context = dataclasses.replace(context, method=objectives.method)
         loop = self.loop.resolved(context)
         context = dataclasses.replace(context, iterations=loop.iterations)
-        return ZeroShotSettings(objectives, self.steps.resolved(context), loop, self.run.resolved(context),
-                                self.outputs.resolved(context))
+        steps = self.steps.resolved(compile_context(context, loop))
+        return ZeroShotSettings(objectives, steps, loop, self.pool.resolved(context, loop, steps),
+                                self.run.resolved(context), self.outputs.resolved(pool_outputs(context)))
+
+
+def pool_outputs(context: Context) -> Context:
+    """The pool methods test the student after every round by default (as their published code does); their rounds
+    are few and long."""
+    if METHODS[context.method].shape != "pool":
+        return context
+    return dataclasses.replace(context, defaults=dataclasses.replace(context.defaults, eval_every=1, log_every=1))
 
 
 @dataclass
@@ -103,6 +113,7 @@ class TrainConfig(Composed):
     objectives: ObjectiveSettings = _part(ObjectiveSettings)
     steps: StepSettings = _part(StepSettings)
     loop: LoopSettings = _part(LoopSettings)
+    pool: PoolSettings = _part(PoolSettings)
     run: RunSettings = _part(RunSettings)
     outputs: OutputSettings = _part(OutputSettings)
     processes: ProcessSettings = _part(ProcessSettings)
@@ -122,7 +133,7 @@ class TrainConfig(Composed):
 
     def zero_shot(self) -> ZeroShotSettings:
         """The parts zskt_fast.distill takes."""
-        return ZeroShotSettings(self.objectives, self.steps, self.loop, self.run, self.outputs)
+        return ZeroShotSettings(self.objectives, self.steps, self.loop, self.pool, self.run, self.outputs)
 
     @classmethod
     def from_dict(cls, values: Mapping, source: str = "settings") -> TrainConfig:
@@ -177,16 +188,20 @@ class ReproduceConfig(Composed):
     objectives: ObjectiveSettings = _part(ObjectiveSettings)
     steps: StepSettings = _part(StepSettings)
     loop: LoopSettings = _part(LoopSettings)
+    pool: PoolSettings = _part(PoolSettings)
     run: RunSettings = _part(RunSettings)
     comparison: ComparisonSettings = _part(ComparisonSettings)
 
     def resolved(self, context: Context | None = None) -> ReproduceConfig:
         data, context = self._data_and_context(context)
         objectives = self.objectives.resolved(context)
-        loop = self.loop.resolved(dataclasses.replace(context, method=objectives.method))
+        context = dataclasses.replace(context, method=objectives.method)
+        loop = self.loop.resolved(context)
         context = dataclasses.replace(context, iterations=loop.iterations)
-        return ReproduceConfig(data, self.networks.resolved(context), objectives, self.steps.resolved(context), loop,
-                               self.run.resolved(context), self.comparison.resolved(context))
+        steps = self.steps.resolved(compile_context(context, loop))
+        return ReproduceConfig(data, self.networks.resolved(context), objectives, steps, loop,
+                               self.pool.resolved(context, loop, steps), self.run.resolved(context),
+                               self.comparison.resolved(context))
 
 
 @dataclass

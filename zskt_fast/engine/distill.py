@@ -18,11 +18,13 @@ from ..common import eval_mode
 from ..models import Generator, pair_networks, unwrap
 from .checkpoint import atomic_save, save_classifier
 from .config import ZeroShotSettings
-from .distributed import World, data_parallel_world, global_batch_norm, mean_over_ranks
+from .distributed import World, check_global_batch, data_parallel_world, global_batch_norm, mean_over_ranks
 from .evaluation import as_batches, evaluate
 from .loop import zero_shot_knowledge_transfer
 from .metrics import MetricsWindow, save_image_grid
 from .objectives import check_teacher_for
+from .pool_distill import distill_from_pool, pool_augmentation
+from .recipes import METHODS
 from .run import Run
 from .schedules import cosine_lr
 from .speed import check_cpu_bf16_training
@@ -30,7 +32,7 @@ from .graphs import GraphedZSKTSteps
 from .steps import ZSKTSteps
 
 GRID_SAMPLES = 64
-RUN_FILES = ("config.json", "checkpoint.pt", "metrics.jsonl", "student.pt", "generator.pt", "summary.json")
+RUN_FILES = ("config.json", "checkpoint.pt", "metrics.jsonl", "student.pt", "generator.pt", "pool.png", "summary.json")
 RUN_FOLDERS = ("images", "tensorboard")
 DIVERGED = "Lower the learning rates, or turn mixed precision off (amp 'off')."
 Callback = Callable[[int, dict], None]
@@ -38,7 +40,8 @@ Callback = Callable[[int, dict], None]
 
 @dataclasses.dataclass
 class DistillResult:
-    """What distill returns: the trained student (the network given, trained in place), the generator, test accuracies
+    """What distill returns: the trained student (the network given, trained in place), the generator (FastDFKD's meta
+    generator; None for DeepInversion, which optimises images), test accuracies
     in percent (None without test data), the accuracy at each evaluation, the summary, and the run folder (None
     without `out`)."""
     student: nn.Module
@@ -66,8 +69,10 @@ def distill(teacher: nn.Module, student: nn.Module, *, image_shape: Sequence[int
         tensors, normalised as the teacher expects; the student is tested every eval_every iterations. None: no tests.
     **settings: the fields of ZeroShotSettings' parts (method, iterations, seed, device, batch_size, beta, student_lr,
         amp, compile, cuda_graphs, eval_every, bn_prior, ...), defaults the paper's CIFAR-10 run (iterations 80,000).
-        method: 'zskt' (the default, the paper's), 'dfad', 'dafl' or 'dfq' (docs/methods.md), whose preset fills the
-        generator's and student's objectives and n_S; each weight can be given too (bn_prior=10, ...).
+        method: 'zskt' (the default, the paper's), 'dfad', 'dafl' or 'dfq' (Algorithm 1's loop), 'fast' or
+        'deepinversion' (rounds of synthesis into a pool and student steps on pool batches; `iterations` counts the
+        rounds), docs/methods.md; its preset fills the objectives, n_G, n_S, the batch, the noise size and the
+        temperature; each value can be given too (bn_prior=10, ...).
     out: a run folder to write (metrics, image grids, checkpoints, student.pt, generator.pt, summary.json); with
         `resume` the run in it continues from its checkpoint (with the same networks and settings). None: nothing is
         written and the run cannot be resumed.
@@ -88,14 +93,18 @@ def distill(teacher: nn.Module, student: nn.Module, *, image_shape: Sequence[int
     image_shape = check_image_shape(image_shape)
     normalisation = check_normalisation(normalisation, image_shape[0])
     device = torch.device(config.run.device)
+    pool_method = METHODS[config.objectives.method].shape == "pool"
+    if pool_method and world is not None:
+        check_global_batch(config.pool.pool_size, world.size, "pool_size")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.run.seed)
-        generator = Generator(config.steps.z_dim, image_shape[1], image_shape[0])
+        generator = new_generator(config, image_shape)
     names = {"teacher": _name(teacher), "student": _name(student),
              "dataset": (run_record or {}).get("dataset", "custom")}
     check_cpu_bf16_training(student, image_shape, config.steps.amp, device)
-    with global_batch_norm([student, generator], enabled=world is not None and config.loop.sync_bn):
-        for net in (teacher, student, generator):
+    trained = [net for net in (student, generator) if net is not None]
+    with global_batch_norm(trained, enabled=world is not None and config.loop.sync_bn):
+        for net in (teacher, *trained):
             net.to(device)
         teacher, student, pairs = pair_networks(teacher, student, image_shape=image_shape, attention=attention,
                                                 use_attention=uses_attention(config), num_classes=num_classes)
@@ -103,9 +112,17 @@ def distill(teacher: nn.Module, student: nn.Module, *, image_shape: Sequence[int
         record = {**(run_record or {}), **config.to_dict(), "image_shape": list(image_shape), "attention": attention,
                   "world_size": world.size if world else 1, **{k: v for k, v in names.items()
                                                                if k not in (run_record or {})}}
-        run = Run(out, name="training", unit="iteration", total=config.loop.iterations, files=RUN_FILES,
-                  folders=RUN_FOLDERS, record=record, resume=resume, overwrite=overwrite, outputs=config.outputs,
-                  world=world, device=device, progress=progress, advice=DIVERGED)
+        run = Run(out, name="training", unit="round" if pool_method else "iteration", total=config.loop.iterations,
+                  files=RUN_FILES, folders=RUN_FOLDERS, record=record, resume=resume, overwrite=overwrite,
+                  outputs=config.outputs, world=world, device=device, progress=progress, advice=DIVERGED)
+        if pool_method:
+            augmentation = pool_augmentation(config.pool.augmentation, names["dataset"], image_shape[1])
+            summary = distill_from_pool(teacher, student, generator, config, world, run, image_shape=image_shape,
+                                        num_classes=num_classes or _classes(teacher, image_shape, device),
+                                        test_data=test_data, normalisation=normalisation,
+                                        augmentation=augmentation, callbacks=callbacks, names=names, pairs=pairs)
+            return DistillResult(unwrap(student), generator, summary["teacher_acc"], summary["student_acc"],
+                                 run.history, summary, run.folder)
         steps = build_steps(teacher, student, generator, config, world, run)
         try:
             outputs = _Outputs(run, steps, config, test_data, normalisation, callbacks)
@@ -119,6 +136,22 @@ def distill(teacher: nn.Module, student: nn.Module, *, image_shape: Sequence[int
             steps.generator_objective.remove_hooks()  # the teacher is the caller's network
     return DistillResult(unwrap(student), generator, outputs.teacher_acc, outputs.student_acc, run.history, summary,
                          run.folder)
+
+
+def new_generator(config: ZeroShotSettings, image_shape) -> nn.Module | None:
+    """The method's generator, initialised from the global RNG: ZSKT's (images in the teacher's input space), the
+    frameworks' (pixels through a sigmoid) for FastDFKD, none for DeepInversion, which optimises images."""
+    method = config.objectives.method
+    if method == "deepinversion":
+        return None
+    output = "sigmoid" if METHODS[method].shape == "pool" else "batchnorm"
+    return Generator(config.steps.z_dim, image_shape[1], image_shape[0], output=output)
+
+
+def _classes(teacher: nn.Module, image_shape, device) -> int:
+    """The teacher's number of classes, from one blank image."""
+    with torch.no_grad(), eval_mode(teacher):
+        return int(teacher(torch.zeros(1, *image_shape, device=device))[0].shape[1])
 
 
 def build_steps(teacher: nn.Module, student: nn.Module, generator: nn.Module, config: ZeroShotSettings,

@@ -251,11 +251,11 @@ def lost_peer(error: BaseException) -> bool:
         any(sign in text for sign in LOST_PEER_SIGNS)
 
 
-def check_global_batch(batch_size: int, world_size: int) -> None:
-    """A data-parallel batch is split evenly over the processes."""
+def check_global_batch(batch_size: int, world_size: int, name: str = "batch size") -> None:
+    """A data-parallel batch (or pool) is split evenly over the processes."""
     if batch_size % world_size:
-        raise ValueError(f"the global batch size {batch_size} is not divisible by the world size {world_size}: "
-                         f"choose a batch size that is a multiple of the number of processes")
+        raise ValueError(f"the global {name} {batch_size} is not divisible by the world size {world_size}: "
+                         f"choose a {name} that is a multiple of the number of processes")
 
 
 def data_parallel_world(distributed: bool | None, batch_size: int) -> World | None:

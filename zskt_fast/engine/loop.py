@@ -1,13 +1,24 @@
-"""Algorithm 1 of the paper: per iteration, one noise batch z; n_G Adam steps of the generator G on
--KL(T(G(z)) || S(G(z))); then n_S Adam steps of the student S on KL(T(x) || S(x)) + beta * sum_l AT_l(x), x = G(z);
-the learning rates cosine-annealed over the iterations."""
+"""The two loops of the data-free methods.
+
+Algorithm 1 of the paper (ZSKT, and DFAD, DAFL, DFQ in its shape): per iteration, one noise batch z; n_G Adam steps of
+the generator G on -KL(T(G(z)) || S(G(z))); then n_S Adam steps of the student S on KL(T(x) || S(x)) + beta * sum_l
+AT_l(x), x = G(z); the learning rates cosine-annealed over the iterations.
+
+Synthesis and pool (FastDFKD, DeepInversion): per round, one batch synthesised against the teacher in n_G steps (and,
+after the warm-up rounds, against the student) joins the pool; then n_S student steps of KD on augmented pool
+batches.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from .steps import ZSKTSteps
+
+if TYPE_CHECKING:
+    from .pool_distill import PoolMethod
 
 
 def zero_shot_knowledge_transfer(steps: ZSKTSteps, *, iterations: int, n_generator_steps: int, n_student_steps: int,
@@ -28,3 +39,22 @@ def zero_shot_knowledge_transfer(steps: ZSKTSteps, *, iterations: int, n_generat
         if on_iteration_end is not None:
             on_iteration_end(iteration, {"loss_G": loss_G, "loss_S": loss_S, "student_logits": student_logits,
                                          "teacher_logits": teacher.logits, "images": images})
+
+
+def synthesis_and_pool(method: PoolMethod, *, rounds: int, warmup: int, n_student_steps: int, start: int = 0,
+                       stop: int | None = None,
+                       on_round_end: Callable[[int, dict[str, torch.Tensor | None]], None] | None = None) -> None:
+    """Runs rounds [start, stop) of `rounds`; after each one calls on_round_end(round, outputs), where outputs hold
+    the synthesis loss, the round's images, and (after the warm-up) the last student loss and both networks' logits."""
+    for round_index in range(start, rounds if stop is None else stop):
+        trains = round_index >= warmup                           # the warm-up rounds only fill the pool
+        images, loss_synthesis = method.synthesise(round_index, adversarial=trains)  # n_G steps against T (and S)
+        method.pool.add(images)                                  # the round's lowest-loss batch joins the pool
+        loss_S = student_logits = teacher_logits = None
+        if trains:
+            method.student_steps.set_learning_rate(round_index, rounds)  # cosine over the rounds after the warm-up
+            for _ in range(n_student_steps):
+                loss_S, student_logits, teacher_logits = method.student_steps.step(method.pool)  # KD on pool batches
+        if on_round_end is not None:
+            on_round_end(round_index, {"loss_synthesis": loss_synthesis, "loss_S": loss_S, "images": images,
+                                       "student_logits": student_logits, "teacher_logits": teacher_logits})

@@ -1,8 +1,8 @@
 """What the generator and the student of Algorithm 1's loop minimise, for every data-free method of the presets
 (engine/recipes.py: METHODS): a weighted sum of the terms of zskt_fast.ops, each defined once there.
 
-    generator:  adversarial * A(s, t) + bn_prior * BN + one_hot * CE(t, argmax t) + balance * sum p log p
-                + activation * (-mean |f|)
+    generator:  adversarial * A(s, t) + bn_prior * BN + one_hot * CE(t, argmax t or random targets)
+                + balance * sum p log p + activation * (-mean |f|) + tv * TV(x) + image_l2 * ||x||
     student:    KL + beta * AT (zskt) | T^2 KL_T per sample (kd) | |t - s| (l1)
 
 The batch-norm prior reads the inputs of the teacher's BatchNorm2d layers, and the activation term the input of its
@@ -17,8 +17,9 @@ from torch import nn
 
 from ..ops import zskt_generator_loss, zskt_student_loss
 from ..ops.bn_statistics_prior import checked_bn_statistics, resolve_bn_backend
-from ..ops.data_free_losses import (activation_loss, adversarial_l1, class_balance_of, kd_loss, logit_l1,
-                                    mean_prediction, one_hot_loss)
+from ..ops.data_free_losses import (activation_loss, adversarial_l1, class_balance_of, competition_loss,
+                                    cross_entropy_to, decision_adversarial_kl, kd_loss, logit_l1, mean_prediction,
+                                    one_hot_loss, total_variation_squares)
 from ..ops.reference import prior_of_statistics
 from .distributed import World, global_mean, global_statistics
 from .recipes import ObjectiveSettings, StepSettings
@@ -75,9 +76,12 @@ class GeneratorObjective:
     steps' checkpointed state."""
 
     def __init__(self, objectives: ObjectiveSettings, steps: StepSettings, teacher: nn.Module, device: torch.device,
-                 world: World | None = None):
+                 world: World | None = None, average_per_round: bool = False):
+        """`average_per_round`: the prior's moving averages take the last step's statistics at end_round() (the pool
+        methods' rounds, as FastDFKD's) rather than every step's."""
         check_teacher_for(objectives, teacher)
         self.objectives, self.steps, self.world = objectives, steps, world
+        self.average_per_round, self._last_statistics = average_per_round, []
         self.needs_student = objectives.adversarial > 0
         self.norms = batch_norm_layers(teacher) if objectives.bn_prior > 0 else []
         self.bn_inputs = _Inputs(self.norms) if self.norms else None
@@ -107,15 +111,23 @@ class GeneratorObjective:
                 inputs.remove()
 
     def loss(self, student_logits: torch.Tensor | None, teacher_logits: torch.Tensor, bn_inputs: list,
-             classifier_inputs: list) -> torch.Tensor:
+             classifier_inputs: list, *, targets: torch.Tensor | None = None, images: torch.Tensor | None = None,
+             adversarial: bool = True) -> torch.Tensor:
+        """The weighted terms. `targets`: the one-hot term's random classes (one_hot_targets 'random'); `images`: what
+        the image priors (tv, image_l2) read; `adversarial` False leaves the adversarial term out (a warm-up)."""
         o = self.objectives
         terms = []
-        if o.adversarial > 0:
+        if o.adversarial > 0 and adversarial:
             terms.append((o.adversarial, self._adversarial(student_logits, teacher_logits)))
         if o.bn_prior > 0:
             terms.append((o.bn_prior, self._bn_prior(bn_inputs)))
         if o.one_hot > 0:
-            terms.append((o.one_hot, one_hot_loss(teacher_logits)))
+            terms.append((o.one_hot, one_hot_loss(teacher_logits) if o.one_hot_targets == "argmax"
+                          else cross_entropy_to(teacher_logits, targets)))
+        if o.tv > 0:  # norms over the global batch: each rank's sums of squares added up
+            terms.append((o.tv, self._global_sum(total_variation_squares(images)).sqrt().sum()))
+        if o.image_l2 > 0:
+            terms.append((o.image_l2, self._global_sum(images.float().pow(2).sum()).sqrt()))
         if o.balance > 0:  # of the global batch's mean prediction: the term is not a mean over samples
             terms.append((o.balance, class_balance_of(global_mean(mean_prediction(teacher_logits), self.world))))
         if o.activation > 0:
@@ -124,10 +136,17 @@ class GeneratorObjective:
         weighted = [term if weight == 1 else weight * term for weight, term in terms]
         return sum(weighted[1:], weighted[0])
 
+    def _global_sum(self, local_sum: torch.Tensor) -> torch.Tensor:
+        return local_sum if self.world is None else global_mean(local_sum, self.world) * self.world.size
+
     def _adversarial(self, student_logits, teacher_logits) -> torch.Tensor:
         loss, backend, temperature = self.objectives.adversarial_loss, self.steps.backend, self.steps.temperature
         if loss == "l1":
             return adversarial_l1(student_logits, teacher_logits)
+        if loss == "decision-kl":
+            return decision_adversarial_kl(student_logits, teacher_logits)
+        if loss == "competition":
+            return competition_loss(student_logits, teacher_logits)
         return zskt_generator_loss(student_logits, teacher_logits, temperature=temperature,
                                    reduction="mean" if loss == "kl" else "batchmean", backend=backend)
 
@@ -146,14 +165,26 @@ class GeneratorObjective:
         """(1 - m) * this batch's statistics + m * their moving average (this batch's alone before there is one);
         then the averages take this batch's. Tensor work only, with no host synchronisation."""
         m = self.objectives.bn_momentum * self.averaged  # 0 until the averages hold a batch's statistics
-        blended = []
-        for (mean, var), average in zip(statistics, self.averages):
-            blended.append(((1 - m) * mean + m * average[0], (1 - m) * var + m * average[1]))
-            with torch.no_grad():
-                average.mul_(m).add_(torch.stack([mean, var]).detach().to(average.dtype) * (1 - m))
-        with torch.no_grad():
-            self.averaged.fill_(1.0)
+        blended = [((1 - m) * mean + m * average[0], (1 - m) * var + m * average[1])
+                   for (mean, var), average in zip(statistics, self.averages)]
+        last = [torch.stack([mean, var]).detach() for mean, var in statistics]
+        if self.average_per_round:
+            self._last_statistics = last
+        else:
+            self._update_averages(last, m)
         return blended
+
+    def end_round(self) -> None:
+        """The pool methods: the moving averages take the statistics of the round's last step."""
+        if self._last_statistics:
+            self._update_averages(self._last_statistics, self.objectives.bn_momentum * self.averaged)
+            self._last_statistics = []
+
+    def _update_averages(self, last: list[torch.Tensor], m: torch.Tensor) -> None:
+        with torch.no_grad():
+            for average, statistics in zip(self.averages, last):
+                average.mul_(m).add_(statistics.to(average.dtype) * (1 - m))
+            self.averaged.fill_(1.0)
 
     def state_tensors(self) -> list[torch.Tensor]:
         """The tensors a checkpoint keeps (and a CUDA graph's warm-up restores)."""

@@ -22,6 +22,7 @@ from .distributed import DIST_BACKENDS
 DATA, ALGORITHM, SPEED, OUTPUTS, PROCESSES = ("data and networks", "Algorithm 1 (defaults: the authors' settings)",
                                               "speed", "outputs", "many processes (torchrun)")
 METHOD = "data-free method (weights default to the --method preset's; docs/methods.md)"
+POOL = "pool methods (fast, deepinversion): rounds of synthesis into a pool, student steps on pool batches"
 
 
 @dataclass(frozen=True)

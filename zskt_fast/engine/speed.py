@@ -66,13 +66,14 @@ def default_compile(device: torch.device, iterations: int | None) -> str:
     return "default" if iterations is None or iterations >= COMPILE_FROM_ITERATIONS else "off"
 
 
-def compile_reason(device: torch.device, iterations: int | None) -> str:
-    """Why compile 'auto' chose what it chose, for the run's header."""
+def compile_reason(device: torch.device, iterations: int | None, unit: str = "iterations") -> str:
+    """Why compile 'auto' chose what it chose, for the run's header (`unit`: what `iterations` counts; the pool
+    methods count their student steps, the part they compile)."""
     if device.type == "cuda":
-        return "eager steps in CUDA graphs on a GPU"
+        return "eager steps in CUDA graphs on a GPU" if unit == "iterations" else "eager steps on a GPU"
     if default_compile(device, iterations) == "off":
-        return f"{iterations} iterations, fewer than the {COMPILE_FROM_ITERATIONS} a compilation pays off in"
-    return f"a run of {COMPILE_FROM_ITERATIONS} iterations or more"
+        return f"{iterations} {unit}, fewer than the {COMPILE_FROM_ITERATIONS} a compilation pays off in"
+    return f"a run of {COMPILE_FROM_ITERATIONS} {unit} or more"
 
 
 def _bf16_weight_gradient_is_sound(conv: torch.nn.Conv2d, input_shape) -> bool:

@@ -44,6 +44,8 @@ def summarise_methods(runs: dict[str, list[dict]], reference: str = "zskt") -> d
             "accuracy_mean": final[0], "accuracy_std": final[1],
             "seconds_mean": statistics.fmean(s["seconds"] for s in summaries),
             "seconds_per_iteration": statistics.fmean(s["seconds"] / s["iterations"] for s in summaries),
+            "length": f"{summaries[0]['iterations']:,} "
+                      f"{'rounds' if 'rounds_per_second' in summaries[0] else 'iterations'}",
             "reached": len(done), "seconds_to_target": reached,
             "seconds_to_target_mean": statistics.fmean(done) if len(done) == len(reached) else None,
             "accuracy_at_reference_time_mean": at_reference_time[0],
@@ -64,14 +66,18 @@ def methods_table(section: dict) -> list[str]:
     """The markdown table of the methods section."""
     lines = [f"Target: the {section['reference']} default's final accuracy, {section['target']:.2f}% (mean over its "
              f"seeds), reached in {section['reference_seconds']:.0f} s.", "",
-             "| method | final test accuracy % (mean ± std) | seconds to reach the target (mean; per seed) | "
-             f"accuracy % at {section['reference_seconds']:.0f} s | seconds per iteration | seconds per run |",
-             "|---|---|---|---|---|---|"]
+             "| method | length | final test accuracy % (mean ± std) | seconds to reach the target (mean; per seed) | "
+             f"share of {section['reference']}'s time | accuracy % at {section['reference_seconds']:.0f} s | "
+             "seconds per iteration (round) | seconds per run |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in section["rows"]:
         per_seed = ", ".join("–" if s is None else f"{s:.0f}" for s in row["seconds_to_target"])
         reached = (f"{row['seconds_to_target_mean']:.0f} ({per_seed})" if row["seconds_to_target_mean"] is not None
                    else f"not reached by every seed ({row['reached']}/{len(row['seeds'])}: {per_seed})")
-        lines.append(f"| {row['method']} | {row['accuracy_mean']:.2f} ± {row['accuracy_std']:.2f} | {reached} | "
+        share = (f"{row['seconds_to_target_mean'] / section['reference_seconds']:.0%}"
+                 if row["seconds_to_target_mean"] is not None else "–")
+        lines.append(f"| {row['method']} | {row.get('length', '')} | {row['accuracy_mean']:.2f} ± "
+                     f"{row['accuracy_std']:.2f} | {reached} | {share} | "
                      f"{row['accuracy_at_reference_time_mean']:.2f} ± {row['accuracy_at_reference_time_std']:.2f} | "
                      f"{row['seconds_per_iteration']:.3f} | {row['seconds_mean']:.0f} |")
     return lines

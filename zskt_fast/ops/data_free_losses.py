@@ -1,10 +1,14 @@
-"""The loss terms of the data-free distillation methods beside ZSKT, on logits and features (t: the teacher's logits,
-s: the student's, on the same generated batch). Each is one function with its formula and its paper; docs/methods.md
-lists them together. The batch-norm statistics prior, a pass over feature maps, is a fused op of its own
-(ops/bn_statistics_prior.py); the adversarial KL is `zskt_generator_loss` (its reduction 'mean' for ZSKT,
-'batchmean' for DFQ as the frameworks run it); the KD term uses the fused KL op.
+"""The loss terms of the data-free distillation methods beside ZSKT, on logits, features and images (t: the
+teacher's logits, s: the student's, on the same generated batch). Each is one function with its formula and its
+paper; docs/methods.md lists them together. The batch-norm statistics prior, a pass over feature maps, is a fused op
+of its own (ops/bn_statistics_prior.py); the adversarial KL is `zskt_generator_loss` (its reduction 'mean' for ZSKT,
+'batchmean' for DFQ as the frameworks run it); the KD term uses the fused KL op. The pool methods add the
+decision-adversarial KL (FastDFKD), the competition term, the cross-entropy against random targets and the image priors
+(DeepInversion).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -75,3 +79,72 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tempe
     return temperature ** 2 * checked_kl_divergence(student_logits, teacher_logits, temperature, "batchmean",
                                                     backend)
 
+
+
+def decision_adversarial_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """-mean over samples of KL(softmax(t_i) || softmax(s_i)) * [argmax s_i == argmax t_i]: the generator's
+    adversarial term of CMI and FastDFKD (Fang et al. 2021, 2022), which seeks disagreement only on the samples where
+    student and teacher still agree (the mean runs over every sample, masked ones counting 0)."""
+    _checks.check_logits(student_logits, teacher_logits)
+    s, t = _logits(student_logits), _logits(teacher_logits)
+    per_sample = (F.softmax(t, dim=1) * (F.log_softmax(t, dim=1) - F.log_softmax(s, dim=1))).sum(dim=1)
+    agree = (s.argmax(dim=1) == t.argmax(dim=1)).to(per_sample.dtype)
+    return -(per_sample * agree).mean()
+
+
+def cross_entropy_to(teacher_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the teacher's logits against given class targets, mean over samples: the one-hot term with
+    targets drawn at random (DeepInversion, FastDFKD), which asks for images of every class."""
+    _checks.check_logits(teacher_logits, teacher_logits)
+    if targets.dim() != 1 or targets.shape[0] != teacher_logits.shape[0]:
+        raise ValueError(f"targets must be [B] with B = {teacher_logits.shape[0]}, got {tuple(targets.shape)}")
+    return F.cross_entropy(_logits(teacher_logits), targets)
+
+
+COMPETITION_TEMPERATURE = 3.0  # DeepInversion's adaptive competition compares softmaxes at T = 3
+
+
+def competition_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *,
+                     temperature: float = COMPETITION_TEMPERATURE) -> torch.Tensor:
+    """-JS(softmax(t / T), softmax(s / T)), the Jensen-Shannon divergence 0.5 KL(P || M) + 0.5 KL(Q || M) with
+    M = (P + Q) / 2, mean over samples: DeepInversion's adaptive competition term (Yin et al. 2020), which seeks
+    images the student does not yet classify as the teacher does."""
+    _checks.check_logits(student_logits, teacher_logits)
+    check_positive(temperature, "temperature")
+    log_p = F.log_softmax(_logits(teacher_logits) / temperature, dim=1)
+    log_q = F.log_softmax(_logits(student_logits) / temperature, dim=1)
+    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
+    js = 0.5 * (log_p.exp() * (log_p - log_m)).sum(dim=1) + 0.5 * (log_q.exp() * (log_q - log_m)).sum(dim=1)
+    return -js.mean()
+
+
+def _image_differences(images: torch.Tensor) -> list[torch.Tensor]:
+    return [images[:, :, :, :-1] - images[:, :, :, 1:], images[:, :, :-1, :] - images[:, :, 1:, :],
+            images[:, :, 1:, :-1] - images[:, :, :-1, 1:], images[:, :, :-1, :-1] - images[:, :, 1:, 1:]]
+
+
+def total_variation_squares(images: torch.Tensor) -> torch.Tensor:
+    """The sums of squares of the four neighbour differences of total_variation, [4] (what ranks add up)."""
+    _check_images(images)
+    return torch.stack([d.pow(2).sum() for d in _image_differences(_logits(images))])
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """sum over the four neighbour directions (right, down, and both diagonals) of the L2 norm of the differences
+    between neighbouring pixels of the whole batch: DeepInversion's total-variation image prior (the norms are not
+    squared and run over the batch, as its code computes them)."""
+    return total_variation_squares(images).sqrt().sum()
+
+
+def image_l2(images: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of the whole batch of images: DeepInversion's L2 image prior."""
+    _check_images(images)
+    return _logits(images).pow(2).sum().sqrt()
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.numel() == 0:
+        raise ValueError(f"images must be a non-empty [B, C, H, W] tensor, got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    if images.shape[-1] < 2 or images.shape[-2] < 2:
+        raise ValueError(f"the image priors need images of at least 2x2 pixels, got {tuple(images.shape)}")
