@@ -229,7 +229,7 @@ def test_the_first_layer_is_reinitialised_at_the_reset_round(float64_default):
     steps = StepSettings(batch_size=4, amp="off", compile="off", backend="eager")
     objective = GeneratorObjective(objectives, steps, teacher, torch.device("cpu"), average_per_round=True)
     synthesis = MetaGeneratorSynthesis(generator, teacher, student, objective, steps,
-                                       PoolSettings(synthesis_lr=1e-3, z_lr=0.01, reset_round=1, warmup=0),
+                                       PoolSettings(synthesis_lr=1e-3, z_lr=0.01, reset_round=2, warmup=0),
                                        image_shape=(1, 4, 4), num_classes=3, n_steps=1,
                                        normalisation=((0.0,), (1.0,)), augmentation="none",
                                        device=torch.device("cpu"), world=None, seed=0)

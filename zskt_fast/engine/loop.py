@@ -44,11 +44,14 @@ def zero_shot_knowledge_transfer(steps: ZSKTSteps, *, iterations: int, n_generat
 def synthesis_and_pool(method: PoolMethod, *, rounds: int, warmup: int, n_student_steps: int, start: int = 0,
                        stop: int | None = None,
                        on_round_end: Callable[[int, dict[str, torch.Tensor | None]], None] | None = None) -> None:
-    """Runs rounds [start, stop) of `rounds`; after each one calls on_round_end(round, outputs), where outputs hold
-    the synthesis loss, the round's images, and (after the warm-up) the last student loss and both networks' logits."""
+    """Runs rounds [start, stop) of `rounds` (counted from 0); after each one calls on_round_end(round, outputs), where
+    outputs hold the synthesis loss, the round's images, and (after the warm-up) the last student loss and both
+    networks' logits. As FastDFKD's published loop counts them, the adversarial term is on from round `warmup` counted
+    from 1, and the student's steps from round `warmup` counted from 0: one round later."""
     for round_index in range(start, rounds if stop is None else stop):
         trains = round_index >= warmup                           # the warm-up rounds only fill the pool
-        images, loss_synthesis = method.synthesise(round_index, adversarial=trains)  # n_G steps against T (and S)
+        adversarial = round_index + 1 >= warmup
+        images, loss_synthesis = method.synthesise(round_index, adversarial=adversarial)  # n_G steps against T (& S)
         method.pool.add(images)                                  # the round's lowest-loss batch joins the pool
         loss_S = student_logits = teacher_logits = None
         if trains:

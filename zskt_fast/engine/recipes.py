@@ -324,13 +324,13 @@ class PoolSettings:
     kd_lr: float | None = option(None, "the student's SGD learning rate (momentum 0.9, cosine over the rounds after "
                                        "the warm-up down to 2e-4); default: fast 0.2, deepinversion 0.1", group=POOL)
     kd_weight_decay: float | None = option(None, "the student's SGD weight decay; default 1e-4", group=POOL)
-    warmup: int | None = option(None, "rounds of synthesis without the adversarial term and without student steps "
-                                      "(FastDFKD's warm-up); default: fast 20 (digits 3), deepinversion 0, at most "
-                                      "the rounds less one",
+    warmup: int | None = option(None, "rounds of synthesis without student steps, the adversarial term joining in "
+                                      "the last of them (FastDFKD's warm-up, as its loop counts); default: fast 20 "
+                                      "(digits 3), deepinversion 0, at most the rounds less one",
                                 group=POOL)
-    reset_round: int | None = option(None, "the round whose synthesis starts by re-initialising the generator's "
-                                           "first layer (FastDFKD at 120 + warm-up); 0: never; default: fast 140 "
-                                           "(digits 20)", group=POOL)
+    reset_round: int | None = option(None, "the round (counted from 1) whose synthesis starts by re-initialising "
+                                           "the generator's first layer (FastDFKD at 120 + warm-up); 0: never; "
+                                           "default: fast 140 (digits 20)", group=POOL)
     pool_size: int | None = option(None, "images the pool keeps (the oldest go first once it is full), held as 8-bit "
                                          "pixels: C x H x W bytes each, in memory and in checkpoint.pt (50,000 "
                                          "CIFAR images: 146 MiB); default: every round's batch", group=POOL)

@@ -68,7 +68,6 @@ class _Synthesis:
         self.mean, self.std = normalisation
         self.augmentation, self.device, self.world = augmentation, torch.device(device), world
         self.generator = torch.Generator().manual_seed(seed)
-        self.local = steps.batch_size // (world.size if world is not None else 1)
         self.share = _share(world, steps.batch_size)
 
     def draw(self, *shape) -> torch.Tensor:
@@ -120,7 +119,7 @@ class MetaGeneratorSynthesis(_Synthesis):
     def synthesise(self, round_index: int, adversarial: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """One round: the copy's n_G steps, the meta step; returns the lowest-loss images (pixels in [0, 1], this
         rank's share) and their loss."""
-        if self.pool.reset_round and round_index == self.pool.reset_round:
+        if self.pool.reset_round and round_index + 1 == self.pool.reset_round:  # rounds counted from 1 there
             self.reset_first_layer()
         fast = copy.deepcopy(self.meta_generator)
         z = self.draw(self.meta_generator.z_dim).requires_grad_()
