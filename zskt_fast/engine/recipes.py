@@ -84,13 +84,14 @@ def compile_context(context: Context, loop) -> Context:
 @dataclass(frozen=True)
 class PoolPreset:
     """What a pool method's rounds are on a data set: their number, the warm-up, the round whose start re-initialises
-    the generator's first layer (0: none), the synthesis and latent learning rates, and the student's SGD."""
+    the generator's first layer (0: none), the student's SGD, and the synthesis and latent learning rates (None:
+    FastDFKD's, which go with its generator steps: FAST_LEARNING_RATES)."""
     iterations: int
     warmup: int
     reset_round: int
-    synthesis_lr: float
-    z_lr: float
     kd_lr: float
+    synthesis_lr: float | None = None
+    z_lr: float | None = None
     kd_weight_decay: float = 1e-4
 
 
@@ -99,13 +100,13 @@ FAST_LEARNING_RATES = {2: (5e-3, 0.015), 5: (3e-3, 0.01), 10: (2e-3, 0.01)}
 POOL_PRESETS = {
     # The published CIFAR runs: 220 rounds with 20 of warm-up, the generator's first layer re-initialised at 120 +
     # 20; DeepInversion 200 rounds; students by SGD at 0.2 / 0.1.
-    ("fast", "cifar"): PoolPreset(iterations=220, warmup=20, reset_round=140, synthesis_lr=3e-3, z_lr=0.01, kd_lr=0.2),
-    ("deepinversion", "cifar"): PoolPreset(iterations=200, warmup=0, reset_round=0, synthesis_lr=0.1, z_lr=0.0,
-                                           kd_lr=0.1),
+    ("fast", "cifar"): PoolPreset(iterations=220, warmup=20, reset_round=140, kd_lr=0.2),
+    ("deepinversion", "cifar"): PoolPreset(iterations=200, warmup=0, reset_round=0, kd_lr=0.1, synthesis_lr=0.1,
+                                           z_lr=0.0),
     # digits (8x8, 1,400 training images): fewer and shorter rounds, chosen by measurement (docs/methods.md).
-    ("fast", "digits"): PoolPreset(iterations=30, warmup=3, reset_round=20, synthesis_lr=3e-3, z_lr=0.01, kd_lr=0.2),
-    ("deepinversion", "digits"): PoolPreset(iterations=30, warmup=0, reset_round=0, synthesis_lr=0.1, z_lr=0.0,
-                                            kd_lr=0.1),
+    ("fast", "digits"): PoolPreset(iterations=30, warmup=3, reset_round=20, kd_lr=0.2),
+    ("deepinversion", "digits"): PoolPreset(iterations=30, warmup=0, reset_round=0, kd_lr=0.1, synthesis_lr=0.1,
+                                            z_lr=0.0),
 }
 DIGITS_POOL = {"fast": {"n_student_steps": 50, "n_generator_steps": 5},
                "deepinversion": {"n_student_steps": 50, "n_generator_steps": 50}}
