@@ -17,7 +17,7 @@ from zskt_fast.engine.config import TrainConfig
 from zskt_fast.engine.objectives import GeneratorObjective
 from zskt_fast.engine.pool import ImagePool, augment, pixels_to_bytes
 from zskt_fast.engine.recipes import FAST_LEARNING_RATES, METHODS, ObjectiveSettings, PoolSettings, StepSettings
-from zskt_fast.engine.synthesis import MetaGeneratorSynthesis
+from zskt_fast.engine.synthesis import ImageSynthesis, MetaGeneratorSynthesis
 from zskt_fast.engine.trainer import train
 from zskt_fast.models import Generator
 from zskt_fast.ops import data_free_losses as terms
@@ -239,6 +239,113 @@ def test_the_first_layer_is_reinitialised_at_the_reset_round(float64_default):
     # One meta step after N(0, 0.02): still small, and the bias stepped from 0 by at most the learning rate
     assert float(generator.project.weight.detach().std()) < 0.03
     assert float(generator.project.bias.detach().abs().max()) <= 2e-3
+
+
+def test_the_reset_draws_the_first_linear_layer_and_the_first_batch_norm(float64_default):
+    """FastDFKD's reset_l0 at its HEAD (c188487, datafree/synthesis/fast_meta.py): modules "l1.0" (the linear layer)
+    and "conv_blocks.0" (the first BatchNorm2d), each nn.init.normal_(weight, 0.0, 0.02) and bias 0, in module
+    order; nothing else changes."""
+    teacher, student = _teacher(), _Tiny()
+    generator = Generator(3, 4, 1, output="sigmoid")
+    objective = GeneratorObjective(ObjectiveSettings(method="fast").resolved(), StepSettings(backend="eager"), teacher,
+                                   torch.device("cpu"), average_per_round=True)
+    synthesis = MetaGeneratorSynthesis(generator, teacher, student, objective, StepSettings(batch_size=4),
+                                       PoolSettings(synthesis_lr=1e-3, z_lr=0.01, reset_round=2, warmup=0),
+                                       image_shape=(1, 4, 4), num_classes=3, n_steps=1,
+                                       normalisation=((0.0,), (1.0,)), augmentation="none",
+                                       device=torch.device("cpu"), world=None, seed=5)
+    with torch.no_grad():  # biases away from 0, so that their reset shows
+        generator.project.bias.fill_(0.3)
+        generator.body[0].bias.fill_(0.3)
+    before = {k: v.clone() for k, v in generator.state_dict().items()}
+    synthesis.reset_first_layer()
+    draws = torch.Generator().manual_seed(5)
+    linear = torch.randn(generator.project.weight.shape, generator=draws) * 0.02
+    norm = torch.randn(128, generator=draws) * 0.02
+    after = generator.state_dict()
+    torch.testing.assert_close(after["project.weight"], linear, rtol=0, atol=0)
+    torch.testing.assert_close(after["body.0.weight"], norm, rtol=0, atol=0)
+    assert not after["project.bias"].any() and not after["body.0.bias"].any()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed == {"project.weight", "project.bias", "body.0.weight", "body.0.bias"}
+
+
+def _deepinversion(seed=3, n_steps=3, **objective):
+    teacher, student = _teacher(), _Tiny()
+    objectives = ObjectiveSettings(method="deepinversion", **objective).resolved()
+    steps = StepSettings(batch_size=4, amp="off", compile="off", backend="eager")
+    return ImageSynthesis(teacher, student.eval(), GeneratorObjective(objectives, steps, teacher, torch.device("cpu"),
+                                                                      average_per_round=True),
+                          steps, PoolSettings(synthesis_lr=0.1, z_lr=0.0, reset_round=0, warmup=0),
+                          image_shape=(1, 8, 8), num_classes=3, n_steps=n_steps, normalisation=((0.5,), (0.25,)),
+                          augmentation="crop+flip", device=torch.device("cpu"), world=None, seed=seed)
+
+
+def test_deepinversion_takes_the_image_priors_of_the_jittered_batch(float64_default):
+    """NVlabs' deepinversion_cifar10.py computes TV (and the L2 prior) of inputs_jit: the images as the networks see
+    them, shifted and flipped, not of the optimised batch itself."""
+    synthesis = _deepinversion(n_steps=1, tv=1.0, image_l2=1.0)
+    seen = {}
+    loss = synthesis.loss
+
+    def recording(inputs, targets, images, adversarial):
+        seen.update(inputs=inputs.detach().clone(), images=images.detach().clone())
+        return loss(inputs, targets, images, adversarial)
+    synthesis.loss = recording
+    synthesis.synthesise(0, adversarial=True)
+    draws = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 1, 8, 8, generator=draws)
+    torch.randint(0, 3, (4,), generator=draws)  # the targets
+    shifts = torch.randint(-1, 2, (2,), generator=draws).tolist()
+    jittered = torch.roll(x, shifts=shifts, dims=(2, 3))
+    if bool(torch.rand((), generator=draws) < 0.5):
+        jittered = jittered.flip(3)
+    torch.testing.assert_close(seen["inputs"], jittered, rtol=0, atol=0)
+    torch.testing.assert_close(seen["images"], jittered, rtol=0, atol=0)
+    assert terms.total_variation(jittered) != pytest.approx(float(terms.total_variation(x)), rel=1e-6)
+
+
+def test_deepinversion_gives_the_pool_the_rounds_final_images(float64_default):
+    """The published code's best_inputs aliases the optimised tensor, which every later step updates and clips in
+    place: the pool receives the images the round's last step leaves, not the lowest-loss step's."""
+    synthesis = _deepinversion(n_steps=3)
+    leaves, first = [], []
+    jitter = synthesis.jitter
+
+    def recording(x):
+        leaves.append(x)
+        first.append(x.detach().clone())
+        return jitter(x)
+    synthesis.jitter = recording
+    images, _ = synthesis.synthesise(0, adversarial=True)
+    assert len(leaves) == 3 and all(leaf is leaves[0] for leaf in leaves)
+    final = (leaves[0].detach() * 0.25 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(images, final, rtol=0, atol=0)
+    for before in first:  # none of the batches a loss was computed on
+        assert not torch.equal((before * 0.25 + 0.5).clamp(0, 1), images)
+
+
+def test_the_objective_keeps_float64_through_every_term(float64_default):
+    """A float64 run stays float64 in every term of the generator objective (the L2 prior was float32 once)."""
+    teacher = _teacher()
+    objectives = ObjectiveSettings(method="deepinversion", tv=0.5, image_l2=0.25).resolved()
+    objective = GeneratorObjective(objectives, StepSettings(backend="eager").resolved(cifar_context("deepinversion")),
+                                   teacher, torch.device("cpu"), average_per_round=True)
+    x = torch.rand(4, 1, 4, 4, dtype=torch.float64) * 3 + 1e-3
+    s, t = _logits(8, (4, 3)), _logits(9, (4, 3))
+    objective.start_collecting()
+    teacher(x)
+    bn_inputs, classifier_inputs = objective.stop_collecting()
+    targets = torch.tensor([0, 2, 1, 1])
+    loss = objective.loss(s, t, bn_inputs, classifier_inputs, targets=targets, images=x)
+    assert loss.dtype == torch.float64
+    h = bn_inputs[0]
+    prior = prior_of_statistics([(h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=False))],
+                                [teacher.bn.running_mean], [teacher.bn.running_var])
+    expected = (terms.competition_loss(s, t) + 10 * prior + F.cross_entropy(t, targets)
+                + 0.5 * terms.total_variation(x) + 0.25 * torch.sqrt((x ** 2).sum()))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-13)
+    assert terms.image_square_sum(x).dtype == torch.float64
 
 
 def test_round_averages_of_the_prior_update_once_per_round(float64_default):

@@ -18,8 +18,8 @@ from torch import nn
 from ..ops import zskt_generator_loss, zskt_student_loss
 from ..ops.bn_statistics_prior import checked_bn_statistics, resolve_bn_backend
 from ..ops.data_free_losses import (activation_loss, adversarial_l1, class_balance_of, competition_loss,
-                                    cross_entropy_to, decision_adversarial_kl, kd_loss, logit_l1, mean_prediction,
-                                    one_hot_loss, total_variation_squares)
+                                    cross_entropy_to, decision_adversarial_kl, image_square_sum, kd_loss, logit_l1,
+                                    mean_prediction, one_hot_loss, total_variation_squares)
 from ..ops.reference import prior_of_statistics
 from .distributed import World, global_mean, global_statistics
 from .recipes import ObjectiveSettings, StepSettings
@@ -127,7 +127,7 @@ class GeneratorObjective:
         if o.tv > 0:  # norms over the global batch: each rank's sums of squares added up
             terms.append((o.tv, self._global_sum(total_variation_squares(images)).sqrt().sum()))
         if o.image_l2 > 0:
-            terms.append((o.image_l2, self._global_sum(images.float().pow(2).sum()).sqrt()))
+            terms.append((o.image_l2, self._global_sum(image_square_sum(images)).sqrt()))
         if o.balance > 0:  # of the global batch's mean prediction: the term is not a mean over samples
             terms.append((o.balance, class_balance_of(global_mean(mean_prediction(teacher_logits), self.world))))
         if o.activation > 0:

@@ -55,8 +55,9 @@ METHODS = {preset.name: preset for preset in (
                  bn_prior=0.0, one_hot=0.0, balance=0.0, activation=0.0, student_loss="kl-at", n_student_steps=10),
     MethodPreset("dfad", "DFAD, Fang et al. 2019", adversarial=1.0, adversarial_loss="l1", bn_prior=0.0,
                  one_hot=0.0, balance=0.0, activation=0.0, student_loss="l1", n_student_steps=5),
+    # The frameworks' DAFL scripts (Fast-Datafree scripts/dafl_cifar.sh; CMI scripts/dafl/): act 0.001.
     MethodPreset("dafl", "DAFL, Chen et al. 2019", adversarial=0.0, adversarial_loss="kl", bn_prior=0.0,
-                 one_hot=1.0, balance=20.0, activation=0.1, student_loss="kd", n_student_steps=5),
+                 one_hot=1.0, balance=20.0, activation=0.001, student_loss="kd", n_student_steps=5),
     MethodPreset("dfq", "DFQ, Choi et al. 2020", adversarial=1.0, adversarial_loss="kl-batch", bn_prior=1.0,
                  one_hot=1.0, balance=20.0, activation=0.0, student_loss="kd", n_student_steps=10),
     # Fast-Datafree's scripts/fast_cifar.sh (the WRN-40-2 teacher's line), datafree_kd.py and fast_meta.py.

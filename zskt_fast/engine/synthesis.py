@@ -8,7 +8,8 @@ decision-adversarial KL); the images of the lowest-loss step go to the pool; the
 step (learning rate n_G * the copy's) along the sum of the copy's gradients over the n_G steps: the first-order MAML
 update. DeepInversion (Yin et al. 2020), one round: a batch of images, drawn from N(0, 1) in the teacher's input space,
 optimised by Adam (betas (0.5, 0.99)) on the prior, the cross-entropy against random targets, the image priors and
-the competition term, each step on a randomly shifted (and flipped) copy, clipped to valid pixels after each step.
+the competition term, each step on a randomly shifted (and flipped) copy, clipped to valid pixels after each step;
+the pool receives the images the last step leaves.
 
 Every random draw (z, targets, augmentations, the re-initialisation) comes from one CPU generator per piece, seeded from
 the run's seed and checkpointed with it; data-parallel ranks draw the global batch and keep their share.
@@ -30,7 +31,7 @@ from .speed import AMP_DTYPES
 
 FAST_BETAS, DEEPINVERSION_BETAS = (0.5, 0.999), (0.5, 0.99)
 JITTER_FRACTION = 8  # DeepInversion shifts its images by up to an eighth of their side each step
-FIRST_LAYER_STD = 0.02  # FastDFKD re-initialises the generator's first layer from N(0, 0.02), bias 0
+FIRST_LAYER_STD = 0.02  # FastDFKD re-initialises the generator's first layers from N(0, 0.02), bias 0
 
 
 def autocast_for(device: torch.device, amp: str, synthesis: bool = False):
@@ -47,11 +48,10 @@ def _share(world: World | None, batch: int) -> slice:
 
 
 def _keep_lowest(best: tuple | None, loss: torch.Tensor, images: torch.Tensor) -> tuple:
-    """(loss, images) of the step with the lowest loss so far (the earlier one on ties), without a host sync. The
-    images are copied: DeepInversion's are the very tensor its optimiser then updates in place."""
+    """(loss, images) of the step with the lowest loss so far (the earlier one on ties), without a host sync."""
     loss, images = loss.detach(), images.detach()
     if best is None:
-        return loss, images.clone()
+        return loss, images
     better = loss < best[0]
     return torch.where(better, loss, best[0]), torch.where(better, images, best[1])
 
@@ -110,11 +110,14 @@ class MetaGeneratorSynthesis(_Synthesis):
                                                betas=FAST_BETAS)
 
     def reset_first_layer(self) -> None:
-        """FastDFKD's re-initialisation of the generator's first (linear) layer."""
-        layer = self.meta_generator.project
+        """FastDFKD's re-initialisation (`reset_l0` at its HEAD, c188487): the generator's first linear layer and its
+        first BatchNorm2d, each weight from N(0, 0.02) and bias 0, in that order (the modules' order)."""
+        generator = self.meta_generator
+        first_norm = next(m for m in generator.body if isinstance(m, nn.BatchNorm2d))
         with torch.no_grad():
-            layer.weight.copy_(torch.randn(layer.weight.shape, generator=self.generator) * FIRST_LAYER_STD)
-            layer.bias.zero_()
+            for layer in (generator.project, first_norm):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=self.generator) * FIRST_LAYER_STD)
+                layer.bias.zero_()
 
     def synthesise(self, round_index: int, adversarial: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """One round: the copy's n_G steps, the meta step; returns the lowest-loss images (pixels in [0, 1], this
@@ -184,10 +187,9 @@ class ImageSynthesis(_Synthesis):
         optimizer = torch.optim.Adam([x], lr=self.pool.synthesis_lr, betas=DEEPINVERSION_BETAS)
         low = normalise(torch.zeros(1, c, 1, 1, device=self.device), self.mean, self.std)
         high = normalise(torch.ones(1, c, 1, 1, device=self.device), self.mean, self.std)
-        best = None
         for _ in range(self.n_steps):
-            loss = self.loss(self.jitter(x), targets, x, adversarial)
-            best = _keep_lowest(best, self.global_loss(loss), x)
+            jittered = self.jitter(x)
+            loss = self.loss(jittered, targets, jittered, adversarial)  # the image priors too read the jittered batch
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.local_gradient(x)
@@ -195,7 +197,9 @@ class ImageSynthesis(_Synthesis):
             with torch.no_grad():
                 x.copy_(torch.maximum(torch.minimum(x, high), low))
         self.objective.end_round()
-        return denormalise(best[1], self.mean, self.std).clamp(0, 1), best[0]
+        # The round's final images, as the published code's pool receives them: its `best_inputs = inputs.data`
+        # aliases the tensor that every later step updates (and clips) in place.
+        return denormalise(x.detach(), self.mean, self.std).clamp(0, 1), self.global_loss(loss)
 
     def state_dict(self) -> dict:
         return {"draws": self.generator.get_state()}

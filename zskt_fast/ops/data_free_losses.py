@@ -136,10 +136,15 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     return total_variation_squares(images).sqrt().sum()
 
 
+def image_square_sum(images: torch.Tensor) -> torch.Tensor:
+    """The sum of squares of image_l2 (what ranks add up), in float32 or float64 as the images are."""
+    _check_images(images)
+    return _logits(images).pow(2).sum()
+
+
 def image_l2(images: torch.Tensor) -> torch.Tensor:
     """The L2 norm of the whole batch of images: DeepInversion's L2 image prior."""
-    _check_images(images)
-    return _logits(images).pow(2).sum().sqrt()
+    return image_square_sum(images).sqrt()
 
 
 def _check_images(images: torch.Tensor) -> None:
