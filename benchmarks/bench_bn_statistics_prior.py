@@ -23,7 +23,7 @@ POINTS = [("batch", b) for b in BATCH_SWEEP]
 @functools.cache
 def teacher_layers() -> tuple[tuple[int, int], ...]:
     """(channels, side) of the input of every BatchNorm2d layer of WRN-40-2 on 32x32 images, in order."""
-    from zskt_fast.engine.objectives import batch_norm_layers
+    from zskt_fast.engine.methods.objectives import batch_norm_layers
     from zskt_fast.models import build_classifier
 
     net = build_classifier("wrn-40-2", num_classes=10, in_channels=3).eval()

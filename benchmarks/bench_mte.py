@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import SMOKE
-from zskt_fast.engine.transition_curves import select_matching_images, transition_curves
+from zskt_fast.engine.experiments.transition_curves import select_matching_images, transition_curves
 from zskt_fast.models import build_classifier
 
 HAS_CUDA = torch.cuda.is_available()
@@ -44,8 +44,8 @@ def per_image_loop(net_a, net_b, images, classes, steps, step_size=1.0):
 
 def _digits_case():
     from zskt_fast.data import evaluation_loader, load_dataset
-    from zskt_fast.engine.config import PretrainConfig
-    from zskt_fast.engine.supervised import train_classifier
+    from zskt_fast.engine.settings.config import PretrainConfig
+    from zskt_fast.engine.experiments.supervised import train_classifier
 
     nets = []
     for arch in ("wrn-16-1", "wrn-16-2"):

@@ -15,9 +15,9 @@ import time
 import pytest
 import torch
 
-from zskt_fast.engine.config import ZeroShotSettings
-from zskt_fast.engine.distill import new_generator
-from zskt_fast.engine.pool_distill import PoolMethod
+from zskt_fast.engine.settings.config import ZeroShotSettings
+from zskt_fast.engine.methods.pool_strategy import PoolMethod
+from zskt_fast.engine.methods.registry import METHODS
 from zskt_fast.models import build_classifier, pair_networks
 
 from harness import SMOKE
@@ -45,13 +45,15 @@ def _method(name, point, amp, compile_mode):
     with torch.no_grad():  # running statistics away from the defaults, as a trained teacher's are
         teacher.train()
         teacher(torch.randn(64, *shape, device=DEVICE))
-    generator = new_generator(settings, shape)
+    strategy = METHODS[name].strategy
+    generator = strategy.make_generator(settings.steps.z_dim, shape)
     if generator is not None:
         generator.to(DEVICE)
     teacher, student, _ = pair_networks(teacher, student, image_shape=shape, use_attention=False, num_classes=10)
     normalisation = ((0.5,) * shape[0], (0.25,) * shape[0])
     augmentation = "shift" if shape[-1] < 16 else "crop+flip"
-    return PoolMethod(teacher, student, generator, settings, image_shape=shape, num_classes=10,
+    return PoolMethod(strategy.synthesis_class, teacher, student, generator, settings, image_shape=shape,
+                      num_classes=10,
                       normalisation=normalisation, augmentation=augmentation, device=DEVICE, world=None)
 
 

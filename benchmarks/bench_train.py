@@ -26,10 +26,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zskt_fast.engine.loop import zero_shot_knowledge_transfer
-from zskt_fast.engine.recipes import StepSettings
-from zskt_fast.engine.graphs import GraphedZSKTSteps
-from zskt_fast.engine.steps import ZSKTSteps
+from zskt_fast.engine.loops.loop import zero_shot_knowledge_transfer
+from zskt_fast.engine.methods.generator_strategy import algorithm_one_steps
+from zskt_fast.engine.settings.parts import Context
+from zskt_fast.engine.settings.zero_shot import ObjectiveSettings, StepSettings
 from zskt_fast.models import Generator, build_classifier
 
 from harness import SMOKE
@@ -133,8 +133,9 @@ class PackageLoop:
     def __init__(self, amp, graphs, channels_last, iterations, compile="off"):
         teacher, student, generator = _networks()
         settings = StepSettings(batch_size=BATCH, amp=amp, channels_last=channels_last, compile=compile)
-        cls = GraphedZSKTSteps if graphs else ZSKTSteps
-        self.steps = cls(teacher, student, generator, settings, DEVICE, seed=0)
+        self.steps = algorithm_one_steps(teacher, student, generator, ObjectiveSettings().resolved(),
+                                         settings.resolved(Context(device=DEVICE)), device=DEVICE, seed=0,
+                                         graphed=graphs)
         self.iterations, self.done = iterations, 0
         if graphs:
             self.steps.set_learning_rates(0, iterations)

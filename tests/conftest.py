@@ -145,8 +145,8 @@ def float64_default():
 @pytest.fixture(scope="session")
 def teacher_cache(tmp_path_factory):
     """A private teacher cache for the session, holding the digits WRN-16-2 teacher (pretrained once, seconds)."""
-    from zskt_fast.engine.config import PretrainConfig
-    from zskt_fast.engine.supervised import train_supervised
+    from zskt_fast.engine.settings.config import PretrainConfig
+    from zskt_fast.engine.experiments.supervised import train_supervised
     from zskt_fast.engine.teachers import default_teacher_path
 
     folder = tmp_path_factory.mktemp("teacher-cache")
@@ -172,3 +172,17 @@ def kill_after(iterations: int):
         if done == iterations:
             raise Killed(f"killed after {done}")
     return callback
+
+
+def algorithm_one(teacher, student, generator, settings=None, *, objectives=None, seed: int = 0, device="cpu",
+                  graphed: bool = False):
+    """Algorithm 1's steps for settings parts as a test writes them (StepSettings, ObjectiveSettings; default:
+    ZSKT's), resolved once here as distill resolves them."""
+    from zskt_fast.engine.methods.generator_strategy import algorithm_one_steps
+    from zskt_fast.engine.settings.parts import Context
+    from zskt_fast.engine.settings.zero_shot import ObjectiveSettings, StepSettings
+    device = torch.device(device)
+    objectives = (objectives or ObjectiveSettings()).resolved()
+    steps = (settings or StepSettings()).resolved(Context(device=device, method=objectives.method))
+    return algorithm_one_steps(teacher, student, generator, objectives, steps, device=device, seed=seed,
+                               graphed=graphed)

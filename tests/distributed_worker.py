@@ -15,10 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import zskt_fast  # noqa: E402
-from zskt_fast.engine import distill as distill_module  # noqa: E402
-from zskt_fast.engine import pool_distill  # noqa: E402
-from zskt_fast.engine.recipes import POOL_METHODS  # noqa: E402
-from zskt_fast.engine.distributed import init_world, launched_ranks  # noqa: E402
+from zskt_fast.engine.methods import generator_strategy  # noqa: E402
+from zskt_fast.engine.methods import pool_strategy  # noqa: E402
+from zskt_fast.engine.methods.registry import methods_with_rounds  # noqa: E402
+from zskt_fast.engine.lifecycle.distributed import init_world, launched_ranks  # noqa: E402
 from zskt_fast.models import build_classifier  # noqa: E402
 
 from conftest import Killed, kill_after  # noqa: E402
@@ -40,7 +40,7 @@ def main() -> None:
     if launched_ranks() is not None:
         init_world("cpu", "gloo", timeout_minutes=2)
     losses = []
-    loop = distill_module.zero_shot_knowledge_transfer
+    loop = generator_strategy.zero_shot_knowledge_transfer
 
     def recording_loop(steps, **kwargs):
         user = kwargs.pop("on_iteration_end")
@@ -50,8 +50,8 @@ def main() -> None:
             user(iteration, outputs)
         return loop(steps, on_iteration_end=record, **kwargs)
 
-    distill_module.zero_shot_knowledge_transfer = recording_loop
-    rounds, pool_loop = [], pool_distill.synthesis_and_pool
+    generator_strategy.zero_shot_knowledge_transfer = recording_loop
+    rounds, pool_loop = [], pool_strategy.synthesis_and_pool
 
     def recording_rounds(method, **kwargs):
         user = kwargs.pop("on_round_end")
@@ -66,9 +66,9 @@ def main() -> None:
             user(round_index, outputs)
         return pool_loop(method, on_round_end=record, **kwargs)
 
-    pool_distill.synthesis_and_pool = recording_rounds
+    pool_strategy.synthesis_and_pool = recording_rounds
     pool = {"warmup": 1, "pool_size": 16, "n_generator_steps": 2, "iterations": 2} \
-        if args.method in POOL_METHODS else {"iterations": args.iterations}
+        if args.method in methods_with_rounds() else {"iterations": args.iterations}
     torch.manual_seed(0)
     teacher, student = build_classifier("wrn-10-1", in_channels=1), build_classifier("wrn-10-1", in_channels=1)
     try:
@@ -82,7 +82,7 @@ def main() -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
         return
-    if args.method in POOL_METHODS:
+    if args.method in methods_with_rounds():
         if not dist.is_initialized() or dist.get_rank() == 0:
             generator = result.generator.state_dict() if result.generator is not None else {}
             torch.save({"losses": torch.tensor([loss for loss, _ in rounds]),

@@ -1,11 +1,17 @@
 """Checkpoint files: atomic writes, the released teachers' layout, clear errors for files that do not fit."""
 import argparse
+import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
-from zskt_fast.engine.checkpoint import CheckpointError, atomic_save, load_file, load_weights, save_classifier
+import zskt_fast
+from zskt_fast.engine.lifecycle.checkpoint import CheckpointError, atomic_save, load_file, load_weights, save_classifier
+from zskt_fast.engine.settings.config import ZeroShotSettings
 from zskt_fast.models import build_classifier
 
 
@@ -111,7 +117,7 @@ def _authors_zero_shot_file(path, student, generator):
 
 
 def test_the_authors_zero_shot_run_file_loads_student_and_generator(tmp_path):
-    from zskt_fast.engine.checkpoint import load_classifier, load_generator
+    from zskt_fast.engine.lifecycle.checkpoint import load_classifier, load_generator
     from zskt_fast.models import Generator
 
     student = _randomised(build_classifier("wrn-16-1"))
@@ -132,7 +138,7 @@ def test_the_authors_zero_shot_run_file_loads_student_and_generator(tmp_path):
 
 
 def test_our_generator_file_loads(tmp_path):
-    from zskt_fast.engine.checkpoint import load_generator
+    from zskt_fast.engine.lifecycle.checkpoint import load_generator
     from zskt_fast.models import Generator
 
     generator = _randomised(Generator(z_dim=16, image_size=8, channels=1))
@@ -141,3 +147,47 @@ def test_our_generator_file_loads(tmp_path):
     rebuilt = load_generator(tmp_path / "generator.pt")
     assert rebuilt.z_dim == 16 and all(torch.equal(rebuilt.state_dict()[k], v)
                                         for k, v in generator.state_dict().items())
+
+
+# -- a checkpoint written by the previous engine (db0d6c2) resumes to what an uninterrupted run of it ends with --------
+
+FIXTURE = Path(__file__).resolve().parent / "data" / "resume_db0d6c2"
+
+
+class Tiny(nn.Module):  # the class name is recorded in the fixture's config.json
+    """The networks of tests/data/resume_db0d6c2 (made by a distill run of db0d6c2, killed after its first
+    checkpoint; the student an uninterrupted run of it ended with beside it)."""
+
+    def __init__(self, width=8, classes=3):
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.stage2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width),
+                                    nn.ReLU())
+        self.fc = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        return self.fc(self.stage2(self.stage1(x)).mean((2, 3)))
+
+
+def _fixture_networks():
+    torch.manual_seed(0)
+    teacher, student = Tiny(), Tiny()
+    with torch.no_grad():
+        teacher.train()
+        teacher(torch.randn(32, 1, 8, 8) * 2 + 0.5)
+    return teacher.eval(), student
+
+
+@pytest.mark.parametrize("method", ["zskt", "fast"])
+def test_a_checkpoint_of_the_previous_engine_resumes_bit_for_bit(method, tmp_path):
+    folder = tmp_path / method
+    shutil.copytree(FIXTURE / method, folder)
+    settings = {k: v for k, v in json.loads((folder / "config.json").read_text()).items()
+                if k in ZeroShotSettings.setting_names()}
+    teacher, student = _fixture_networks()
+    result = zskt_fast.distill(teacher, student, image_shape=(1, 8, 8), out=folder, resume=True,
+                               **{**settings, "progress": False})
+    expected = torch.load(FIXTURE / f"{method}-student.pt", weights_only=True)
+    assert result.summary["iterations"] == 4 and (folder / "student.pt").is_file()
+    for key, value in expected.items():
+        assert torch.equal(result.student.state_dict()[key], value), key

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from zskt_fast.data import DatasetNotFound, dataset_info, evaluation_loader, load_dataset
-from zskt_fast.engine.evaluation import evaluate
+from zskt_fast.engine.lifecycle.evaluation import evaluate
 
 
 def test_digits_split_is_fixed_and_normalised():

@@ -11,7 +11,7 @@ from torch import nn
 import zskt_fast
 from zskt_fast import mte, pretrain
 from zskt_fast import train as train_cli
-from zskt_fast.engine.checkpoint import load_weights
+from zskt_fast.engine.lifecycle.checkpoint import load_weights
 from zskt_fast.models import build_classifier
 
 from conftest import Killed, kill_after, skip_unless_runnable

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from zskt_fast.engine.distributed import GlobalBatchNorm, convert_batch_norm
+from zskt_fast.engine.lifecycle.distributed import GlobalBatchNorm, convert_batch_norm
 from zskt_fast.models import Generator, build_classifier
 
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"

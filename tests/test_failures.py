@@ -21,10 +21,11 @@ from zskt_fast import train as train_cli
 from zskt_fast.common import StorageError, atomic_write_text, left_as_found, storage_failure
 from zskt_fast.data import DataError, check_images, load_dataset, read_image
 from zskt_fast.engine import distill as distill_module
-from zskt_fast.engine import supervised
-from zskt_fast.engine.checkpoint import atomic_save, load_file
-from zskt_fast.engine.metrics import MetricsLog, save_image_grid
-from zskt_fast.engine.run import RunInterrupted
+from zskt_fast.engine.methods import generator_strategy
+from zskt_fast.engine.experiments import supervised
+from zskt_fast.engine.lifecycle.checkpoint import atomic_save, load_file
+from zskt_fast.engine.lifecycle.metrics import MetricsLog, save_image_grid
+from zskt_fast.engine.lifecycle.run import RunInterrupted
 
 TINY_TRAIN = ["--iterations", "4", "--batch-size", "8", "--n-student-steps", "2", "--eval-every", "2", "--log-every",
               "2", "--no-tensorboard", "--compile", "off", "--no-progress"]
@@ -110,7 +111,7 @@ def _grid(path):
 
 
 def _curves(path):
-    from zskt_fast.engine.transition_curves import TransitionCurves
+    from zskt_fast.engine.experiments.transition_curves import TransitionCurves
     TransitionCurves(torch.rand(2, 3, 4), torch.rand(2, 3, 4), torch.zeros(2, 3, dtype=torch.long),
                      torch.zeros(2, dtype=torch.long), torch.arange(2), 3, 0.1).save(path)
 
@@ -195,14 +196,14 @@ def test_every_program_ends_an_interrupt_with_one_line_and_its_exit_status(progr
                                                                            teacher_cache, capsys, monkeypatch):
     out = tmp_path / "out"
     if program == "train":
-        _signal_on_call(monkeypatch, distill_module, "zero_shot_knowledge_transfer", signum)
+        _signal_on_call(monkeypatch, generator_strategy, "zero_shot_knowledge_transfer", signum)
         main, argv = train_cli.main, TINY_TRAIN + ["--out", str(out)]
         hint = f"continue with: python -m zskt_fast.train --resume {out / 'seed0'}"
     elif program == "pretrain":
         _signal_on_call(monkeypatch, supervised, "classifier_logits", signum)
         main, argv, hint = pretrain.main, ["--arch", "wrn-16-1", "--out", str(out / "t.pt"), "--no-progress"], None
     elif program == "fewshot":
-        from zskt_fast.engine import fewshot as fewshot_engine
+        from zskt_fast.engine.experiments import fewshot as fewshot_engine
         _signal_on_call(monkeypatch, fewshot_engine, "kd_at_loss", signum, at_call=2)
         main = fewshot.main
         argv = ["--samples-per-class", "2", "--iterations", "4", "--no-tensorboard", "--out", str(out), "--no-progress"]
@@ -390,15 +391,15 @@ def test_a_start_refused_after_planning_leaves_no_run_index(tmp_path, teacher_ca
 DYING_RANK = """
 import os, sys
 from zskt_fast import train
-from zskt_fast.engine import distill
-loop = distill.zero_shot_knowledge_transfer
+from zskt_fast.engine.methods import generator_strategy
+loop = generator_strategy.zero_shot_knowledge_transfer
 def dying(steps, *, on_iteration_end, **kwargs):
     def hook(iteration, outputs):
         on_iteration_end(iteration, outputs)
         if iteration == 1 and os.environ["RANK"] == "1":
             os._exit(9)
     loop(steps, on_iteration_end=hook, **kwargs)
-distill.zero_shot_knowledge_transfer = dying
+generator_strategy.zero_shot_knowledge_transfer = dying
 sys.exit(train.main(sys.argv[1:]))
 """
 

@@ -5,11 +5,12 @@ import torch
 import torchvision
 from torch import nn
 
-from zskt_fast.engine.recipes import StepSettings
-from zskt_fast.engine.steps import ZSKTSteps
+from zskt_fast.engine.settings.zero_shot import StepSettings
 from zskt_fast.models import (FeatureNetwork, Generator, automatic_pairs, build_classifier, feature_nodes,
                               pair_networks)
 from zskt_fast.ops import reference
+
+from conftest import algorithm_one
 
 SHAPE = (3, 32, 32)
 
@@ -50,7 +51,7 @@ class Untraceable(nn.Module):
 def _steps(teacher, student, beta=250.0):
     settings = StepSettings(batch_size=4, z_dim=8, beta=beta, compile="off", amp="off", channels_last=False)
     generator = Generator(z_dim=8, image_size=SHAPE[1], channels=SHAPE[0])
-    return ZSKTSteps(teacher, student, generator, settings, torch.device("cpu"), seed=0)
+    return algorithm_one(teacher, student, generator, settings)
 
 
 def _parameters(net):

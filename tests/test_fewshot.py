@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 import zskt_fast
 from zskt_fast import fewshot
-from zskt_fast.engine.config import FewShotConfig
-from zskt_fast.engine.fewshot import samples_per_class_indices, train_kd_at
+from zskt_fast.engine.settings.config import FewShotConfig
+from zskt_fast.engine.experiments.fewshot import samples_per_class_indices, train_kd_at
 from zskt_fast.ops import KD_ALPHA, KD_BETA, KD_TEMPERATURE
 
 from conftest import Killed, kill_after, skip_unless_runnable

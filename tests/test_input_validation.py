@@ -129,7 +129,7 @@ def test_logits_and_features_of_different_batches(backend):
 
 
 def test_api_errors_name_arguments_not_command_line_options():
-    from zskt_fast.engine.transition_curves import transition_curves
+    from zskt_fast.engine.experiments.transition_curves import transition_curves
     from zskt_fast.models import build_classifier
 
     net = build_classifier("wrn-10-1", num_classes=5, in_channels=1).eval()

@@ -87,7 +87,25 @@ def test_the_walker_resolves_relative_imports():
     """Relative imports (`from . import nn`, `from .checkpoint import x`) are resolved to the modules they name, so an
     upward one cannot hide."""
     assert "zskt_fast.nn" in imported_modules(PACKAGE / "__init__.py")
-    assert "zskt_fast.engine.checkpoint" in imported_modules(PACKAGE / "engine" / "trainer.py")
+    assert "zskt_fast.engine.lifecycle.checkpoint" in imported_modules(PACKAGE / "engine" / "trainer.py")
     assert "zskt_fast.common" in imported_modules(PACKAGE / "kernels" / "triton" / "_launch.py")
     layers = readme_layers()
-    assert layer_of("zskt_fast.train", layers) > layer_of("zskt_fast.engine.loop", layers)
+    assert layer_of("zskt_fast.train", layers) > layer_of("zskt_fast.engine.loops.loop", layers)
+
+
+def test_no_module_imports_itself_back():
+    """No import circle among the package's modules (function-local imports included): following imports never
+    leads back to the module they start from."""
+    graph = {module_name(p): imported_modules(p) - {module_name(p)} for p in SOURCES}
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, " -> ".join(path[path.index(module):] + (module,))
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, path + (module,))
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, ())

@@ -10,13 +10,14 @@ from torch import nn
 
 import zskt_fast
 from zskt_fast import train as train_cli
-from zskt_fast.engine.config import TrainConfig
-from zskt_fast.engine.objectives import GeneratorObjective, batch_norm_layers
-from zskt_fast.engine.recipes import METHODS, ObjectiveSettings, StepSettings, method_default
+from zskt_fast.engine.settings.config import TrainConfig
+from zskt_fast.engine.methods.objectives import GeneratorObjective, batch_norm_layers
+from zskt_fast.engine.methods.registry import METHODS
+from zskt_fast.engine.settings.zero_shot import ObjectiveSettings, StepSettings
 from zskt_fast.engine.trainer import train
 from zskt_fast.ops import data_free_losses as terms
 
-from conftest import Killed, kill_after
+from conftest import Killed, algorithm_one, kill_after
 
 
 def _logits(seed, shape=(6, 5)):
@@ -76,7 +77,7 @@ def test_a_preset_fills_every_weight_and_n_s_and_options_override_it(method):
     assert (o.adversarial, o.adversarial_loss, o.bn_prior, o.one_hot, o.balance, o.activation, o.student_loss) == (
         preset.adversarial, preset.adversarial_loss, preset.bn_prior, preset.one_hot, preset.balance,
         preset.activation, preset.student_loss)
-    assert config.loop.n_student_steps == method_default(method, "n_student_steps", "digits")
+    assert config.loop.n_student_steps == METHODS[method].default("n_student_steps", "digits")
     changed = TrainConfig.from_flat({"method": method, "bn_prior": 10.0, "n_student_steps": 3}).resolved()
     assert changed.objectives.bn_prior == 10.0 and changed.loop.n_student_steps == 3
     assert changed.objectives.one_hot == preset.one_hot
@@ -185,7 +186,7 @@ def test_the_dfq_objective_is_the_weighted_sum_of_its_terms(float64_default):
     teacher, student = _trained_tiny(), _Tiny().eval()
     objectives = ObjectiveSettings(method="dfq", activation=0.5).resolved()
     objective = GeneratorObjective(objectives, StepSettings(backend="cpu").resolved(
-        zskt_fast.engine.settings.Context()), teacher, torch.device("cpu"))
+        zskt_fast.engine.settings.parts.Context()), teacher, torch.device("cpu"))
     x = torch.randn(5, 1, 8, 8, requires_grad=True)
     s_logits = student(x)[0]
     objective.start_collecting()
@@ -215,7 +216,7 @@ def test_the_prior_momentum_blends_with_the_moving_average(float64_default):
     teacher = _trained_tiny()
     objectives = ObjectiveSettings(method="dfq", bn_momentum=0.9).resolved()
     objective = GeneratorObjective(objectives, StepSettings(backend="cpu").resolved(
-        zskt_fast.engine.settings.Context()), teacher, torch.device("cpu"))
+        zskt_fast.engine.settings.parts.Context()), teacher, torch.device("cpu"))
     norms = batch_norm_layers(teacher)
     batches = [torch.randn(4, 1, 8, 8) for _ in range(3)]
     averages = None
@@ -305,12 +306,11 @@ def test_resume_refuses_a_changed_method(tmp_path, teacher_cache, capsys):
 def test_the_dfq_generator_loss_traces_as_one_graph_with_its_hooks(float64_default):
     """torch.compile (fullgraph: no break) of the generator's loss, whose teacher hooks collect the BatchNorm
     inputs, gives the eager loss and gradient."""
-    from zskt_fast.engine.settings import Context
-    from zskt_fast.engine.steps import ZSKTSteps
+    from zskt_fast.engine.settings.parts import Context
     from zskt_fast.models import Generator
     teacher, student, generator = _trained_tiny(), _Tiny(), Generator(8, 8, 1).double()
-    steps = ZSKTSteps(teacher, student, generator, StepSettings(compile="off", amp="off", backend="cpu", beta=0),
-                      torch.device("cpu"), seed=0, objectives=ObjectiveSettings(method="dfq", activation=0.1))
+    steps = algorithm_one(teacher, student, generator, StepSettings(compile="off", amp="off", backend="cpu", beta=0),
+                          objectives=ObjectiveSettings(method="dfq", activation=0.1))
     z = torch.randn(4, 8)
     compiled = torch.compile(steps.generator_loss, fullgraph=True, backend="aot_eager")
     eager_loss = steps.generator_loss(z)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from zskt_fast import mte
-from zskt_fast.engine.transition_curves import select_matching_images, transition_curves
+from zskt_fast.engine.experiments.transition_curves import select_matching_images, transition_curves
 from zskt_fast.models import build_classifier
 
 
@@ -151,7 +151,7 @@ def test_memory_budget_sets_the_chunk_size():
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory, teacher_cache):
-    from zskt_fast.engine.config import TrainConfig
+    from zskt_fast.engine.settings.config import TrainConfig
     from zskt_fast.engine.trainer import train
 
     folder = tmp_path_factory.mktemp("run") / "seed0"

@@ -13,11 +13,12 @@ from torch import nn
 
 import zskt_fast
 from zskt_fast import train as train_cli
-from zskt_fast.engine.config import TrainConfig
-from zskt_fast.engine.objectives import GeneratorObjective
-from zskt_fast.engine.pool import ImagePool, augment, pixels_to_bytes
-from zskt_fast.engine.recipes import FAST_LEARNING_RATES, METHODS, ObjectiveSettings, PoolSettings, StepSettings
-from zskt_fast.engine.synthesis import ImageSynthesis, MetaGeneratorSynthesis
+from zskt_fast.engine.settings.config import TrainConfig
+from zskt_fast.engine.methods.objectives import GeneratorObjective
+from zskt_fast.engine.loops.pool import ImagePool, augment, pixels_to_bytes
+from zskt_fast.engine.methods.registry import METHODS
+from zskt_fast.engine.settings.zero_shot import ObjectiveSettings, PoolSettings, StepSettings
+from zskt_fast.engine.methods.synthesis import ImageSynthesis, MetaGeneratorSynthesis
 from zskt_fast.engine.trainer import train
 from zskt_fast.models import Generator
 from zskt_fast.ops import data_free_losses as terms
@@ -274,9 +275,9 @@ def _deepinversion(seed=3, n_steps=3, **objective):
     teacher, student = _teacher(), _Tiny()
     objectives = ObjectiveSettings(method="deepinversion", **objective).resolved()
     steps = StepSettings(batch_size=4, amp="off", compile="off", backend="eager")
-    return ImageSynthesis(teacher, student.eval(), GeneratorObjective(objectives, steps, teacher, torch.device("cpu"),
-                                                                      average_per_round=True),
-                          steps, PoolSettings(synthesis_lr=0.1, z_lr=0.0, reset_round=0, warmup=0),
+    objective = GeneratorObjective(objectives, steps, teacher, torch.device("cpu"), average_per_round=True)
+    return ImageSynthesis(None, teacher, student.eval(), objective, steps,
+                          PoolSettings(synthesis_lr=0.1, z_lr=0.0, reset_round=0, warmup=0),
                           image_shape=(1, 8, 8), num_classes=3, n_steps=n_steps, normalisation=((0.5,), (0.25,)),
                           augmentation="crop+flip", device=torch.device("cpu"), world=None, seed=seed)
 
@@ -373,7 +374,7 @@ def test_the_published_settings_of_the_pool_methods():
     assert (fast.adversarial, fast.adversarial_loss, fast.bn_prior, fast.bn_momentum, fast.one_hot,
             fast.one_hot_targets, fast.batch_size, fast.z_dim, fast.temperature, fast.n_student_steps) == \
         (1.1, "decision-kl", 10, 0.9, 0.4, "random", 256, 256, 20, 400)
-    assert FAST_LEARNING_RATES == {2: (5e-3, 0.015), 5: (3e-3, 0.01), 10: (2e-3, 0.01)}
+    assert METHODS["fast"].synthesis_learning_rates == {2: (5e-3, 0.015), 5: (3e-3, 0.01), 10: (2e-3, 0.01)}
     assert (deepinversion.adversarial_loss, deepinversion.bn_prior, deepinversion.one_hot, deepinversion.tv,
             deepinversion.n_generator_steps) == ("competition", 10, 1, 2.5e-5, 1000)
     cifar = TrainConfig.from_flat({"method": "fast", "dataset": "cifar10"}).zero_shot()
@@ -383,7 +384,7 @@ def test_the_published_settings_of_the_pool_methods():
 
 
 def cifar_context(method):
-    from zskt_fast.engine.settings import DATASET_DEFAULTS, Context
+    from zskt_fast.engine.settings.parts import DATASET_DEFAULTS, Context
     return Context(DATASET_DEFAULTS["cifar10"], method=method)
 
 
@@ -393,7 +394,7 @@ def test_generator_steps_choose_the_published_learning_rates(steps, capsys):
     args = parser.parse_args(["--method", "fast", "--generator-steps", str(steps)])
     config = train_cli.settings_from_args(TrainConfig, args, seed=0).resolved()
     assert config.loop.n_generator_steps == steps
-    assert (config.pool.synthesis_lr, config.pool.z_lr) == FAST_LEARNING_RATES[steps]
+    assert (config.pool.synthesis_lr, config.pool.z_lr) == METHODS["fast"].synthesis_learning_rates[steps]
 
 
 @pytest.mark.parametrize("values, message", [

@@ -2,9 +2,9 @@
 import pytest
 
 from zskt_fast import pretrain
-from zskt_fast.engine.checkpoint import load_weights
-from zskt_fast.engine.config import PretrainConfig
-from zskt_fast.engine.supervised import learning_rate
+from zskt_fast.engine.lifecycle.checkpoint import load_weights
+from zskt_fast.engine.settings.config import PretrainConfig
+from zskt_fast.engine.experiments.supervised import learning_rate
 from zskt_fast.models import build_classifier
 
 

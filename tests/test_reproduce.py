@@ -77,7 +77,8 @@ def test_methods_only_runs_just_that_part(tmp_path, teacher_cache, capsys):
 
 
 def test_time_to_accuracy_of_synthetic_runs():
-    from zskt_fast.engine.time_to_accuracy import accuracy_at, methods_table, seconds_to_reach, summarise_methods
+    from zskt_fast.engine.experiments.time_to_accuracy import (accuracy_at, methods_table, seconds_to_reach,
+                                                               summarise_methods)
 
     def run(seed, points, seconds):
         return {"seed": seed, "student_acc": points[-1][1], "seconds": seconds, "iterations": 100,

@@ -7,9 +7,9 @@ import signal
 import pytest
 import torch
 
-from zskt_fast.engine.checkpoint import CheckpointError
-from zskt_fast.engine.run import Run, RunFolderError, RunInterrupted, hold_folder
-from zskt_fast.engine.settings import OutputSettings
+from zskt_fast.engine.lifecycle.checkpoint import CheckpointError
+from zskt_fast.engine.lifecycle.run import Run, RunFolderError, RunInterrupted, hold_folder
+from zskt_fast.engine.settings.parts import OutputSettings
 
 FILES = ("config.json", "checkpoint.pt", "metrics.jsonl", "summary.json")
 

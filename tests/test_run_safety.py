@@ -10,11 +10,11 @@ import torch
 
 from zskt_fast import mte, pretrain, toy
 from zskt_fast import train as train_cli
-from zskt_fast.engine import distill as distill_module
+from zskt_fast.engine.methods import generator_strategy
 from zskt_fast.common import StorageError
-from zskt_fast.engine.checkpoint import CheckpointError, atomic_save, load_file
-from zskt_fast.engine.config import TrainConfig
-from zskt_fast.engine.run import RunFolderError, hold_folder
+from zskt_fast.engine.lifecycle.checkpoint import CheckpointError, atomic_save, load_file
+from zskt_fast.engine.settings.config import TrainConfig
+from zskt_fast.engine.lifecycle.run import RunFolderError, hold_folder
 from zskt_fast.engine.trainer import train
 
 from conftest import Killed, kill_after
@@ -136,7 +136,7 @@ def test_resume_is_exact_when_the_checkpoint_falls_inside_a_logging_window(tmp_p
 def _signal_at(monkeypatch, signum, at_call):
     """Sends `signum` to this process inside the `at_call`-th iteration (counted over every run of the test)."""
     calls = {"n": 0}
-    loop = distill_module.zero_shot_knowledge_transfer
+    loop = generator_strategy.zero_shot_knowledge_transfer
 
     def loop_with_signal(steps, *, on_iteration_end, **kwargs):
         def hook(iteration, outputs):
@@ -146,7 +146,7 @@ def _signal_at(monkeypatch, signum, at_call):
             on_iteration_end(iteration, outputs)
         loop(steps, on_iteration_end=hook, **kwargs)
 
-    monkeypatch.setattr(distill_module, "zero_shot_knowledge_transfer", loop_with_signal)
+    monkeypatch.setattr(generator_strategy, "zero_shot_knowledge_transfer", loop_with_signal)
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

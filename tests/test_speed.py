@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from zskt_fast import train as train_cli
-from zskt_fast.engine import speed
-from zskt_fast.engine.config import ReproduceConfig, TrainConfig
-from zskt_fast.engine.recipes import StepSettings
-from zskt_fast.engine.settings import Context
+from zskt_fast.engine.lifecycle import speed
+from zskt_fast.engine.settings.config import ReproduceConfig, TrainConfig
+from zskt_fast.engine.settings.zero_shot import StepSettings
+from zskt_fast.engine.settings.parts import Context
 from zskt_fast.engine.trainer import train
 
 from conftest import Killed, kill_after

@@ -6,17 +6,16 @@ import pytest
 import torch
 
 from zskt_fast import train as train_cli
-from zskt_fast.engine.config import TrainConfig
-from zskt_fast.engine.loop import zero_shot_knowledge_transfer
-from zskt_fast.engine.recipes import StepSettings
-from zskt_fast.engine.schedules import cosine_lr
-from zskt_fast.engine.settings import Context
-from zskt_fast.engine.speed import default_amp
-from zskt_fast.engine.steps import ZSKTSteps
+from zskt_fast.engine.settings.config import TrainConfig
+from zskt_fast.engine.loops.loop import zero_shot_knowledge_transfer
+from zskt_fast.engine.settings.zero_shot import StepSettings
+from zskt_fast.engine.lifecycle.schedules import cosine_lr
+from zskt_fast.engine.settings.parts import Context
+from zskt_fast.engine.lifecycle.speed import default_amp
 from zskt_fast.engine.trainer import train
 from zskt_fast.models import Generator, build_classifier
 
-from conftest import Killed, kill_after
+from conftest import Killed, algorithm_one, kill_after
 
 
 def _tiny_steps(beta=250.0, grad_clip=5.0, backend="auto", batch_size=8, seed=0, compile="off"):
@@ -26,7 +25,7 @@ def _tiny_steps(beta=250.0, grad_clip=5.0, backend="auto", batch_size=8, seed=0,
     generator = Generator(z_dim=16, image_size=8, channels=1)
     settings = StepSettings(batch_size=batch_size, z_dim=16, beta=beta, grad_clip=grad_clip, backend=backend,
                             compile=compile, amp="off", channels_last=False)
-    return ZSKTSteps(teacher, student, generator, settings, torch.device("cpu"), seed=seed)
+    return algorithm_one(teacher, student, generator, settings, seed=seed)
 
 
 class RecordingSteps:
@@ -344,7 +343,7 @@ def test_normalisation_follows_the_teacher_file(tmp_path, teacher_cache, capsys)
     """The run normalises with what the teacher file records (ours record it), else the data set's default (the
     authors' constants for CIFAR-10); --mean/--std override; the run's config and student.pt record what was used."""
     from zskt_fast.data import dataset_info
-    from zskt_fast.engine.checkpoint import load_file
+    from zskt_fast.engine.lifecycle.checkpoint import load_file
 
     cached = next((teacher_cache / "teachers").glob("digits-wrn-16-2.pt"))
     assert load_file(cached)["normalisation"] == {"mean": [0.3053], "std": [0.3758]}

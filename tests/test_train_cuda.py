@@ -6,23 +6,22 @@ import pytest
 import torch
 
 from zskt_fast import train as train_cli
-from zskt_fast.engine.loop import zero_shot_knowledge_transfer
-from zskt_fast.engine.recipes import ObjectiveSettings, StepSettings
-from zskt_fast.engine.graphs import GraphedZSKTSteps
-from zskt_fast.engine.steps import ZSKTSteps
+from zskt_fast.engine.loops.loop import zero_shot_knowledge_transfer
+from zskt_fast.engine.settings.zero_shot import ObjectiveSettings, StepSettings
 from zskt_fast.models import Generator, build_classifier
 
-from conftest import HAS_CUDA
+from conftest import HAS_CUDA, algorithm_one
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and none is present")]
 
 
-def _steps(cls, dtype=torch.float32, **settings):
+def _steps(graphed, dtype=torch.float32, objectives=None, **settings):
     torch.manual_seed(0)
     nets = [build_classifier("wrn-16-2"), build_classifier("wrn-16-1"), Generator(z_dim=32, image_size=32)]
     nets = [n.to("cuda", dtype) for n in nets]
     settings = {"amp": "off", "channels_last": False, "compile": "off", **settings}  # as written unless given
-    return cls(*nets, StepSettings(batch_size=16, z_dim=32, **settings), torch.device("cuda"), seed=0)
+    return algorithm_one(*nets, StepSettings(batch_size=16, z_dim=32, **settings), objectives=objectives,
+                         device="cuda", graphed=graphed)
 
 
 def _state(steps):
@@ -33,9 +32,9 @@ def _state(steps):
 def test_graph_replay_equals_eager_steps(float64_default):
     # float64 and the eager loss: what is compared is the capture and replay, not kernel rounding.
     results = []
-    for cls in (ZSKTSteps, GraphedZSKTSteps):
-        steps = _steps(cls, torch.float64, backend="eager")
-        if cls is GraphedZSKTSteps:
+    for graphed in (False, True):
+        steps = _steps(graphed, torch.float64, backend="eager")
+        if graphed:
             steps.set_learning_rates(0, 4)
             steps.capture(generator_passes=3)
         zero_shot_knowledge_transfer(steps, iterations=4, n_generator_steps=1, n_student_steps=3)
@@ -51,26 +50,26 @@ def test_graph_replay_equals_eager_steps_for_every_method(objectives, float64_de
     """The prior's hooks collect inside the captured generator step, and its moving averages (restored after the
     warm-up like the weights) advance on every replay as they do eagerly."""
     results = []
-    for cls in (ZSKTSteps, GraphedZSKTSteps):
+    for graphed in (False, True):
         torch.manual_seed(0)
         nets = [n.to("cuda", torch.float64) for n in (build_classifier("wrn-16-2"), build_classifier("wrn-16-1"),
                                                       Generator(z_dim=32, image_size=32))]
-        steps = cls(*nets, StepSettings(batch_size=16, z_dim=32, amp="off", channels_last=False, compile="off",
-                                        backend="eager"), torch.device("cuda"), seed=0,
-                    objectives=ObjectiveSettings(**objectives))
-        if cls is GraphedZSKTSteps:
+        steps = algorithm_one(*nets, StepSettings(batch_size=16, z_dim=32, amp="off", channels_last=False,
+                                                  compile="off", backend="eager"),
+                              objectives=ObjectiveSettings(**objectives), device="cuda", graphed=graphed)
+        if graphed:
             steps.set_learning_rates(0, 4)
             steps.capture(generator_passes=3)
         zero_shot_knowledge_transfer(steps, iterations=4, n_generator_steps=1, n_student_steps=3)
         torch.cuda.synchronize()
         results.append({**_state(steps), **{f"averages.{i}": a.clone() for i, a in
-                                            enumerate(steps.generator_objective.state_tensors())}})
+                                            enumerate(steps.objective.state_tensors())}})
     for key, value in results[0].items():
         torch.testing.assert_close(results[1][key], value, rtol=1e-9, atol=1e-10, msg=key)
 
 
 def test_capture_leaves_every_weight_statistic_and_optimiser_state_as_it_was():
-    steps = _steps(GraphedZSKTSteps, amp="bf16")
+    steps = _steps(True, amp="bf16")
     before = _state(steps)
     steps.set_learning_rates(0, 10)
     steps.capture()
@@ -83,7 +82,7 @@ def test_capture_leaves_every_weight_statistic_and_optimiser_state_as_it_was():
 
 def _train_a_few_iterations(graphs, iterations, **settings):
     """Runs `iterations` iterations (n_S = 2); returns the losses of each and the state before and after."""
-    steps = _steps(GraphedZSKTSteps if graphs else ZSKTSteps, channels_last=True, **settings)
+    steps = _steps(graphs, channels_last=True, **settings)
     if graphs:
         steps.set_learning_rates(0, iterations)
         steps.capture(generator_passes=2)
@@ -125,7 +124,7 @@ def test_cli_on_the_gpu_uses_amp_and_graphs(tmp_path, teacher_cache):
 def test_graph_replay_gives_the_generator_the_batchnorm_updates_of_n_passes(float64_default):
     """Under CUDA-graph replay the images pass updates the generator's BatchNorm statistics as n_S train-mode passes
     would, as in eager mode."""
-    steps = _steps(GraphedZSKTSteps, torch.float64, backend="eager")
+    steps = _steps(True, torch.float64, backend="eager")
     steps.set_learning_rates(0, 4)
     steps.capture(generator_passes=4)
     z = steps.sample_noise()

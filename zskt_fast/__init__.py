@@ -30,9 +30,9 @@ __all__ = [
 # The model, training and MTE entry points load on first use, keeping `import zskt_fast` light.
 _LAZY = {
     "build_classifier": "zskt_fast.models", "Generator": "zskt_fast.models",
-    "transition_curves": "zskt_fast.engine.transition_curves",
-    "mean_transition_error": "zskt_fast.engine.transition_curves",
-    "zero_shot_knowledge_transfer": "zskt_fast.engine.loop",
+    "transition_curves": "zskt_fast.engine.experiments.transition_curves",
+    "mean_transition_error": "zskt_fast.engine.experiments.transition_curves",
+    "zero_shot_knowledge_transfer": "zskt_fast.engine.loops.loop",
     "distill": "zskt_fast.engine.distill", "DistillResult": "zskt_fast.engine.distill",
 }
 

@@ -13,9 +13,9 @@ import typing
 
 from .common import STORAGE_FAILURES, StorageError, field_default, storage_failure
 from .data import DatasetNotFound
-from .engine.checkpoint import CheckpointError
-from .engine.distributed import lost_peer
-from .engine.run import RunInterrupted
+from .engine.lifecycle.checkpoint import CheckpointError
+from .engine.lifecycle.distributed import lost_peer
+from .engine.lifecycle.run import RunInterrupted
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -74,6 +74,20 @@ def normalisation_of(name: str, mean=None, std=None, channels: int | None = None
     return mean, std
 
 
+def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """Pixels in [0, 1] -> the teacher's input space."""
+    shape = (1, -1, 1, 1)
+    return (images - torch.tensor(mean, device=images.device, dtype=images.dtype).view(shape)) / \
+        torch.tensor(std, device=images.device, dtype=images.dtype).view(shape)
+
+
+def denormalise(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """The teacher's input space -> pixels (in [0, 1] when the images are valid)."""
+    shape = (1, -1, 1, 1)
+    return images * torch.tensor(std, device=images.device, dtype=images.dtype).view(shape) + \
+        torch.tensor(mean, device=images.device, dtype=images.dtype).view(shape)
+
+
 def _folder_split(root: str, split: str) -> str | None:
     """The folder of a split of an image folder: root/train for training; root/test, else root/val, else root itself
     for testing (unless it holds a train folder: then the test split is missing)."""

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
 from .common import left_as_found
-from .engine.config import FewShotConfig
-from .engine.fewshot import train_kd_at
-from .engine.run import RunInterrupted
-from .engine.settings import ALGORITHM, DATA, OUTPUTS, SPEED
+from .engine.settings.config import FewShotConfig
+from .engine.experiments.fewshot import train_kd_at
+from .engine.lifecycle.run import RunInterrupted
+from .engine.settings.parts import ALGORITHM, DATA, OUTPUTS, SPEED
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,11 +18,11 @@ import torch
 from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
 from .common import atomic_write, atomic_write_text, left_as_found, resolve_device, writable_folder
 from .data import DEFAULT_DATA_ROOT, dataset_info, evaluation_loader
-from .engine.checkpoint import CheckpointError, load_classifier
-from .engine.config import CurvesConfig
-from .engine.distributed import broadcast_object, init_world, launched_ranks, process_group_closed_at_exit
-from .engine.evaluation import evaluate
-from .engine.transition_curves import (TransitionCurves, mean_transition_error, select_matching_images,
+from .engine.lifecycle.checkpoint import CheckpointError, load_classifier
+from .engine.settings.config import CurvesConfig
+from .engine.lifecycle.distributed import broadcast_object, init_world, launched_ranks, process_group_closed_at_exit
+from .engine.lifecycle.evaluation import evaluate
+from .engine.experiments.transition_curves import (TransitionCurves, mean_transition_error, select_matching_images,
                                        transition_curves)
 from .models import ARCHITECTURE_HELP
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
 from .common import left_as_found, writable_folder
-from .engine.config import PretrainConfig
-from .engine.supervised import train_supervised
+from .engine.settings.config import PretrainConfig
+from .engine.experiments.supervised import train_supervised
 from .engine.teachers import default_teacher_path
 
 

@@ -31,18 +31,18 @@ import torch
 from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
 from .common import atomic_write, atomic_write_text, left_as_found, writable_folder
 from .data import dataset_info, evaluation_loader
-from .engine.checkpoint import load_classifier, load_file, recorded_normalisation
-from .engine.config import FewShotConfig, PretrainConfig, ReproduceConfig, TrainConfig
-from .engine.evaluation import evaluate
-from .engine.recipes import METHODS
-from .engine.fewshot import train_kd_at
-from .engine.run import RunInterrupted
-from .engine.settings import ALGORITHM, DATA, OUTPUTS, SPEED
-from .engine.supervised import train_supervised
-from .engine.time_to_accuracy import methods_table, summarise_methods
+from .engine.lifecycle.checkpoint import load_classifier, load_file, recorded_normalisation
+from .engine.settings.config import FewShotConfig, PretrainConfig, ReproduceConfig, TrainConfig
+from .engine.lifecycle.evaluation import evaluate
+from .engine.methods.registry import METHODS
+from .engine.experiments.fewshot import train_kd_at
+from .engine.lifecycle.run import RunInterrupted
+from .engine.settings.parts import ALGORITHM, DATA, OUTPUTS, SPEED
+from .engine.experiments.supervised import train_supervised
+from .engine.experiments.time_to_accuracy import methods_table, summarise_methods
 from .engine.teachers import find_teacher, pretrain_missing_teacher
 from .engine.trainer import train
-from .engine.transition_curves import transition_curves
+from .engine.experiments.transition_curves import transition_curves
 from .mte import plot_curves
 
 DEFAULT_SEEDS = (0, 1, 2)
@@ -167,7 +167,8 @@ class Report:
                       **dataclasses.asdict(config.loop), "teacher_ckpt": teacher_path, "seed": seed,
                       "tensorboard": False, "method": method,
                       **{name: getattr(self.args, name) for name in METHOD_DEFAULTS},
-                      "eval_every": None if METHODS[method].shape == "pool" else config.comparison.methods_eval_every}
+                      "eval_every": None if METHODS[method].strategy.evaluates_every_round
+                      else config.comparison.methods_eval_every}
             train(None if resume else TrainConfig.from_flat(values), folder, resume=resume, progress=self.progress,
                   overwrite=True)
         return json.loads((folder / "summary.json").read_text())

@@ -24,10 +24,11 @@ from tqdm import tqdm
 from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
 from .common import (atomic_write, atomic_write_text, check_count, eval_mode, left_as_found, option,
                      writable_folder)
-from .engine.config import Composed
-from .engine.recipes import StepSettings
-from .engine.loop import zero_shot_knowledge_transfer
-from .engine.steps import ZSKTSteps
+from .engine.settings.config import Composed
+from .engine.settings.parts import Context
+from .engine.settings.zero_shot import ObjectiveSettings, StepSettings
+from .engine.loops.loop import zero_shot_knowledge_transfer
+from .engine.methods.generator_strategy import algorithm_one_steps
 from .models.mlp import MLPClassifier, MLPGenerator
 
 GRID = 160          # grid points per axis for the decision regions and the agreement
@@ -92,7 +93,9 @@ def run_toy(*, num_classes: int = 3, iterations: int = 2000, seed: int = 0, snap
     generator = MLPGenerator(z_dim=z_dim)
     settings = StepSettings(batch_size=batch_size, z_dim=z_dim, generator_lr=generator_lr, student_lr=student_lr,
                             beta=0.0, backend="auto", amp="off", channels_last=False, compile="off")
-    steps = ZSKTSteps(teacher, student, generator, settings, torch.device("cpu"), seed=seed)
+    cpu = torch.device("cpu")
+    steps = algorithm_one_steps(teacher, student, generator, ObjectiveSettings().resolved(),
+                                settings.resolved(Context(device=cpu)), device=cpu, seed=seed)
     grid = grid_points()
     teacher_grid = predict(teacher, grid)
     moments = sorted({round(i * iterations / (snapshots - 1)) for i in range(snapshots)}) if snapshots > 1 \

@@ -18,15 +18,15 @@ import torch
 from ._cli import add_options, errors_as_messages, program_parser, settings_from_args
 from .common import atomic_write_text, left_as_found, writable_folder
 from .data import dataset_info
-from .engine.checkpoint import CheckpointError
-from .engine.config import TrainConfig
-from .engine.recipes import METHODS
+from .engine.lifecycle.checkpoint import CheckpointError
+from .engine.settings.config import TrainConfig
+from .engine.methods.registry import METHODS
 from .engine.distill import RUN_FILES
-from .engine.distributed import (World, broadcast_object, check_global_batch, init_world, launched_ranks,
+from .engine.lifecycle.distributed import (World, broadcast_object, check_global_batch, init_world, launched_ranks,
                                  process_group_closed_at_exit)
-from .engine.run import RunInterrupted, check_run_folder
-from .engine.settings import ALGORITHM, DATA, OUTPUTS, PROCESSES, SPEED
-from .engine.speed import amp_reason, compile_reason
+from .engine.lifecycle.run import RunInterrupted, check_run_folder
+from .engine.settings.parts import ALGORITHM, DATA, OUTPUTS, PROCESSES, SPEED
+from .engine.lifecycle.speed import amp_reason, compile_reason
 from .engine.teachers import pretrain_missing_teacher
 from .engine.trainer import prepare_run, train
 from .models import architecture_key, build_classifier, describe_network_nodes
@@ -97,8 +97,7 @@ def plan_new_run(args: argparse.Namespace, out: Path, world: World | None) -> li
     plan = [SeedRun(config, out / f"seed{config.run.seed}", False) for config in configs]
     if world is not None and args.parallel == "data":
         check_global_batch(first.steps.batch_size, world.size)
-        if METHODS[first.objectives.method].shape == "pool":
-            check_global_batch(first.pool.pool_size, world.size, "pool_size")
+        METHODS[first.objectives.method].strategy.check_world(first, world.size)
     prepared = prepare_run(first)  # the seeds share data, networks and teacher: one check covers them all
     for seed in plan:
         check_run_folder(seed.folder, RUN_FILES, overwrite=args.overwrite, create=False)
@@ -130,13 +129,10 @@ def describe(config: TrainConfig, folder: Path, args: argparse.Namespace, world:
     device = torch.device(config.run.device)
     fresh = not args.resume  # a resumed run keeps its recorded settings: there is no choice to explain
     why_amp = f" (auto: {amp_reason(device)})" if args.amp == "auto" and fresh else ""
-    pool = METHODS[config.objectives.method].shape == "pool"
-    compiled = (config.loop.iterations * config.loop.n_student_steps, "student steps") if pool else \
-        (config.loop.iterations, "iterations")
+    strategy = METHODS[config.objectives.method].strategy
+    compiled = strategy.compiled_steps(config.loop), strategy.compiled_unit
     why_compile = f" (auto: {compile_reason(device, *compiled)})" if args.compile == "auto" and fresh else ""
-    length = (f"{config.loop.iterations} rounds of {config.loop.n_generator_steps} synthesis and "
-              f"{config.loop.n_student_steps} student steps ({config.pool.warmup} warm-up rounds), a pool of up to "
-              f"{config.pool.pool_size:,} images" if pool else f"{config.loop.iterations} iterations")
+    length = strategy.describe(config)
     lines = [f"seed {config.run.seed}: {config.networks.teacher} -> {config.networks.student} on "
              f"{config.data.dataset}, method {METHODS[config.objectives.method].title}, "
              f"{length}, {config.run.device}, "
@@ -173,7 +169,8 @@ def run_seeds(plan: list[SeedRun], args: argparse.Namespace, world: World | None
 def report(summaries: list[dict], out: Path) -> None:
     """Each seed's accuracies; with several, their mean ± std, also written to the parent's summary.json."""
     for s in summaries:
-        unit, short = ("round", "rounds") if "rounds_per_second" in s else ("iteration", "it")  # pool methods: rounds
+        unit = s.get("unit", "iteration")
+        short = {"iteration": "it"}.get(unit, f"{unit}s")
         print(f"seed {s['seed']}: teacher test accuracy {s['teacher_acc']:.2f}%, student test accuracy "
               f"{s['student_acc']:.2f}% ({s['iterations']} {unit}s, {s['seconds']:.0f} s, "
               f"{s[f'{unit}s_per_second']:.2f} {short}/s)")

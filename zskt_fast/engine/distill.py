@@ -8,34 +8,25 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..common import eval_mode
-from ..models import Generator, pair_networks, unwrap
-from .checkpoint import atomic_save, save_classifier
-from .config import ZeroShotSettings
-from .distributed import World, check_global_batch, data_parallel_world, global_batch_norm, mean_over_ranks
-from .evaluation import as_batches, evaluate
-from .loop import zero_shot_knowledge_transfer
-from .metrics import MetricsWindow, save_image_grid
-from .objectives import check_teacher_for
-from .pool_distill import distill_from_pool, pool_augmentation
-from .recipes import METHODS
-from .run import Run
-from .schedules import cosine_lr
-from .speed import check_cpu_bf16_training
-from .graphs import GraphedZSKTSteps
-from .steps import ZSKTSteps
+from ..models import pair_networks, unwrap
+from .lifecycle.distributed import data_parallel_world, global_batch_norm
+from .lifecycle.reporter import Callback
+from .lifecycle.run import Run
+from .lifecycle.speed import check_cpu_bf16_training
+from .methods.objectives import StudentLoss, check_teacher_for
+from .methods.registry import METHODS
+from .methods.strategy import Assembly
+from .settings.config import ZeroShotSettings
 
-GRID_SAMPLES = 64
 RUN_FILES = ("config.json", "checkpoint.pt", "metrics.jsonl", "student.pt", "generator.pt", "pool.png", "summary.json")
 RUN_FOLDERS = ("images", "tensorboard")
 DIVERGED = "Lower the learning rates, or turn mixed precision off (amp 'off')."
-Callback = Callable[[int, dict], None]
 
 
 @dataclasses.dataclass
@@ -89,16 +80,26 @@ def distill(teacher: nn.Module, student: nn.Module, *, image_shape: Sequence[int
     The generator is initialised from `seed` alone. SIGINT/SIGTERM stop a run with a folder after the iteration in
     progress, with a checkpoint, by raising RunInterrupted."""
     config = ZeroShotSettings.from_flat(settings, taker="distill").resolved()
+    return distill_resolved(config, teacher, student, image_shape=image_shape, num_classes=num_classes,
+                            attention=attention, test_data=test_data, out=out, normalisation=normalisation,
+                            resume=resume, overwrite=overwrite, progress=progress, run_record=run_record,
+                            distributed=distributed, callbacks=callbacks)
+
+
+def distill_resolved(config: ZeroShotSettings, teacher: nn.Module, student: nn.Module, *, image_shape, num_classes,
+                     attention, test_data, out, normalisation, resume: bool, overwrite: bool, progress: bool,
+                     run_record: dict | None, distributed: bool | None, callbacks) -> DistillResult:
+    """distill with settings resolved once, by its caller (distill, or the command line's TrainConfig)."""
+    strategy = METHODS[config.objectives.method].strategy
     world = data_parallel_world(distributed, config.steps.batch_size)
+    if world is not None:
+        strategy.check_world(config, world.size)
     image_shape = check_image_shape(image_shape)
     normalisation = check_normalisation(normalisation, image_shape[0])
     device = torch.device(config.run.device)
-    pool_method = METHODS[config.objectives.method].shape == "pool"
-    if pool_method and world is not None:
-        check_global_batch(config.pool.pool_size, world.size, "pool_size")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.run.seed)
-        generator = new_generator(config, image_shape)
+        generator = strategy.make_generator(config.steps.z_dim, image_shape)
     names = {"teacher": _name(teacher), "student": _name(student),
              "dataset": (run_record or {}).get("dataset", "custom")}
     check_cpu_bf16_training(student, image_shape, config.steps.amp, device)
@@ -106,151 +107,20 @@ def distill(teacher: nn.Module, student: nn.Module, *, image_shape: Sequence[int
     with global_batch_norm(trained, enabled=world is not None and config.loop.sync_bn):
         for net in (teacher, *trained):
             net.to(device)
+        reads_features = StudentLoss(config.objectives, config.steps).reads_features
         teacher, student, pairs = pair_networks(teacher, student, image_shape=image_shape, attention=attention,
-                                                use_attention=uses_attention(config), num_classes=num_classes)
+                                                use_attention=reads_features, num_classes=num_classes)
         check_teacher_for(config.objectives, teacher)
         record = {**(run_record or {}), **config.to_dict(), "image_shape": list(image_shape), "attention": attention,
                   "world_size": world.size if world else 1, **{k: v for k, v in names.items()
                                                                if k not in (run_record or {})}}
-        run = Run(out, name="training", unit="round" if pool_method else "iteration", total=config.loop.iterations,
-                  files=RUN_FILES, folders=RUN_FOLDERS, record=record, resume=resume, overwrite=overwrite,
-                  outputs=config.outputs, world=world, device=device, progress=progress, advice=DIVERGED)
-        if pool_method:
-            augmentation = pool_augmentation(config.pool.augmentation, names["dataset"], image_shape[1])
-            summary = distill_from_pool(teacher, student, generator, config, world, run, image_shape=image_shape,
-                                        num_classes=num_classes or _classes(teacher, image_shape, device),
-                                        test_data=test_data, normalisation=normalisation,
-                                        augmentation=augmentation, callbacks=callbacks, names=names, pairs=pairs)
-            return DistillResult(unwrap(student), generator, summary["teacher_acc"], summary["student_acc"],
-                                 run.history, summary, run.folder)
-        steps = build_steps(teacher, student, generator, config, world, run)
-        try:
-            outputs = _Outputs(run, steps, config, test_data, normalisation, callbacks)
-            with run:
-                zero_shot_knowledge_transfer(steps, iterations=config.loop.iterations,
-                                             n_generator_steps=config.loop.n_generator_steps,
-                                             n_student_steps=config.loop.n_student_steps, start=run.start,
-                                             on_iteration_end=outputs.after_iteration)
-                summary = outputs.finish({**names, "seed": config.run.seed}, pairs)
-        finally:
-            steps.generator_objective.remove_hooks()  # the teacher is the caller's network
-    return DistillResult(unwrap(student), generator, outputs.teacher_acc, outputs.student_acc, run.history, summary,
-                         run.folder)
-
-
-def new_generator(config: ZeroShotSettings, image_shape) -> nn.Module | None:
-    """The method's generator, initialised from the global RNG: ZSKT's (images in the teacher's input space), the
-    frameworks' (pixels through a sigmoid) for FastDFKD, none for DeepInversion, which optimises images."""
-    method = config.objectives.method
-    if method == "deepinversion":
-        return None
-    output = "sigmoid" if METHODS[method].shape == "pool" else "batchnorm"
-    return Generator(config.steps.z_dim, image_shape[1], image_shape[0], output=output)
-
-
-def _classes(teacher: nn.Module, image_shape, device) -> int:
-    """The teacher's number of classes, from one blank image."""
-    with torch.no_grad(), eval_mode(teacher):
-        return int(teacher(torch.zeros(1, *image_shape, device=device))[0].shape[1])
-
-
-def build_steps(teacher: nn.Module, student: nn.Module, generator: nn.Module, config: ZeroShotSettings,
-                world: World | None, run: Run) -> ZSKTSteps:
-    """The steps of Algorithm 1, in the state of the run's checkpoint when it resumes; captured as CUDA graphs after
-    that when they replay."""
-    steps_class = GraphedZSKTSteps if config.steps.cuda_graphs else ZSKTSteps
-    steps = steps_class(teacher, student, generator, config.steps, run.device, seed=config.run.seed, world=world,
-                        objectives=config.objectives)
-    if run.state is not None:
-        steps.load_state_dict(run.state["steps"])
-    if config.steps.cuda_graphs:
-        steps.set_learning_rates(run.start, config.loop.iterations)
-        steps.capture(generator_passes=config.loop.n_student_steps)
-    return steps
-
-
-class _Outputs:
-    """What a zero-shot run reports after each iteration (metrics, tests, image grids, callbacks) and writes at its
-    end (student.pt, generator.pt, summary.json)."""
-
-    def __init__(self, run: Run, steps: ZSKTSteps, config: ZeroShotSettings, test_data, normalisation, callbacks):
-        self.run, self.steps, self.config, self.callbacks = run, steps, config, callbacks
-        self.normalisation = normalisation
-        self.loader = as_batches(test_data) if test_data is not None and run.is_writer else None
-        self.teacher_acc = evaluate(steps.teacher, self.loader, run.device) if self.loader is not None else None
-        self.student_acc = run.history[-1]["student_acc"] if run.history else None
-        self.window = MetricsWindow(run.device)
-        if run.state is not None and "accumulator" in run.state:
-            self.window.load_state_dict(run.state["accumulator"])
-        self.grid_z = torch.randn(GRID_SAMPLES, config.steps.z_dim,
-                                  generator=torch.Generator().manual_seed(config.run.seed + 1))
-
-    def after_iteration(self, iteration: int, outputs: dict) -> None:
-        done, every, last = iteration + 1, self.config.outputs, iteration + 1 == self.config.loop.iterations
-        self.window.add(outputs)
-        evaluate_now = done % every.eval_every == 0 or last
-        if done % every.log_every == 0 or evaluate_now:
-            mean_over_ranks(self.window.sums, self.run.world)
-            values = {**self.window.pop(), **self._learning_rates(iteration)}
-            if evaluate_now:
-                values.update(self._evaluate(done))
-            record = self.run.log(done, values, check=("loss_generator", "loss_student"))
-            shown = {"loss_G": f"{record['loss_generator']:.3f}", "loss_S": f"{record['loss_student']:.3f}"}
-            self.run.show(**shown, **({"acc": f"{self.student_acc:.1f}"} if self.student_acc is not None else {}))
-        for callback in self.callbacks:
-            callback(done, outputs)
-        self.run.iteration_done(done, self.state)
-
-    def _learning_rates(self, iteration: int) -> dict:
-        steps, total = self.config.steps, self.config.loop.iterations
-        return {"lr_generator": cosine_lr(steps.generator_lr, iteration, total),
-                "lr_student": cosine_lr(steps.student_lr, iteration, total)}
-
-    def _evaluate(self, done: int) -> dict:
-        """The student's test accuracy (with test data) and an image grid (with a run folder)."""
-        values = {}
-        if self.loader is not None:
-            self.student_acc = evaluate(self.steps.student, self.loader, self.run.device)
-            self.run.evaluated(done, self.student_acc)
-            values["student_acc"] = self.student_acc
-            self.run.say(f"iteration {done}/{self.config.loop.iterations}: student test accuracy "
-                         f"{self.student_acc:.2f}% (teacher {self.teacher_acc:.2f}%)")
-        if self.run.writes:
-            generator = self.steps.generator
-            with torch.no_grad(), eval_mode(generator):
-                images = generator(self.grid_z.to(self.run.device))
-            mean, std = self.normalisation
-            save_image_grid(images, self.run.folder / "images" / f"iter_{done:06d}.png", mean=mean, std=std)
-        return values
-
-    def state(self) -> dict:
-        """The checkpoint's part of this trainer. Every rank then holds the window's mean so far, which the checkpoint
-        keeps for all of them."""
-        mean_over_ranks(self.window.sums, self.run.world)
-        return {"steps": self.steps.state_dict(), "accumulator": self.window.state_dict()}
-
-    def finish(self, names: dict, pairs) -> dict:
-        run, config = self.run, self.config
-        run.checkpoint(config.loop.iterations, self.state())
-        if run.writes:
-            mean, std = self.normalisation
-            save_classifier(unwrap(self.steps.student), run.folder / "student.pt", test_acc=self.student_acc,
-                            arch=names["student"], dataset=names["dataset"], teacher=names["teacher"],
-                            normalisation={"mean": list(mean), "std": list(std)})
-            generator = self.steps.generator
-            atomic_save({"state_dict": {k: v.cpu() for k, v in generator.state_dict().items()},
-                         "z_dim": config.steps.z_dim, "image_size": generator.image_size,
-                         "channels": generator.channels}, run.folder / "generator.pt")
-        return run.finish({**names, "method": config.objectives.method, "teacher_acc": self.teacher_acc,
-                           "student_acc": self.student_acc, "iterations": config.loop.iterations,
-                           "device": str(run.device), "amp": config.steps.amp,
-                           "cuda_graphs": config.steps.cuda_graphs, "backend": config.steps.backend,
-                           "attention_pairs": pairs, "history": run.history})
-
-
-def uses_attention(config) -> bool:
-    """Whether the student's loss reads feature maps: ZSKT's KL + attention transfer with beta > 0."""
-    return config.objectives.student_loss == "kl-at" and config.steps.beta > 0
+        run = Run(out, name="training", unit=strategy.unit, total=config.loop.iterations, files=RUN_FILES,
+                  folders=RUN_FOLDERS, record=record, resume=resume, overwrite=overwrite, outputs=config.outputs,
+                  world=world, device=device, progress=progress, advice=DIVERGED)
+        summary = strategy.run(Assembly(teacher, student, generator, config, world, run, image_shape, num_classes,
+                                        test_data, normalisation, tuple(callbacks), names, pairs))
+    return DistillResult(unwrap(student), generator, summary["teacher_acc"], summary["student_acc"], run.history,
+                         summary, run.folder)
 
 
 def check_image_shape(image_shape) -> tuple[int, int, int]:

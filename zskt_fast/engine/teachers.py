@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .checkpoint import CheckpointError
-from .config import PretrainConfig
-from .settings import DataSettings, NetworkSettings, RunSettings
-from .supervised import train_supervised
+from .lifecycle.checkpoint import CheckpointError
+from .settings.config import PretrainConfig
+from .settings.parts import DataSettings, NetworkSettings, RunSettings
+from .experiments.supervised import train_supervised
 
 
 def cache_dir() -> Path:

@@ -14,12 +14,14 @@ from pathlib import Path
 import torch
 
 from ..data import dataset_info, evaluation_loader
-from ..models import Generator, build_classifier, pair_networks
-from .checkpoint import CheckpointError, load_file, load_into, recorded_normalisation
-from .config import TrainConfig
-from .distill import RUN_FILES, Callback, distill, uses_attention
-from .objectives import check_teacher_for
-from .run import check_run_folder
+from ..models import build_classifier, pair_networks
+from .lifecycle.checkpoint import CheckpointError, load_file, load_into, recorded_normalisation
+from .settings.config import TrainConfig
+from .distill import RUN_FILES, distill_resolved
+from .lifecycle.reporter import Callback
+from .methods.objectives import StudentLoss, check_teacher_for
+from .methods.registry import METHODS
+from .lifecycle.run import check_run_folder
 from .teachers import find_teacher, pretrain_missing_teacher
 
 
@@ -51,11 +53,12 @@ def prepare_run(config: TrainConfig) -> PreparedRun:
     test_batches = _test_batches(config)
     with torch.random.fork_rng(devices=[]):  # the run's networks are built from its seed later
         teacher, student = _networks(config)
-        Generator(config.steps.z_dim, data.image_size, data.channels)
+        METHODS[config.objectives.method].strategy.make_generator(config.steps.z_dim, data.image_shape)
         if teacher_file is not None:
             load_into(teacher, teacher_file, teacher_path, "teacher")
+        reads_features = StudentLoss(config.objectives, config.steps).reads_features
         teacher, _, _ = pair_networks(teacher, student, image_shape=data.image_shape,
-                                      attention=networks.attention_layers, use_attention=uses_attention(config))
+                                      attention=networks.attention_layers, use_attention=reads_features)
         check_teacher_for(config.objectives, teacher, f"the {networks.teacher} teacher")
     return PreparedRun(config, test_batches, teacher_path, teacher_file)
 
@@ -80,11 +83,12 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
     torch.manual_seed(config.run.seed)
     teacher, student = _networks(config)
     load_into(teacher, teacher_file, prepared.teacher_path, "teacher")
-    result = distill(teacher, student, image_shape=config.data.image_shape, num_classes=config.networks.num_classes,
-                     attention=config.networks.attention_layers, test_data=prepared.test_batches, out=run_dir,
-                     normalisation=(config.data.mean, config.data.std), resume=resume, overwrite=overwrite,
-                     progress=progress, run_record=config.to_dict(), distributed=distributed, callbacks=callbacks,
-                     **config.zero_shot().to_dict())
+    result = distill_resolved(config.zero_shot(), teacher, student, image_shape=config.data.image_shape,
+                              num_classes=config.networks.num_classes, attention=config.networks.attention_layers,
+                              test_data=prepared.test_batches, out=run_dir,
+                              normalisation=(config.data.mean, config.data.std), resume=resume, overwrite=overwrite,
+                              progress=progress, run_record=config.to_dict(), distributed=distributed,
+                              callbacks=callbacks)
     return result.summary
 
 

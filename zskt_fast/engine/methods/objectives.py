@@ -1,5 +1,5 @@
-"""What the generator and the student of Algorithm 1's loop minimise, for every data-free method of the presets
-(engine/recipes.py: METHODS): a weighted sum of the terms of zskt_fast.ops, each defined once there.
+"""What the generator (or the images) and the student minimise, for every data-free method of the registry
+(methods/registry.py: METHODS): a weighted sum of the terms of zskt_fast.ops, each defined once there.
 
     generator:  adversarial * A(s, t) + bn_prior * BN + one_hot * CE(t, argmax t or random targets)
                 + balance * sum p log p + activation * (-mean |f|) + tv * TV(x) + image_l2 * ||x||
@@ -15,14 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops import zskt_generator_loss, zskt_student_loss
-from ..ops.bn_statistics_prior import checked_bn_statistics, resolve_bn_backend
-from ..ops.data_free_losses import (activation_loss, adversarial_l1, class_balance_of, competition_loss,
+from ...ops import zskt_generator_loss, zskt_student_loss
+from ...ops.bn_statistics_prior import checked_bn_statistics, resolve_bn_backend
+from ...ops.data_free_losses import (activation_loss, adversarial_l1, class_balance_of, competition_loss,
                                     cross_entropy_to, decision_adversarial_kl, image_square_sum, kd_loss, logit_l1,
                                     mean_prediction, one_hot_loss, total_variation_squares)
-from ..ops.reference import prior_of_statistics
-from .distributed import World, global_mean, global_statistics
-from .recipes import ObjectiveSettings, StepSettings
+from ...ops.reference import prior_of_statistics
+from ..lifecycle.distributed import World, global_mean, global_statistics
 
 
 def batch_norm_layers(net: nn.Module) -> list[nn.BatchNorm2d]:
@@ -35,7 +34,7 @@ def last_linear_layer(net: nn.Module) -> nn.Linear | None:
     return linear[-1] if linear else None
 
 
-def check_teacher_for(objectives: ObjectiveSettings, teacher: nn.Module, name: str = "the teacher") -> None:
+def check_teacher_for(objectives, teacher: nn.Module, name: str = "the teacher") -> None:
     """A term that reads what the teacher lacks is refused, naming the term and the option that turns it off."""
     if objectives.bn_prior > 0 and not batch_norm_layers(teacher):
         raise ValueError(f"the batch-norm prior (bn_prior {objectives.bn_prior}, method {objectives.method}) reads the "
@@ -75,10 +74,11 @@ class GeneratorObjective:
     generated batch. With `bn_momentum` > 0 it holds the moving averages of the prior's batch statistics, part of the
     steps' checkpointed state."""
 
-    def __init__(self, objectives: ObjectiveSettings, steps: StepSettings, teacher: nn.Module, device: torch.device,
-                 world: World | None = None, average_per_round: bool = False):
-        """`average_per_round`: the prior's moving averages take the last step's statistics at end_round() (the pool
-        methods' rounds, as FastDFKD's) rather than every step's."""
+    def __init__(self, objectives, steps, teacher: nn.Module, device: torch.device, world: World | None = None,
+                 average_per_round: bool = False):
+        """`objectives`, `steps`: the resolved ObjectiveSettings and StepSettings. `average_per_round`: the prior's
+        moving averages take the last step's statistics at end_round() (the pool methods' rounds, as FastDFKD's)
+        rather than every step's."""
         check_teacher_for(objectives, teacher)
         self.objectives, self.steps, self.world = objectives, steps, world
         self.average_per_round, self._last_statistics = average_per_round, []
@@ -109,6 +109,18 @@ class GeneratorObjective:
         for inputs in (self.bn_inputs, self.classifier_inputs):
             if inputs is not None:
                 inputs.remove()
+
+    def evaluate(self, inputs: torch.Tensor, student: nn.Module, teacher: nn.Module, *,
+                 targets: torch.Tensor | None = None, images: torch.Tensor | None = None,
+                 adversarial: bool = True) -> torch.Tensor:
+        """The objective on the batch `inputs` (what the networks see): the student's outputs when a term needs them,
+        the teacher's with its layer inputs collected, the weighted terms (loss's arguments)."""
+        student_logits = student(inputs)[0] if self.needs_student and adversarial else None
+        self.start_collecting()  # the teacher's layer inputs that the prior and activation terms read
+        teacher_logits, _ = teacher(inputs)
+        bn_inputs, classifier_inputs = self.stop_collecting()
+        return self.loss(student_logits, teacher_logits, bn_inputs, classifier_inputs, targets=targets,
+                         images=images, adversarial=adversarial)
 
     def loss(self, student_logits: torch.Tensor | None, teacher_logits: torch.Tensor, bn_inputs: list,
              classifier_inputs: list, *, targets: torch.Tensor | None = None, images: torch.Tensor | None = None,
@@ -201,12 +213,19 @@ class GeneratorObjective:
             self.averaged.copy_(state["averaged"])
 
 
-def student_loss(objectives: ObjectiveSettings, steps: StepSettings, student_logits, teacher_logits,
-                 student_features, teacher_features) -> torch.Tensor:
-    """The student's loss of a method: KL + beta * AT (kl-at, ZSKT's), T^2 KL_T per sample (kd) or |t - s| (l1)."""
-    if objectives.student_loss == "kl-at":
-        return zskt_student_loss(student_logits, teacher_logits, student_features, teacher_features, beta=steps.beta,
-                                 temperature=steps.temperature, backend=steps.backend)
-    if objectives.student_loss == "kd":
-        return kd_loss(student_logits, teacher_logits, temperature=steps.temperature, backend=steps.backend)
-    return logit_l1(student_logits, teacher_logits)
+class StudentLoss:
+    """The student's loss of a method: KL + beta * AT (kl-at, ZSKT's), T^2 KL_T per sample (kd) or |t - s| (l1);
+    `reads_features`: whether it reads the networks' feature maps (kl-at with beta > 0)."""
+
+    def __init__(self, objectives, steps):
+        self.kind, self.steps = objectives.student_loss, steps
+        self.reads_features = self.kind == "kl-at" and steps.beta > 0
+
+    def __call__(self, student_logits, teacher_logits, student_features=(), teacher_features=()) -> torch.Tensor:
+        steps = self.steps
+        if self.kind == "kl-at":
+            return zskt_student_loss(student_logits, teacher_logits, student_features, teacher_features,
+                                     beta=steps.beta, temperature=steps.temperature, backend=steps.backend)
+        if self.kind == "kd":
+            return kd_loss(student_logits, teacher_logits, temperature=steps.temperature, backend=steps.backend)
+        return logit_l1(student_logits, teacher_logits)

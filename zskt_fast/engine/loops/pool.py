@@ -3,8 +3,8 @@ code keeps them, in PNG files), and the random batches the student trains on, au
 recipe augments real images.
 
 The pool is bounded (`capacity` images; once full, a new batch replaces the oldest images) and is part of the run's
-checkpoint: its images, its fill, and the state of the generator its batches are drawn with, so that a resumed run draws
-what the uninterrupted run would have.
+checkpoint: its images, its fill, and the state of the random generator its batches are drawn with, so that a resumed
+run draws what the uninterrupted run would have.
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ def pixels_to_bytes(images: torch.Tensor) -> torch.Tensor:
     return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def augment(images: torch.Tensor, augmentation: str, generator: torch.Generator, share: slice | None = None,
+def augment(images: torch.Tensor, augmentation: str, draws: torch.Generator, share: slice | None = None,
             total: int | None = None) -> torch.Tensor:
     """A random crop of each image from its zero-padded version (4 pixels for 'crop' and 'crop+flip', 1 for 'shift')
     and, for 'crop+flip', a horizontal flip of each with probability 1/2; 'none' returns the images. Differentiable in
-    the images (FastDFKD augments the generator's output before the teacher). The draws come from `generator` (on the
+    the images (FastDFKD augments the generator's output before the teacher). The draws come from `draws` (on the
     CPU), whatever the images' device; with `share`, the images are that slice of a global batch of `total` and take
     its draws (a data-parallel rank)."""
     if augmentation == "none":
@@ -33,30 +33,16 @@ def augment(images: torch.Tensor, augmentation: str, generator: torch.Generator,
     share = share if share is not None else slice(0, b)
     total = total if total is not None else b
     pad = SHIFT_PADDING if augmentation == "shift" else CROP_PADDING
-    offsets = torch.randint(0, 2 * pad + 1, (2, total), generator=generator)[:, share].to(images.device)
+    offsets = torch.randint(0, 2 * pad + 1, (2, total), generator=draws)[:, share].to(images.device)
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
     rows = (offsets[0][:, None] + torch.arange(h, device=images.device))[:, :, None]       # [B, H, 1]
     cols = (offsets[1][:, None] + torch.arange(w, device=images.device))[:, None, :]       # [B, 1, W]
     batch = torch.arange(b, device=images.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)               # [B, C, H, W]
     if augmentation == "crop+flip":
-        flip = (torch.rand(total, generator=generator)[share] < 0.5).to(images.device)[:, None, None, None]
+        flip = (torch.rand(total, generator=draws)[share] < 0.5).to(images.device)[:, None, None, None]
         out = torch.where(flip, out.flip(-1), out)
     return out.contiguous()
-
-
-def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """Pixels in [0, 1] -> the teacher's input space."""
-    shape = (1, -1, 1, 1)
-    return (images - torch.tensor(mean, device=images.device, dtype=images.dtype).view(shape)) / \
-        torch.tensor(std, device=images.device, dtype=images.dtype).view(shape)
-
-
-def denormalise(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """The teacher's input space -> pixels (in [0, 1] when the images are valid)."""
-    shape = (1, -1, 1, 1)
-    return images * torch.tensor(std, device=images.device, dtype=images.dtype).view(shape) + \
-        torch.tensor(mean, device=images.device, dtype=images.dtype).view(shape)
 
 
 class ImagePool:
@@ -74,7 +60,7 @@ class ImagePool:
         self.images = torch.zeros(capacity, *image_shape, dtype=torch.uint8, device=self.device)
         self.count = 0      # images held
         self.next = 0       # where the next batch is written (the oldest images once full)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.draws = torch.Generator().manual_seed(seed)
         self.dtype = torch.get_default_dtype()  # what batches come out as: float64 runs stay float64
         self._order: torch.Tensor | None = None
         self._cursor = 0
@@ -100,7 +86,7 @@ class ImagePool:
         if self.count < self.batch_size:
             raise RuntimeError(f"the pool holds {self.count} images, fewer than a batch of {self.batch_size}")
         if self._order is None or self._cursor + self.batch_size > self._order.numel():
-            self._order, self._cursor = torch.randperm(self.count, generator=self.generator), 0
+            self._order, self._cursor = torch.randperm(self.count, generator=self.draws), 0
         picked = self._order[self._cursor:self._cursor + self.batch_size]
         self._cursor += self.batch_size
         return self.images[picked.to(self.device)].to(self.dtype) / 255
@@ -123,7 +109,7 @@ class ImagePool:
         state; a round's order is drawn anew at its start and is not kept (checkpoints fall between rounds)."""
         return {"images": self.images[:self.count].cpu().clone() if self.count < self.capacity else
                 self.images.cpu().clone(), "count": self.count, "next": self.next,
-                "capacity": self.capacity, "generator": self.generator.get_state()}
+                "capacity": self.capacity, "generator": self.draws.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         if state["capacity"] != self.capacity or tuple(state["images"].shape[1:]) != self.image_shape:
@@ -132,7 +118,7 @@ class ImagePool:
         self.count, self.next = int(state["count"]), int(state["next"])
         self.images.zero_()
         self.images[:state["images"].shape[0]] = state["images"].to(self.device)
-        self.generator.set_state(state["generator"])
+        self.draws.set_state(state["generator"])
         self._order = None
 
 

@@ -1,4 +1,5 @@
-"""Each program's configuration, composed of settings parts (engine/settings.py, engine/recipes.py).
+"""Each program's configuration, composed of settings parts (settings/parts.py, zero_shot.py, training.py,
+comparison.py).
 
 ZeroShotSettings  objectives + steps + loop + pool + run + outputs: a zero-shot run of given networks (distill)
 TrainConfig       data + networks + the zero-shot parts + processes: python -m zskt_fast.train
@@ -18,11 +19,13 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..common import resolve_device, settings_from_dict
-from ..data import dataset_info
-from .recipes import (METHODS, ComparisonSettings, CurveSettings, KDSettings, LoopSettings, ObjectiveSettings,
-                      PoolSettings, PretrainSettings, SGDSettings, StepSettings, compile_context)
-from .settings import (DATASET_DEFAULTS, Context, DataSettings, NetworkSettings, OutputSettings, ProcessSettings,
+from ...common import resolve_device, settings_from_dict
+from ...data import dataset_info
+from ..methods.registry import METHODS
+from .comparison import ComparisonSettings, CurveSettings
+from .training import KDSettings, PretrainSettings, SGDSettings
+from .zero_shot import LoopSettings, ObjectiveSettings, PoolSettings, StepSettings, compile_context
+from .parts import (DATASET_DEFAULTS, Context, DataSettings, NetworkSettings, OutputSettings, ProcessSettings,
                        RunSettings)
 
 
@@ -101,7 +104,7 @@ class ZeroShotSettings(Composed):
 def pool_outputs(context: Context) -> Context:
     """The pool methods test the student after every round by default (as their published code does); their rounds
     are few and long."""
-    if METHODS[context.method].shape != "pool":
+    if not METHODS[context.method].strategy.evaluates_every_round:
         return context
     return dataclasses.replace(context, defaults=dataclasses.replace(context.defaults, eval_every=1, log_every=1))
 

@@ -14,18 +14,18 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ..common import atomic_write_text
-from ..data import dataset_labels, evaluation_loader, load_dataset
-from ..models import build_classifier, pair_networks, unwrap
-from ..ops import kd_at_loss
-from .checkpoint import CheckpointError, load_file, load_into, recorded_normalisation, save_classifier
-from .config import FewShotConfig
-from .evaluation import evaluate
-from .recipes import steps_per_epoch
-from .run import Run, check_run_folder
-from .schedules import cosine_lr
-from .settings import Context, DATASET_DEFAULTS
-from .teachers import find_teacher, pretrain_missing_teacher
+from ...common import atomic_write_text
+from ...data import dataset_labels, evaluation_loader, load_dataset
+from ...models import build_classifier, pair_networks, unwrap
+from ...ops import kd_at_loss
+from ..lifecycle.checkpoint import CheckpointError, load_file, load_into, recorded_normalisation, save_classifier
+from ..settings.config import FewShotConfig
+from ..lifecycle.evaluation import evaluate
+from ..settings.training import steps_per_epoch
+from ..lifecycle.run import Run, check_run_folder
+from ..lifecycle.schedules import cosine_lr
+from ..settings.parts import Context, DATASET_DEFAULTS
+from ..teachers import find_teacher, pretrain_missing_teacher
 
 FEWSHOT_FILES = ("config.json", "indices.json", "checkpoint.pt", "metrics.jsonl", "student.pt", "summary.json")
 

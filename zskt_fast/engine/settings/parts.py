@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..common import check_choice, check_count, check_positive, option, resolve_device
-from ..data import DATASETS, DEFAULT_DATA_ROOT, dataset_info, normalisation_of
-from ..models import ARCHITECTURE_HELP, architecture_key
-from ..models.features import parse_pairs
-from .distributed import DIST_BACKENDS
+from ...common import check_choice, check_count, check_positive, option, resolve_device
+from ...data import DATASETS, DEFAULT_DATA_ROOT, dataset_info, normalisation_of
+from ...models import ARCHITECTURE_HELP, architecture_key
+from ...models.features import parse_pairs
+from ..lifecycle.distributed import DIST_BACKENDS
 
 # Help groups of the options.
 DATA, ALGORITHM, SPEED, OUTPUTS, PROCESSES = ("data and networks", "Algorithm 1 (defaults: the authors' settings)",

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ..common import eval_mode
-from ..models import classifier_logits
+from ...common import eval_mode
+from ...models import classifier_logits
 
 
 def as_batches(data, batch_size: int = 500):

@@ -1,25 +1,24 @@
-"""The three kinds of work in one iteration of Algorithm 1, eager or compiled (engine/graphs.py replays them from
-CUDA graphs).
+"""The three kinds of work in one iteration of Algorithm 1, eager or compiled (loops/graphs.py replays them from
+CUDA graphs), for any method whose generator trains inside it (ZSKT, DFAD, DAFL, DFQ).
 
-`ZSKTSteps` runs them eagerly (any device), or, with the `compile` setting, through torch.compile: the networks and
-fused losses of each step as one graph (fullgraph), clipping and the Adam update as another.
+`AlgorithmOneSteps` runs them eagerly (any device), or, with the `compile` setting, through torch.compile: the
+networks and fused losses of each step as one graph (fullgraph), clipping and the Adam update as another. The method
+comes in as its generator objective and its student loss (engine/methods/objectives.py).
 """
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..models import FeatureNetwork
-from ..ops import key_compile_caches_by_build
-from .distributed import World, average_gradients
-from .objectives import GeneratorObjective, student_loss
-from .recipes import ObjectiveSettings, StepSettings
-from .schedules import cosine_lr
-from .settings import Context
-from .speed import AMP_DTYPES
+from ...models import FeatureNetwork
+from ...ops import key_compile_caches_by_build
+from ..lifecycle.distributed import World, average_gradients
+from ..lifecycle.schedules import cosine_lr
+from ..lifecycle.speed import AMP_DTYPES, autocast
 
 
 @contextlib.contextmanager
@@ -47,22 +46,21 @@ class TeacherOutputs:
     features: list[torch.Tensor]
 
 
-class ZSKTSteps:
+class AlgorithmOneSteps:
     """Holds the networks, the optimisers and the noise source; each method is one piece of Algorithm 1."""
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, generator: nn.Module, settings: StepSettings,
-                 device: torch.device, seed: int, world: World | None = None,
-                 objectives: ObjectiveSettings | None = None):
-        """`world`: the ranks of a data-parallel run; each draws the global noise batch and keeps its share, and
-        gradients are averaged across ranks before each update (batch-norm layers synchronise themselves).
-        `objectives`: the method's generator and student objectives (default: ZSKT's)."""
+    def __init__(self, teacher: nn.Module, student: nn.Module, generator: nn.Module, settings, device: torch.device,
+                 seed: int, *, objective, student_loss: Callable, world: World | None = None):
+        """`settings`: the resolved StepSettings. `objective`: the method's generator objective
+        (methods/objectives.py: GeneratorObjective, whose `evaluate` gives the loss of a batch); `student_loss`: its
+        student loss, f(student_logits, teacher_logits, student_features, teacher_features), whose `reads_features`
+        says whether it reads feature maps. `world`: the ranks of a data-parallel run; each draws the global noise
+        batch and keeps its share, and gradients are averaged across ranks before each update (batch-norm layers
+        synchronise themselves)."""
         self.device = torch.device(device)
         self.world = world if world is not None and world.size > 1 else None
-        settings = settings.resolved(Context(device=self.device))
         self.teacher, self.student, self.generator = teacher, student, generator
-        self.settings = settings
-        self.objectives = (objectives or ObjectiveSettings()).resolved()
-        self.generator_objective = GeneratorObjective(self.objectives, settings, teacher, self.device, self.world)
+        self.settings, self.objective, self.student_loss_of = settings, objective, student_loss
         teacher.eval().requires_grad_(False)
         student.train()
         generator.train()
@@ -79,7 +77,7 @@ class ZSKTSteps:
             self.scaler_S = torch.amp.GradScaler(self.device.type)
         self.amp_dtype = amp_dtype
         # The attention features take part only in ZSKT's student loss with beta > 0; else the networks need not pair.
-        self.use_attention = self.objectives.student_loss == "kl-at" and settings.beta > 0
+        self.use_attention = student_loss.reads_features
         # This package's networks compile as one graph each step (fullgraph: never a silent fallback); a user's
         # network (wrapped for its features) may hold code dynamo cannot capture whole, and the batch-norm layers of a
         # data-parallel run hold collectives that run eagerly: those graph-break.
@@ -105,9 +103,7 @@ class ZSKTSteps:
                                 capturable=self.device.type == "cuda")
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=False)
+        return autocast(self.device, self.settings.amp)
 
     # -- Algorithm 1, piece by piece ---------------------------------------------------------------------------------
     def sample_noise(self) -> torch.Tensor:
@@ -141,14 +137,8 @@ class ZSKTSteps:
 
     # -- the forward work of each step: what torch.compile compiles as one graph -------------------------------------
     def generator_loss(self, z: torch.Tensor) -> torch.Tensor:
-        objective = self.generator_objective
         with self.autocast():
-            images = self.generator(z)
-            student_logits = self.student(images)[0] if objective.needs_student else None
-            objective.start_collecting()  # the teacher's layer inputs that the prior and activation terms read
-            teacher_logits, _ = self.teacher(images)
-            bn_inputs, classifier_inputs = objective.stop_collecting()
-            return objective.loss(student_logits, teacher_logits, bn_inputs, classifier_inputs)
+            return self.objective.evaluate(self.generator(z), self.student, self.teacher)
 
     @torch.no_grad()
     def teacher_forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -162,8 +152,8 @@ class ZSKTSteps:
                      teacher_features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast():
             logits, features = self.student(images)
-            loss = student_loss(self.objectives, self.settings, logits, teacher_logits,
-                                features if self.use_attention else [], teacher_features)
+            loss = self.student_loss_of(logits, teacher_logits, features if self.use_attention else [],
+                                        teacher_features)
         return loss, logits
 
     def set_learning_rates(self, iteration: int, iterations: int) -> None:
@@ -208,7 +198,7 @@ class ZSKTSteps:
             "noise": self.noise.get_state(),
             "scaler_G": self.scaler_G.state_dict() if self.scaler_G else None,
             "scaler_S": self.scaler_S.state_dict() if self.scaler_S else None,
-            **({"objective": objective} if (objective := self.generator_objective.state_dict()) else {}),
+            **({"objective": objective} if (objective := self.objective.state_dict()) else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -226,4 +216,4 @@ class ZSKTSteps:
         for name in ("scaler_G", "scaler_S"):
             if getattr(self, name) is not None and state.get(name):
                 getattr(self, name).load_state_dict(state[name])
-        self.generator_objective.load_state_dict(state.get("objective", {}))
+        self.objective.load_state_dict(state.get("objective", {}))

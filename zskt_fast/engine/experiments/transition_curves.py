@@ -18,15 +18,13 @@ from torch import nn
 
 from tqdm import tqdm
 
-from ..common import atomic_write, check_choice, check_count, check_positive, eval_mode
-from .distributed import current_world
-from .matching_images import SOURCES, image_batches, logits_of, select_matching_images
+from ...common import atomic_write, check_choice, check_count, check_positive, eval_mode
+from ..lifecycle.distributed import current_world
+from ..settings.comparison import DEFAULT_IMAGES, DEFAULT_STEP_SIZE, DEFAULT_STEPS, SOURCES
+from .matching_images import image_batches, logits_of, select_matching_images
 
 __all__ = ["SOURCES", "TransitionCurves", "mean_transition_error", "select_matching_images", "transition_curves"]
 
-DEFAULT_IMAGES = 1000  # N, the paper's
-DEFAULT_STEPS = 100  # K
-DEFAULT_STEP_SIZE = 1.0  # xi
 
 
 @dataclass

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..common import atomic_write
-from ..models import Generator, build_classifier
+from ...common import atomic_write
+from ...models import Generator, build_classifier
 
 
 class CheckpointError(ValueError):
@@ -125,9 +125,20 @@ def load_generator(path: str | os.PathLike, generator: nn.Module | None = None) 
             raise CheckpointError(f"{path} holds no generator of the paper's shape (no project.weight / "
                                   f"body.9.weight among {_first(state)})")
         side = int(round((project.shape[0] / 128) ** 0.5))
-        generator = Generator(z_dim=project.shape[1], image_size=4 * side, channels=last_conv.shape[0])
+        # The paper's generator ends in an affine BatchNorm (body.10), the frameworks' in a sigmoid (no weights).
+        output = obj.get("output") if isinstance(obj, Mapping) and "output" in obj else \
+            "batchnorm" if "body.10.weight" in state else "sigmoid"
+        generator = Generator(z_dim=project.shape[1], image_size=4 * side, channels=last_conv.shape[0], output=output)
     load_into(generator, state, path, "generator")
     return generator
+
+
+def save_generator(generator: Generator, path: str | os.PathLike) -> None:
+    """generator.pt: the weights and what builds the network again (load_generator reads it with no network given)."""
+    state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
+    check_finite(state, f"not writing {os.fspath(path)}")
+    atomic_save({"state_dict": state, "z_dim": generator.z_dim, "image_size": generator.image_size,
+                 "channels": generator.channels, "output": generator.output}, path)
 
 
 def _first(items, n: int = 5) -> str:

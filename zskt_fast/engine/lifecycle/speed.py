@@ -2,12 +2,13 @@
 and what CUDA graphs need."""
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
 import torch
 
-from ..models import strided_convolutions_on_small_maps
+from ...models import strided_convolutions_on_small_maps
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -23,6 +24,15 @@ CPU_INFO = Path("/proc/cpuinfo")
 # compilation takes 60-100 s (a cold inductor cache) and saves 0.01-0.02 s of digits' 0.2 s per iteration, 0.4 s of
 # 2.4 s at CIFAR shapes; the paper's runs (50,000 and 80,000 iterations) win, a short try would mostly wait.
 COMPILE_FROM_ITERATIONS = 5000
+
+
+def autocast(device: torch.device, amp: str, *, float16: bool = True):
+    """The steps' autocast for an amp setting ('off', 'bf16', 'fp16'); `float16` False: fp16 runs this part in
+    float32 (a step without a loss scaler)."""
+    dtype = AMP_DTYPES[amp]
+    if dtype is None or (dtype == torch.float16 and not float16):
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype, cache_enabled=False)
 
 
 @functools.cache

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..common import STORAGE_FAILURES, StorageError, atomic_write
+from ...common import STORAGE_FAILURES, StorageError, atomic_write
+from ...data import denormalise
 
 
 def _complete_before(line: str, iteration: int) -> bool:
@@ -66,8 +67,7 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, *, mean, std,
     range), enlarges small ones with nearest-neighbour pixels, and writes a PNG grid `columns` wide."""
     from PIL import Image
 
-    images = images.float().cpu()
-    images = images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+    images = denormalise(images.float().cpu(), mean, std)
     low = images.amin(dim=(1, 2, 3), keepdim=True)
     high = images.amax(dim=(1, 2, 3), keepdim=True)
     images = (images - low) / (high - low).clamp_min(1e-8)

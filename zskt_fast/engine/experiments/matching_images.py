@@ -7,10 +7,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..common import check_choice, eval_mode
-from ..models import classifier_logits
+from ...common import check_choice, eval_mode
+from ...models import classifier_logits
+from ..settings.comparison import SOURCES
 
-SOURCES = ("agreed", "label")  # the source class of a trajectory: A's and B's common prediction, or the label
 
 
 def logits_of(net: nn.Module, x: torch.Tensor) -> torch.Tensor:

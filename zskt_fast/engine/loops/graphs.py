@@ -8,11 +8,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .speed import check_cuda_graphs
-from .steps import TeacherOutputs, ZSKTSteps
+from ..lifecycle.speed import check_cuda_graphs
+from .steps import TeacherOutputs, AlgorithmOneSteps
 
 
-class GraphedZSKTSteps(ZSKTSteps):
+class GraphedAlgorithmOneSteps(AlgorithmOneSteps):
     """The same steps, each captured once as a CUDA graph and replayed. Call `capture()` after loading any state."""
 
     def __init__(self, *args, **kwargs):
@@ -27,7 +27,7 @@ class GraphedZSKTSteps(ZSKTSteps):
 
     def _tensors_to_restore(self) -> list[torch.Tensor]:
         tensors = [t for net in (self.student, self.generator) for t in (*net.parameters(), *net.buffers())]
-        tensors += self.generator_objective.state_tensors()
+        tensors += self.objective.state_tensors()
         for optimizer in (self.optimizer_G, self.optimizer_S):
             for state in optimizer.state.values():
                 tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]

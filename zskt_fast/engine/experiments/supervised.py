@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import dataset_info, evaluation_loader, load_dataset
-from ..models import build_classifier, classifier_logits
-from .checkpoint import save_classifier
-from .config import PretrainConfig
-from .evaluation import evaluate
-from .run import Run
-from .schedules import cosine_lr, step_lr
+from ...data import dataset_info, evaluation_loader, load_dataset
+from ...models import build_classifier, classifier_logits
+from ..lifecycle.checkpoint import save_classifier
+from ..settings.config import PretrainConfig
+from ..lifecycle.evaluation import evaluate
+from ..lifecycle.run import Run
+from ..lifecycle.schedules import cosine_lr, step_lr
 
 
 def learning_rate(config: PretrainConfig, step: int, total_steps: int) -> float:

@@ -11,18 +11,24 @@ batches.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-from .steps import ZSKTSteps
-
-if TYPE_CHECKING:
-    from .pool_distill import PoolMethod
+from .steps import AlgorithmOneSteps
 
 
-def zero_shot_knowledge_transfer(steps: ZSKTSteps, *, iterations: int, n_generator_steps: int, n_student_steps: int,
-                                 start: int = 0, stop: int | None = None,
+class PoolRounds(Protocol):
+    """What the synthesis-and-pool loop drives (engine/pool_distill.py: PoolMethod)."""
+    pool: object            # add(images), sample()
+    student_steps: object   # set_learning_rate(round, rounds), step(pool)
+
+    def synthesise(self, round_index: int, adversarial: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One round's batch (this rank's share, pixels in [0, 1]) and its synthesis loss."""
+
+
+def zero_shot_knowledge_transfer(steps: AlgorithmOneSteps, *, iterations: int, n_generator_steps: int,
+                                 n_student_steps: int, start: int = 0, stop: int | None = None,
                                  on_iteration_end: Callable[[int, dict[str, torch.Tensor]], None] | None = None
                                  ) -> None:
     """Runs iterations [start, stop) of the `iterations` that make up the schedule; after each one calls
@@ -41,7 +47,7 @@ def zero_shot_knowledge_transfer(steps: ZSKTSteps, *, iterations: int, n_generat
                                          "teacher_logits": teacher.logits, "images": images})
 
 
-def synthesis_and_pool(method: PoolMethod, *, rounds: int, warmup: int, n_student_steps: int, start: int = 0,
+def synthesis_and_pool(method: PoolRounds, *, rounds: int, warmup: int, n_student_steps: int, start: int = 0,
                        stop: int | None = None,
                        on_round_end: Callable[[int, dict[str, torch.Tensor | None]], None] | None = None) -> None:
     """Runs rounds [start, stop) of `rounds` (counted from 0); after each one calls on_round_end(round, outputs), where

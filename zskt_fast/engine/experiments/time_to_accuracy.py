@@ -45,7 +45,7 @@ def summarise_methods(runs: dict[str, list[dict]], reference: str = "zskt") -> d
             "seconds_mean": statistics.fmean(s["seconds"] for s in summaries),
             "seconds_per_iteration": statistics.fmean(s["seconds"] / s["iterations"] for s in summaries),
             "length": f"{summaries[0]['iterations']:,} "
-                      f"{'rounds' if 'rounds_per_second' in summaries[0] else 'iterations'}",
+                      f"{summaries[0].get('unit', 'iteration')}s",
             "reached": len(done), "seconds_to_target": reached,
             "seconds_to_target_mean": statistics.fmean(done) if len(done) == len(reached) else None,
             "accuracy_at_reference_time_mean": at_reference_time[0],

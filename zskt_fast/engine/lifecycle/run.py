@@ -31,11 +31,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..common import atomic_write_text, writable_folder
+from ...common import atomic_write_text, writable_folder
 from .checkpoint import CheckpointError, atomic_save, check_finite_weights, load_file
 from .distributed import World, agree
 from .metrics import MetricsLog
-from .settings import OutputSettings
 
 LOCK_FILE = ".lock"
 BAR_UNITS = {"iteration": "it"}
@@ -114,13 +113,14 @@ def stop_requests(enabled: bool = True):
 
 
 class Run:
-    """One run of a trainer. `folder` None: nothing is written (no checkpoints, no resume); `outputs` None: no
-    checkpoints (pretraining, which writes one file at its end); `world`: the ranks of a data-parallel run, which all
-    call every method (rank 0 alone writes); `advice`: what the error of a diverged run suggests."""
+    """One run of a trainer. `folder` None: nothing is written (no checkpoints, no resume); `outputs`: the resolved
+    OutputSettings, None: no checkpoints (pretraining, which writes one file at its end); `world`: the ranks of a
+    data-parallel run, which all call every method (rank 0 alone writes); `advice`: what the error of a diverged run
+    suggests."""
 
     def __init__(self, folder: str | os.PathLike | None, *, name: str, unit: str, total: int,
                  files: Sequence[str] = (), folders: Sequence[str] = (), record: dict | None = None,
-                 resume: bool = False, overwrite: bool = False, outputs: OutputSettings | None = None,
+                 resume: bool = False, overwrite: bool = False, outputs=None,
                  world: World | None = None, device: torch.device = torch.device("cpu"), progress: bool = True,
                  advice: str = ""):
         self.folder = None if folder is None else Path(folder).expanduser().absolute()
@@ -236,7 +236,8 @@ class Run:
     def finish(self, summary: dict) -> dict:
         """summary.json, the run's last file (a run folder holding it is finished), with the time taken."""
         seconds = self.elapsed()
-        summary = {**summary, "seconds": seconds, f"{self.unit}s_per_second": self.total / seconds if seconds else None}
+        summary = {**summary, "unit": self.unit, "seconds": seconds,
+                   f"{self.unit}s_per_second": self.total / seconds if seconds else None}
         if self.writes:
             atomic_write_text(self.folder / "summary.json", json.dumps(summary, indent=2))
         return summary
