@@ -76,3 +76,14 @@ def test_cuda_kernels_built_where_nvcc_exists():
     if not nvcc or torch.version.cuda is None:
         pytest.skip("no CUDA toolkit here, or torch is a CPU build: nothing to compile the .cu files with")
     assert _library.compiled_with_cuda(), "nvcc is present but zskt_fast._C was built without its CUDA kernels"
+
+
+def test_the_wheel_lists_every_package():
+    """pyproject.toml names the packages the wheel holds: every folder of zskt_fast with an __init__.py, no other."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "zskt_fast").rglob("__init__.py")}
+    assert listed == found

@@ -92,13 +92,20 @@ class ZeroShotSettings(Composed):
     def resolved(self, context: Context | None = None) -> ZeroShotSettings:
         """Without `context`: the loop lengths of the paper's CIFAR-10 run, on this run's device."""
         context = context or Context(device=resolve_device(self.run.device))
-        objectives = self.objectives.resolved(context)
-        context = dataclasses.replace(context, method=objectives.method)
-        loop = self.loop.resolved(context)
-        context = dataclasses.replace(context, iterations=loop.iterations)
-        steps = self.steps.resolved(compile_context(context, loop))
-        return ZeroShotSettings(objectives, steps, loop, self.pool.resolved(context, loop, steps),
-                                self.run.resolved(context), self.outputs.resolved(pool_outputs(context)))
+        (objectives, steps, loop, pool), context = resolve_method_parts(self, context)
+        return ZeroShotSettings(objectives, steps, loop, pool, self.run.resolved(context),
+                                self.outputs.resolved(pool_outputs(context)))
+
+
+def resolve_method_parts(config, context: Context) -> tuple[tuple, Context]:
+    """A configuration's objectives, steps, loop and pool resolved, in the order their defaults depend on one another
+    (the method's preset, then the loop's length, then the steps and rounds), and the context that knows them."""
+    objectives = config.objectives.resolved(context)
+    context = dataclasses.replace(context, method=objectives.method)
+    loop = config.loop.resolved(context)
+    context = dataclasses.replace(context, iterations=loop.iterations)
+    steps = config.steps.resolved(compile_context(context, loop))
+    return (objectives, steps, loop, config.pool.resolved(context, loop, steps)), context
 
 
 def pool_outputs(context: Context) -> Context:
@@ -197,14 +204,9 @@ class ReproduceConfig(Composed):
 
     def resolved(self, context: Context | None = None) -> ReproduceConfig:
         data, context = self._data_and_context(context)
-        objectives = self.objectives.resolved(context)
-        context = dataclasses.replace(context, method=objectives.method)
-        loop = self.loop.resolved(context)
-        context = dataclasses.replace(context, iterations=loop.iterations)
-        steps = self.steps.resolved(compile_context(context, loop))
-        return ReproduceConfig(data, self.networks.resolved(context), objectives, steps, loop,
-                               self.pool.resolved(context, loop, steps), self.run.resolved(context),
-                               self.comparison.resolved(context))
+        (objectives, steps, loop, pool), context = resolve_method_parts(self, context)
+        return ReproduceConfig(data, self.networks.resolved(context), objectives, steps, loop, pool,
+                               self.run.resolved(context), self.comparison.resolved(context))
 
 
 @dataclass
