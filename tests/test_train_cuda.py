@@ -29,17 +29,21 @@ def _state(steps):
             **{f"G.{k}": v.clone() for k, v in steps.generator.state_dict().items()}}
 
 
-def test_graph_replay_equals_eager_steps(float64_default):
-    # float64 and the eager loss: what is compared is the capture and replay, not kernel rounding.
+@pytest.mark.parametrize("averages", [{}, {"student_ema": 0.9, "generator_ema": 0.9}], ids=["plain", "averages"])
+def test_graph_replay_equals_eager_steps(averages, float64_default):
+    # float64 and the eager loss: what is compared is the capture and replay, not kernel rounding. With the weight
+    # averages, their eager updates after each replay and the momentum generator inside the images graph.
     results = []
     for graphed in (False, True):
-        steps = _steps(graphed, torch.float64, backend="eager")
+        steps = _steps(graphed, torch.float64, backend="eager", **averages)
         if graphed:
             steps.set_learning_rates(0, 4)
             steps.capture(generator_passes=3)
         zero_shot_knowledge_transfer(steps, iterations=4, n_generator_steps=1, n_student_steps=3)
         torch.cuda.synchronize()
-        results.append(_state(steps))
+        results.append({**_state(steps), **{f"{part}.{k}": v.clone() for part in ("average", "momentum_generator")
+                                            if getattr(steps, part) is not None
+                                            for k, v in getattr(steps, part).module.state_dict().items()}})
     for key, value in results[0].items():
         torch.testing.assert_close(results[1][key], value, rtol=1e-9, atol=1e-10, msg=key)
 

@@ -25,7 +25,8 @@ Callback = Callable[[int, dict], None]
 class Trainee(Protocol):
     """What a loop shows the reporter."""
     teacher: nn.Module
-    student: nn.Module
+    student: nn.Module            # the network trained
+    tested_student: nn.Module     # the one tested and written to student.pt: the student, or its weight average
     generator: nn.Module | None   # written to generator.pt; None: the method has none (DeepInversion)
     grid_prefix: str              # images/PREFIX_NNNNNN.png
 
@@ -83,7 +84,7 @@ class Reporter:
         """The student's test accuracy (with test data) and an image grid (with a run folder)."""
         values = {}
         if self.loader is not None:
-            self.student_acc = evaluate(self.trainee.student, self.loader, self.run.device)
+            self.student_acc = evaluate(self.trainee.tested_student, self.loader, self.run.device)
             self.run.evaluated(done, self.student_acc)
             values["student_acc"] = self.student_acc
             self.run.say(f"{self.run.unit} {done}/{self.config.loop.iterations}: student test accuracy "
@@ -98,9 +99,11 @@ class Reporter:
         """The last checkpoint, student.pt, generator.pt (for a method with a generator) and the summary."""
         run, config, trainee = self.run, self.config, self.trainee
         run.checkpoint(config.loop.iterations, trainee.state_dict())
+        if trainee.tested_student is not trainee.student:  # the run's student is the weight average
+            trainee.student.load_state_dict(trainee.tested_student.state_dict())
         if run.writes:
             mean, std = self.normalisation
-            save_classifier(unwrap(trainee.student), run.folder / "student.pt", test_acc=self.student_acc,
+            save_classifier(unwrap(trainee.tested_student), run.folder / "student.pt", test_acc=self.student_acc,
                             arch=names["student"], dataset=names["dataset"], teacher=names["teacher"],
                             normalisation={"mean": list(mean), "std": list(std)})
             if trainee.generator is not None:

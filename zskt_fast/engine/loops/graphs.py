@@ -26,7 +26,8 @@ class GraphedAlgorithmOneSteps(AlgorithmOneSteps):
                                 foreach=True)
 
     def _tensors_to_restore(self) -> list[torch.Tensor]:
-        tensors = [t for net in (self.student, self.generator) for t in (*net.parameters(), *net.buffers())]
+        nets = [self.student, self.generator] + ([self.momentum_generator.module] if self.momentum_generator else [])
+        tensors = [t for net in nets for t in (*net.parameters(), *net.buffers())]
         tensors += self.objective.state_tensors()
         for optimizer in (self.optimizer_G, self.optimizer_S):
             for state in optimizer.state.values():
@@ -46,9 +47,9 @@ class GraphedAlgorithmOneSteps(AlgorithmOneSteps):
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(warmup_steps):
-                super().generator_step(self.static_z)
+                super().train_generator(self.static_z)
                 images, teacher = super().images_and_teacher(self.static_z, generator_passes)
-                super().student_step(images, teacher)
+                super().train_student(images, teacher)
         torch.cuda.current_stream().wait_stream(side)
 
         for optimizer in (self.optimizer_G, self.optimizer_S):
@@ -56,12 +57,12 @@ class GraphedAlgorithmOneSteps(AlgorithmOneSteps):
         self.graphs = {name: torch.cuda.CUDAGraph() for name in ("generator", "images", "student")}
         try:
             with torch.cuda.graph(self.graphs["generator"]):
-                self.static_loss_G = super().generator_step(self.static_z)
+                self.static_loss_G = super().train_generator(self.static_z)
             with torch.cuda.graph(self.graphs["images"]):
                 self.static_images, self.static_teacher = super().images_and_teacher(self.static_z, generator_passes)
             with torch.cuda.graph(self.graphs["student"]):
-                self.static_loss_S, self.static_logits_S = super().student_step(self.static_images,
-                                                                                 self.static_teacher)
+                self.static_loss_S, self.static_logits_S = super().train_student(self.static_images,
+                                                                                  self.static_teacher)
         except RuntimeError as error:
             raise ValueError(
                 f"the steps cannot be captured as CUDA graphs ({str(error).splitlines()[0]}): a network that waits "
@@ -93,6 +94,7 @@ class GraphedAlgorithmOneSteps(AlgorithmOneSteps):
 
     def generator_step(self, _static_z: torch.Tensor) -> torch.Tensor:
         self.graphs["generator"].replay()
+        self.average_generator()  # eager, after the replay, as average_student
         return self.static_loss_G
 
     def images_and_teacher(self, _static_z: torch.Tensor, generator_passes: int = 1):
@@ -104,4 +106,5 @@ class GraphedAlgorithmOneSteps(AlgorithmOneSteps):
 
     def student_step(self, _static_images: torch.Tensor, _static_teacher: TeacherOutputs):
         self.graphs["student"].replay()
+        self.average_student()  # eager, after the replay: its warm-up counts the updates on the host
         return self.static_loss_S, self.static_logits_S

@@ -13,6 +13,7 @@ from ...data import normalise
 from ..lifecycle.distributed import World, average_gradients
 from ..lifecycle.speed import AMP_DTYPES, autocast
 from .pool import ImagePool, augment
+from .weight_average import WeightAverage
 
 KD_MOMENTUM, KD_MIN_LR = 0.9, 2e-4  # the pool methods' student: SGD momentum, cosine down to this learning rate
 
@@ -33,6 +34,7 @@ class PoolStudentSteps:
                                          weight_decay=rounds.kd_weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type) if AMP_DTYPES[steps.amp] == torch.float16 else None
         self.draws = torch.Generator().manual_seed(seed)
+        self.average = WeightAverage(student, steps.student_ema) if steps.student_ema else None
         self._forward = self._loss
         if steps.compile != "off":
             from ...ops import key_compile_caches_by_build
@@ -76,11 +78,14 @@ class PoolStudentSteps:
                 average_gradients(params, self.world)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        if self.average is not None:
+            self.average.update()
         return loss.detach(), logits.detach(), teacher_logits.detach()
 
     def state_dict(self) -> dict:
         return {"student": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler else None, "draws": self.draws.get_state()}
+                "scaler": self.scaler.state_dict() if self.scaler else None, "draws": self.draws.get_state(),
+                **({"student_average": self.average.state_dict()} if self.average is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.student.load_state_dict(state["student"])
@@ -88,3 +93,5 @@ class PoolStudentSteps:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.draws.set_state(state["draws"])
+        if self.average is not None:
+            self.average.load_state_dict(state["student_average"])

@@ -19,6 +19,7 @@ from ...ops import key_compile_caches_by_build
 from ..lifecycle.distributed import World, average_gradients
 from ..lifecycle.schedules import cosine_lr
 from ..lifecycle.speed import AMP_DTYPES, autocast
+from .weight_average import WeightAverage
 
 
 @contextlib.contextmanager
@@ -69,6 +70,11 @@ class AlgorithmOneSteps:
                 net.to(memory_format=torch.channels_last)
         self.optimizer_G = self._adam(generator, settings.generator_lr)
         self.optimizer_S = self._adam(student, settings.student_lr)
+        self.average = WeightAverage(student, settings.student_ema) if settings.student_ema else None
+        self.momentum_generator = None  # MAD's (generator_ema): a moving average of G whose images S learns from too
+        if settings.generator_ema:
+            self.momentum_generator = WeightAverage(generator, settings.generator_ema)
+            self.momentum_generator.module.train()  # it makes images as G does, with its batch's statistics
         self.noise = torch.Generator(device=self.device).manual_seed(seed)
         amp_dtype = AMP_DTYPES[settings.amp]
         self.scaler_G = self.scaler_S = None
@@ -112,14 +118,25 @@ class AlgorithmOneSteps:
         return z if self.world is None else z[self.world.share(s.batch_size)]
 
     def generator_step(self, z: torch.Tensor) -> torch.Tensor:
-        """One Adam step of G on the method's generator objective (ZSKT: -KL(T(G(z)) || S(G(z)))); the gradient
-        flows through the networks into G only."""
+        """One Adam step of G on the method's generator objective (ZSKT: -KL(T(G(z)) || S(G(z)))), the gradient
+        flowing through the networks into G only; then the update of G's moving average (generator_ema)."""
+        loss = self.train_generator(z)
+        self.average_generator()
+        return loss
+
+    def train_generator(self, z: torch.Tensor) -> torch.Tensor:
+        """The Adam step of generator_step (what a CUDA graph captures)."""
         loss = self._generator_loss(z)
         self._optimise(loss, self.generator, self.optimizer_G, self.scaler_G, self._update_G, only_this_net=True)
         return loss.detach()
 
+    def average_generator(self) -> None:
+        if self.momentum_generator is not None:
+            self.momentum_generator.update()
+
     def images_and_teacher(self, z: torch.Tensor, generator_passes: int = 1) -> tuple[torch.Tensor, TeacherOutputs]:
-        """G(z) once per iteration (G does not change during the student steps) and the teacher's outputs on it.
+        """G(z) once per iteration (G does not change during the student steps) and the teacher's outputs on it;
+        with MAD's momentum generator the images are G(z) followed by its images of the same z.
 
         The generator's BatchNorm running statistics take the updates of `generator_passes` train-mode passes over z
         (the authors' code recomputes G(z) before each of the n_S student steps: pass n_S to match it); the images
@@ -129,11 +146,21 @@ class AlgorithmOneSteps:
         return images, TeacherOutputs(logits, features)
 
     def student_step(self, images: torch.Tensor, teacher: TeacherOutputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """One Adam step of S on the method's student loss (ZSKT: KL(T || S) + beta * sum_l AT_l); returns the loss
-        and the student's logits."""
+        """One Adam step of S on the method's student loss (ZSKT: KL(T || S) + beta * sum_l AT_l), then the update
+        of its weight average (student_ema); returns the loss and the student's logits."""
+        loss, logits = self.train_student(images, teacher)
+        self.average_student()
+        return loss, logits
+
+    def train_student(self, images: torch.Tensor, teacher: TeacherOutputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Adam step of student_step (what a CUDA graph captures)."""
         loss, logits = self._student_loss(images, teacher.logits, teacher.features)
         self._optimise(loss, self.student, self.optimizer_S, self.scaler_S, self._update_S)
         return loss.detach(), logits.detach()
+
+    def average_student(self) -> None:
+        if self.average is not None:
+            self.average.update()
 
     # -- the forward work of each step: what torch.compile compiles as one graph -------------------------------------
     def generator_loss(self, z: torch.Tensor) -> torch.Tensor:
@@ -145,6 +172,8 @@ class AlgorithmOneSteps:
         """G(z) and the teacher's outputs on it, without gradients: the forward work of images_and_teacher."""
         with self.autocast():
             images = self.generator(z)
+            if self.momentum_generator is not None:
+                images = torch.cat([images, self.momentum_generator.module(z)])
             logits, features = self.teacher(images)
         return images, logits, features if self.use_attention else []
 
@@ -199,6 +228,9 @@ class AlgorithmOneSteps:
             "scaler_G": self.scaler_G.state_dict() if self.scaler_G else None,
             "scaler_S": self.scaler_S.state_dict() if self.scaler_S else None,
             **({"objective": objective} if (objective := self.objective.state_dict()) else {}),
+            **({"student_average": self.average.state_dict()} if self.average is not None else {}),
+            **({"momentum_generator": self.momentum_generator.state_dict()}
+               if self.momentum_generator is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -217,3 +249,7 @@ class AlgorithmOneSteps:
             if getattr(self, name) is not None and state.get(name):
                 getattr(self, name).load_state_dict(state[name])
         self.objective.load_state_dict(state.get("objective", {}))
+        if self.average is not None:
+            self.average.load_state_dict(state["student_average"])
+        if self.momentum_generator is not None:
+            self.momentum_generator.load_state_dict(state["momentum_generator"])

@@ -40,6 +40,7 @@ class AlgorithmOneTrainee:
     def __init__(self, steps: AlgorithmOneSteps, config, run, normalisation):
         self.steps, self.config, self.world, self.normalisation = steps, config, run.world, normalisation
         self.teacher, self.student, self.generator = steps.teacher, steps.student, steps.generator
+        self.tested_student = steps.average.module if steps.average is not None else steps.student
         self.window = MetricsWindow(run.device)
         if run.state is not None and "accumulator" in run.state:
             self.window.load_state_dict(run.state["accumulator"])
@@ -77,6 +78,7 @@ class AlgorithmOneTrainee:
 
 class GeneratorObjectiveStrategy(Strategy):
     """A generator trained on a weighted objective, n_G steps per iteration of Algorithm 1."""
+    momentum_generator = True
 
     def make_generator(self, z_dim: int, image_shape) -> nn.Module:
         """The paper's generator: images in the teacher's input space."""

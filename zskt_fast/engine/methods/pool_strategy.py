@@ -81,6 +81,11 @@ class PoolMethod:
     def generator(self) -> nn.Module | None:
         return self.synthesis.generator
 
+    @property
+    def tested_student(self) -> nn.Module:
+        average = self.student_steps.average
+        return average.module if average is not None else self.student
+
     def collect(self, outputs: dict) -> None:
         pass  # a round's record holds its own last losses
 

@@ -40,6 +40,7 @@ class Strategy:
     student_reads_features = True    # the student's loss may read feature maps of the generated batch (kl-at)
     evaluates_every_round = False    # the student is tested after every loop step by default
     compiled_unit = "iterations"     # what compiled_steps counts
+    momentum_generator = False       # MAD's momentum generator (generator_ema) can join its student's batches
 
     def make_generator(self, z_dim: int, image_shape) -> nn.Module | None:
         """The generator the method trains, initialised from the global RNG; None when it has none."""

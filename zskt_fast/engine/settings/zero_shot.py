@@ -40,6 +40,15 @@ class StepSettings:
     temperature: float | None = option(None, "KL temperature of the student's loss; default: the method's "
                                              f"({preset_values('temperature')})", group=ALGORITHM)
     grad_clip: float = option(5.0, "gradient-norm clip of both networks", group=ALGORITHM)
+    student_ema: float = option(0.0, "average the student's weights: an exponential moving average at this decay "
+                                     "(e.g. 0.999), updated after every student step, with a warm-up of the decay "
+                                     "over the first steps; the average is the student the run tests, reports and "
+                                     "saves (student.pt). 0: off, the student as trained", group=ALGORITHM)
+    generator_ema: float = option(0.0, "MAD's momentum generator (Do et al. 2022): a moving average of the generator "
+                                       "at this momentum (e.g. 0.95), updated after every generator step, whose "
+                                       "images of each iteration's noise the student learns from beside the "
+                                       "generator's (the student's batch doubles); Algorithm 1's methods. 0: off",
+                                  group=ALGORITHM)
     backend: str = option("auto", "loss kernels: eager PyTorch, C++ cpu, cuda, triton, or auto (fastest for the "
                                   "device)", group=SPEED, choices=BACKENDS)
     amp: str = option("auto", "mixed precision; auto: bf16 on GPUs that support it and on CPUs with native bf16 "
@@ -69,6 +78,14 @@ class StepSettings:
         for name in ("generator_lr", "student_lr", "temperature", "grad_clip"):
             check_positive(getattr(steps, name), name)
         check_non_negative(steps.beta, "beta")
+        for name in ("student_ema", "generator_ema"):
+            check_non_negative(getattr(steps, name), name)
+            if getattr(steps, name) >= 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(steps, name)!r}")
+        if steps.generator_ema and not preset.strategy.momentum_generator:
+            able = ", ".join(name for name, m in METHODS.items() if m.strategy.momentum_generator)
+            raise ValueError(f"generator_ema (MAD's momentum generator) applies to the methods that train a generator "
+                             f"inside Algorithm 1 ({able}), not to {context.method}")
         check_choice(steps.amp, AMP_CHOICES, "amp")
         check_choice(steps.backend, BACKENDS, "backend")
         check_choice(steps.compile, COMPILE_CHOICES, "compile")
@@ -224,14 +241,16 @@ class PoolSettings:
     kd_lr: float | None = option(None, "the student's SGD learning rate (momentum 0.9, cosine over the rounds after "
                                        f"the warm-up down to {KD_MIN_LR}); default: {rounds_values('kd_lr')}",
                                  group=POOL)
-    kd_weight_decay: float | None = option(None, "the student's SGD weight decay; default 1e-4", group=POOL)
+    kd_weight_decay: float | None = option(None, "the student's SGD weight decay; default "
+                                                 f"{rounds_values('kd_weight_decay')}", group=POOL)
     warmup: int | None = option(None, "rounds of synthesis without student steps, the adversarial term joining in "
-                                      "the last of them (FastDFKD's warm-up, as its loop counts); default: fast 20 "
-                                      "(digits 3), deepinversion 0, at most the rounds less one",
-                                group=POOL)
+                                      "the last of them (FastDFKD's warm-up, as its loop counts); default: "
+                                      f"{rounds_values('warmup')} (digits: {digits_values('warmup')}), at most the "
+                                      "rounds less one", group=POOL)
     reset_round: int | None = option(None, "the round (counted from 1) whose synthesis starts by re-initialising "
-                                           "the generator's first layer (FastDFKD at 120 + warm-up); 0: never; "
-                                           "default: fast 140 (digits 20)", group=POOL)
+                                           "the generator's first linear and BatchNorm layers (FastDFKD at 120 + "
+                                           f"warm-up); 0: never; default: {rounds_values('reset_round')} (digits: "
+                                           f"{digits_values('reset_round')})", group=POOL)
     pool_size: int | None = option(None, "images the pool keeps (the oldest go first once it is full), held as 8-bit "
                                          "pixels: C x H x W bytes each, in memory and in checkpoint.pt (50,000 "
                                          "CIFAR images: 146 MiB); default: every round's batch", group=POOL)
