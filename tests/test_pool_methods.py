@@ -17,7 +17,8 @@ from zskt_fast.engine.settings.config import TrainConfig
 from zskt_fast.engine.methods.objectives import GeneratorObjective
 from zskt_fast.engine.loops.pool import ImagePool, augment, pixels_to_bytes
 from zskt_fast.engine.methods.registry import METHODS
-from zskt_fast.engine.settings.zero_shot import ObjectiveSettings, PoolSettings, StepSettings
+from zskt_fast.engine.settings.rounds import PoolSettings
+from zskt_fast.engine.settings.zero_shot import ObjectiveSettings, StepSettings
 from zskt_fast.engine.methods.synthesis import ImageSynthesis, MetaGeneratorSynthesis
 from zskt_fast.engine.trainer import train
 from zskt_fast.models import Generator

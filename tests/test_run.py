@@ -1,5 +1,5 @@
-"""The run lifecycle (engine/run.py) on a loop of its own: folder, lock, checkpoints, signals, metrics guard, resume and
-summary, the same for every trainer that uses it."""
+"""The run lifecycle (engine/lifecycle/run.py) on a loop of its own: folder, lock, checkpoints, signals, metrics guard,
+resume and summary, the same for every trainer that uses it."""
 import json
 import os
 import signal

@@ -19,7 +19,7 @@ from .steps import AlgorithmOneSteps
 
 
 class PoolRounds(Protocol):
-    """What the synthesis-and-pool loop drives (engine/pool_distill.py: PoolMethod)."""
+    """What the synthesis-and-pool loop drives (engine/methods/pool_strategy.py: PoolMethod)."""
     pool: object            # add(images), sample()
     student_steps: object   # set_learning_rate(round, rounds), step(pool)
 

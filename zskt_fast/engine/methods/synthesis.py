@@ -2,7 +2,7 @@
 optimised images); engine/loops/loop.py (synthesis_and_pool) runs them, engine/methods/pool_strategy.py builds them.
 
 FastDFKD (Fang et al., AAAI 2022), one round: a copy of the meta generator and a fresh latent batch z are optimised
-together (Adam, betas (0.5, 0.999)) for n_G steps on the generator objective of the round (engine/objectives.py: the
+together (Adam, betas (0.5, 0.999)) for n_G steps on the generator objective of the round (methods/objectives.py: the
 batch-norm prior with its momentum, the cross-entropy against random targets, and after the warm-up the
 decision-adversarial KL); the images of the lowest-loss step go to the pool; the meta generator then takes one Adam
 step (learning rate n_G * the copy's) along the sum of the copy's gradients over the n_G steps: the first-order MAML

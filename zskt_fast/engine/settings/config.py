@@ -1,5 +1,5 @@
-"""Each program's configuration, composed of settings parts (settings/parts.py, zero_shot.py, training.py,
-comparison.py).
+"""Each program's configuration, composed of settings parts (settings/parts.py, zero_shot.py, rounds.py,
+training.py, comparison.py).
 
 ZeroShotSettings  objectives + steps + loop + pool + run + outputs: a zero-shot run of given networks (distill)
 TrainConfig       data + networks + the zero-shot parts + processes: python -m zskt_fast.train
@@ -24,7 +24,8 @@ from ...data import dataset_info
 from ..methods.registry import METHODS
 from .comparison import ComparisonSettings, CurveSettings
 from .training import KDSettings, PretrainSettings, SGDSettings
-from .zero_shot import LoopSettings, ObjectiveSettings, PoolSettings, StepSettings, compile_context
+from .rounds import PoolSettings
+from .zero_shot import LoopSettings, ObjectiveSettings, StepSettings, compile_context
 from .parts import (DATASET_DEFAULTS, Context, DataSettings, NetworkSettings, OutputSettings, ProcessSettings,
                        RunSettings)
 

@@ -1,6 +1,6 @@
 """Settings parts: one small dataclass per concern, each field holding its default and its option's help once.
 
-A program's configuration (engine/config.py) is composed of parts; every part resolves the same way,
+A program's configuration (settings/config.py) is composed of parts; every part resolves the same way,
 `part.resolved(context)`: a copy with what was left to the machine or the data set filled in, every value checked.
 The `Context` says what those defaults depend on.
 """
