@@ -186,3 +186,15 @@ def algorithm_one(teacher, student, generator, settings=None, *, objectives=None
     steps = (settings or StepSettings()).resolved(Context(device=device, method=objectives.method))
     return algorithm_one_steps(teacher, student, generator, objectives, steps, device=device, seed=seed,
                                graphed=graphed)
+
+
+class TinyNet(torch.nn.Module):
+    """A one-channel classifier with one BatchNorm layer, small enough for whole runs in a test."""
+
+    def __init__(self, classes=3):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.bn, self.fc = torch.nn.BatchNorm2d(4), torch.nn.Linear(4, classes)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))

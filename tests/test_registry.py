@@ -7,25 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 import zskt_fast
 from zskt_fast.engine.lifecycle.checkpoint import load_generator
 from zskt_fast.engine.methods.registry import METHODS
 from zskt_fast.engine.methods.strategy import Strategy
 
+from conftest import TinyNet as _Tiny
+
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "zskt_fast" / "engine"
 GENERATIVE = [name for name, method in METHODS.items() if method.strategy.make_generator(8, (1, 8, 8)) is not None]
-
-
-class _Tiny(nn.Module):
-    def __init__(self, classes=3):
-        super().__init__()
-        self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, classes)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
 
 
 @pytest.mark.parametrize("method", GENERATIVE)

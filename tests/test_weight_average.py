@@ -3,21 +3,11 @@ average against its formula, the momentum generator's images in the student's ba
 test, save and resume them."""
 import pytest
 import torch
-from torch import nn
 
 import zskt_fast
 from zskt_fast.engine.loops.weight_average import WARMUP_STEPS, WeightAverage
 
-from conftest import Killed, algorithm_one, kill_after
-
-
-class _Tiny(nn.Module):
-    def __init__(self, classes=3):
-        super().__init__()
-        self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, classes)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+from conftest import Killed, TinyNet as _Tiny, algorithm_one, kill_after
 
 
 def test_the_average_is_its_formula_with_the_warm_up(float64_default):
