@@ -35,8 +35,9 @@ def _method(name, point, amp, compile_mode):
     # One synthesis step per timed round (FastDFKD's then takes Fast-5's learning rates): a step's cost, with the
     # round's copy of the generator and meta step in it.
     rates = {"synthesis_lr": 3e-3, "z_lr": 0.01} if name == "fast" else {}
+    loops = {"synthesis_batch": batch, "loops": 1, "warmup_loops": 1} if name == "nayer" else {}
     settings = ZeroShotSettings.from_flat({"method": name, "batch_size": batch, "iterations": 2, "warmup": 0,
-                                           "n_generator_steps": 1, "pool_size": 4 * batch, "amp": amp,
+                                           "n_generator_steps": 1, "pool_size": 4 * batch, "amp": amp, **loops,
                                            "compile": compile_mode, "device": str(DEVICE), "backend": "auto",
                                            **rates}).resolved()
     torch.manual_seed(0)
@@ -46,7 +47,7 @@ def _method(name, point, amp, compile_mode):
         teacher.train()
         teacher(torch.randn(64, *shape, device=DEVICE))
     strategy = METHODS[name].strategy
-    generator = strategy.make_generator(settings.steps.z_dim, shape)
+    generator = strategy.make_generator(settings, shape, 10)
     if generator is not None:
         generator.to(DEVICE)
     teacher, student, _ = pair_networks(teacher, student, image_shape=shape, use_attention=False, num_classes=10)
@@ -63,7 +64,7 @@ def _sync():
 
 
 @pytest.mark.parametrize("point", POINTS, ids=lambda p: p[0])
-@pytest.mark.parametrize("method", ["fast", "deepinversion"])
+@pytest.mark.parametrize("method", ["fast", "deepinversion", "nayer"])
 def test_synthesis_step(benchmark, method, point):
     pool_method = _method(method, point, "off", "off")
 

@@ -198,3 +198,28 @@ class TinyNet(torch.nn.Module):
 
     def forward(self, x):
         return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def metric_records(folder) -> list[dict]:
+    """A run folder's metrics.jsonl records without their timings (what two runs of the same work share)."""
+    import json
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds_per_iteration"}
+            for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def pool_objective_by_hand(teacher, student, images, targets, *, bn, one_hot, adversarial):
+    """bn x the BN prior (the input of the tiny networks' one BatchNorm) + one_hot x CE(t, targets) + adversarial x
+    the decision-adversarial KL, from their formulas: the pool methods' generator objective, for hand computations."""
+    import torch.nn.functional as F
+    from zskt_fast.ops.reference import prior_of_statistics
+    seen = {}
+    handle = teacher.bn.register_forward_pre_hook(lambda m, a: seen.setdefault("bn", a[0]))
+    t, _ = teacher(images)
+    handle.remove()
+    s, _ = student(images)
+    h = seen["bn"]
+    prior = prior_of_statistics([(h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=False))], [teacher.bn.running_mean],
+                                [teacher.bn.running_var])
+    p_t, p_s = t.softmax(1), s.softmax(1)
+    kl = (p_t * (p_t.log() - p_s.log())).sum(1) * (s.argmax(1) == t.argmax(1)).to(t.dtype)
+    return bn * prior + one_hot * F.cross_entropy(t, targets) + adversarial * -kl.mean()

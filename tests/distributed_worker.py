@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zskt_fast  # noqa: E402
 from zskt_fast.engine.methods import generator_strategy  # noqa: E402
 from zskt_fast.engine.methods import pool_strategy  # noqa: E402
-from zskt_fast.engine.methods.registry import methods_with_rounds  # noqa: E402
+from zskt_fast.engine.methods.registry import METHODS, methods_with_rounds  # noqa: E402
 from zskt_fast.engine.lifecycle.distributed import init_world, launched_ranks  # noqa: E402
 from zskt_fast.models import build_classifier  # noqa: E402
 
@@ -69,6 +69,8 @@ def main() -> None:
     pool_strategy.synthesis_and_pool = recording_rounds
     pool = {"warmup": 1, "pool_size": 16, "n_generator_steps": 2, "iterations": 2} \
         if args.method in methods_with_rounds() else {"iterations": args.iterations}
+    if "loops" in METHODS[args.method].strategy.round_options:  # two loops a round, the student's mode changing
+        pool |= {"synthesis_batch": 8, "warmup_loops": 2, "loops": 2, "label_embedding": "one-hot"}
     torch.manual_seed(0)
     teacher, student = build_classifier("wrn-10-1", in_channels=1), build_classifier("wrn-10-1", in_channels=1)
     try:

@@ -25,7 +25,7 @@ from zskt_fast.models import Generator
 from zskt_fast.ops import data_free_losses as terms
 from zskt_fast.ops.reference import prior_of_statistics
 
-from conftest import Killed, kill_after
+from conftest import Killed, kill_after, pool_objective_by_hand
 
 
 def _logits(seed, shape=(7, 5)):
@@ -193,17 +193,7 @@ def test_the_meta_generator_takes_the_first_order_maml_step(float64_default):
     losses, batches = [], []
     for _ in range(2):
         x = copy(z)
-        inputs = {}
-        handle = teacher.bn.register_forward_pre_hook(lambda m, a: inputs.setdefault("bn", a[0]))
-        t, _ = teacher(x)
-        handle.remove()
-        s, _ = student(x)
-        h = inputs["bn"]
-        prior = prior_of_statistics([(h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=False))],
-                                    [teacher.bn.running_mean], [teacher.bn.running_var])
-        p_t, p_s = t.softmax(1), s.softmax(1)
-        kl = (p_t * (p_t.log() - p_s.log())).sum(1) * (s.argmax(1) == t.argmax(1)).double()
-        total = 10.0 * prior + 0.4 * F.cross_entropy(t, targets) + 1.1 * -kl.mean()
+        total = pool_objective_by_hand(teacher, student, x, targets, bn=10.0, one_hot=0.4, adversarial=1.1)
         losses.append(float(total.detach()))
         batches.append(x.detach().clone())
         inner.zero_grad()
@@ -402,7 +392,7 @@ def test_generator_steps_choose_the_published_learning_rates(steps, capsys):
     ({"method": "fast", "n_generator_steps": 3}, "published learning rates are for 2, 5, 10 steps"),
     ({"method": "fast", "pool_size": 100}, "pool_size 100 is smaller than one batch \\(256 images\\)"),
     ({"method": "fast", "warmup": 30}, "warmup 30 leaves none of the 30 rounds"),
-    ({"method": "zskt", "pool_size": 1000}, "pool_size applies to the pool methods \\(fast, deepinversion\\)"),
+    ({"method": "zskt", "pool_size": 1000}, "pool_size applies to the pool methods \\(fast, deepinversion, nayer\\)"),
     ({"method": "dfq", "one_hot_targets": "random"}, "one_hot_targets 'random' applies to the pool methods"),
     ({"method": "fast", "student_loss": "kl-at"}, "the pool methods \\(fast\\) train on pool batches"),
     ({"method": "fast", "cuda_graphs": True, "device": "cpu"}, "cuda_graphs"),

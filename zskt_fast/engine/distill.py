@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models import pair_networks, unwrap
+from ..common import eval_mode
+from ..models import classifier_logits, pair_networks, unwrap
 from .lifecycle.distributed import data_parallel_world, global_batch_norm
 from .lifecycle.reporter import Callback
 from .lifecycle.run import Run
@@ -32,7 +33,8 @@ DIVERGED = "Lower the learning rates, or turn mixed precision off (amp 'off')."
 @dataclasses.dataclass
 class DistillResult:
     """What distill returns: the trained student (the network given, trained in place), the generator (FastDFKD's meta
-    generator; None for DeepInversion, which optimises images), test accuracies
+    generator, NAYER's label generator, CMI's last round's; None for DeepInversion, which optimises images), test
+    accuracies
     in percent (None without test data), the accuracy at each evaluation, the summary, and the run folder (None
     without `out`)."""
     student: nn.Module
@@ -60,10 +62,10 @@ def distill(teacher: nn.Module, student: nn.Module, *, image_shape: Sequence[int
         tensors, normalised as the teacher expects; the student is tested every eval_every iterations. None: no tests.
     **settings: the fields of ZeroShotSettings' parts (method, iterations, seed, device, batch_size, beta, student_lr,
         amp, compile, cuda_graphs, eval_every, bn_prior, ...), defaults the paper's CIFAR-10 run (iterations 80,000).
-        method: 'zskt' (the default, the paper's), 'dfad', 'dafl' or 'dfq' (Algorithm 1's loop), 'fast' or
-        'deepinversion' (rounds of synthesis into a pool and student steps on pool batches; `iterations` counts the
-        rounds), docs/methods.md; its preset fills the objectives, n_G, n_S, the batch, the noise size and the
-        temperature; each value can be given too (bn_prior=10, ...).
+        method: 'zskt' (the default, the paper's), 'dfad', 'dafl' or 'dfq' (Algorithm 1's loop), 'fast',
+        'deepinversion', 'nayer' or 'cmi' (rounds of synthesis into a pool and student steps on pool batches;
+        `iterations` counts the rounds), docs/methods.md; its preset fills the objectives, n_G, n_S, the batch, the
+        noise size and the temperature; each value can be given too (bn_prior=10, label_embedding='one-hot', ...).
     out: a run folder to write (metrics, image grids, checkpoints, student.pt, generator.pt, summary.json); with
         `resume` the run in it continues from its checkpoint (with the same networks and settings). None: nothing is
         written and the run cannot be resumed.
@@ -97,9 +99,11 @@ def distill_resolved(config: ZeroShotSettings, teacher: nn.Module, student: nn.M
     image_shape = check_image_shape(image_shape)
     normalisation = check_normalisation(normalisation, image_shape[0])
     device = torch.device(config.run.device)
+    if num_classes is None and strategy.needs_classes:
+        num_classes = teacher_classes(teacher, image_shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.run.seed)
-        generator = strategy.make_generator(config.steps.z_dim, image_shape)
+        generator = strategy.make_generator(config, image_shape, num_classes)
     names = {"teacher": _name(teacher), "student": _name(student),
              "dataset": (run_record or {}).get("dataset", "custom")}
     check_cpu_bf16_training(student, image_shape, config.steps.amp, device)
@@ -117,10 +121,18 @@ def distill_resolved(config: ZeroShotSettings, teacher: nn.Module, student: nn.M
         run = Run(out, name="training", unit=strategy.unit, total=config.loop.iterations, files=RUN_FILES,
                   folders=RUN_FOLDERS, record=record, resume=resume, overwrite=overwrite, outputs=config.outputs,
                   world=world, device=device, progress=progress, advice=DIVERGED)
-        summary = strategy.run(Assembly(teacher, student, generator, config, world, run, image_shape, num_classes,
-                                        test_data, normalisation, tuple(callbacks), names, pairs))
-    return DistillResult(unwrap(student), generator, summary["teacher_acc"], summary["student_acc"], run.history,
+        parts = Assembly(teacher, student, generator, config, world, run, image_shape, num_classes, test_data,
+                         normalisation, tuple(callbacks), names, pairs)
+        summary = strategy.run(parts)
+    return DistillResult(unwrap(student), parts.generator, summary["teacher_acc"], summary["student_acc"], run.history,
                          summary, run.folder)
+
+
+def teacher_classes(teacher: nn.Module, image_shape) -> int:
+    """The teacher's number of classes, from one blank image."""
+    device = next(iter(teacher.parameters()), torch.zeros(())).device
+    with torch.no_grad(), eval_mode(teacher):
+        return int(classifier_logits(teacher(torch.zeros(1, *image_shape, device=device))).shape[1])
 
 
 def check_image_shape(image_shape) -> tuple[int, int, int]:

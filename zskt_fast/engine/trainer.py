@@ -53,7 +53,7 @@ def prepare_run(config: TrainConfig) -> PreparedRun:
     test_batches = _test_batches(config)
     with torch.random.fork_rng(devices=[]):  # the run's networks are built from its seed later
         teacher, student = _networks(config)
-        METHODS[config.objectives.method].strategy.make_generator(config.steps.z_dim, data.image_shape)
+        METHODS[config.objectives.method].strategy.make_generator(config, data.image_shape, networks.num_classes)
         if teacher_file is not None:
             load_into(teacher, teacher_file, teacher_path, "teacher")
         reads_features = StudentLoss(config.objectives, config.steps).reads_features

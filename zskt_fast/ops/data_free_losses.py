@@ -153,3 +153,32 @@ def _check_images(images: torch.Tensor) -> None:
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
     if images.shape[-1] < 2 or images.shape[-2] < 2:
         raise ValueError(f"the image priors need images of at least 2x2 pixels, got {tuple(images.shape)}")
+
+
+def instance_means(feature_map: torch.Tensor) -> torch.Tensor:
+    """The mean of each sample's channels over the spatial positions, [B, C] from [B, C, H, W] (float32 or float64):
+    CMI's per-sample description of an image at a teacher layer (the input of each BatchNorm2d)."""
+    if not isinstance(feature_map, torch.Tensor) or feature_map.dim() != 4 or feature_map.numel() == 0:
+        raise ValueError(f"instance_means needs a non-empty [B, C, H, W] feature map, got "
+                         f"{tuple(feature_map.shape) if isinstance(feature_map, torch.Tensor) else feature_map}")
+    return _logits(feature_map).mean(dim=(2, 3))
+
+
+def contrastive_loss(local_embeddings: torch.Tensor, global_embeddings: torch.Tensor, current: int, *,
+                     temperature: float) -> torch.Tensor:
+    """InfoNCE of each row's local view against every row's global view (Fang et al. 2021, CMI): with l_i, g_j the
+    [N, D] embeddings, logits_ij = l_i . g_j / T with g held constant (no gradient through the global views), and
+    loss_i = -log softmax_j(logits_ij) at j = i. The first `current` rows are this batch, the rest earlier images
+    from a memory bank: the loss is mean(loss_i, i < current) + mean(loss_i, i >= current), or the first mean alone
+    when there are no bank rows (the bank's images would otherwise dilute the batch's gradient)."""
+    if local_embeddings.dim() != 2 or local_embeddings.shape != global_embeddings.shape:
+        raise ValueError(f"contrastive_loss needs two [N, D] embeddings of one shape, got "
+                         f"{tuple(local_embeddings.shape)} and {tuple(global_embeddings.shape)}")
+    rows = local_embeddings.shape[0]
+    if not 1 <= current <= rows:
+        raise ValueError(f"current must count the batch's rows, 1 to {rows}, got {current}")
+    check_positive(temperature, "temperature")
+    logits = _logits(local_embeddings) @ _logits(global_embeddings).detach().T / temperature
+    per_row = F.cross_entropy(logits, torch.arange(rows, device=logits.device), reduction="none")
+    loss = per_row[:current].mean()
+    return loss + per_row[current:].mean() if rows > current else loss

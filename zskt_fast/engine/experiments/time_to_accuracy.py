@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import statistics
 
+from ..methods.registry import METHODS
+
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.pstdev(values)
@@ -24,6 +26,13 @@ def accuracy_at(history: list[dict], seconds: float) -> float:
     """The accuracy of the last evaluation done within `seconds` (the first evaluation's when none is)."""
     within = [h for h in history if h["seconds"] <= seconds]
     return (within[-1] if within else history[0])["student_acc"]
+
+
+def _unit(method: str, summary: dict) -> str:
+    """What one step of the method's loop is called (runs written before summaries named it: the method's)."""
+    if "unit" in summary:
+        return summary["unit"]
+    return METHODS[method].strategy.unit if method in METHODS else "iteration"
 
 
 def summarise_methods(runs: dict[str, list[dict]], reference: str = "zskt") -> dict:
@@ -44,8 +53,7 @@ def summarise_methods(runs: dict[str, list[dict]], reference: str = "zskt") -> d
             "accuracy_mean": final[0], "accuracy_std": final[1],
             "seconds_mean": statistics.fmean(s["seconds"] for s in summaries),
             "seconds_per_iteration": statistics.fmean(s["seconds"] / s["iterations"] for s in summaries),
-            "length": f"{summaries[0]['iterations']:,} "
-                      f"{summaries[0].get('unit', 'iteration')}s",
+            "length": f"{summaries[0]['iterations']:,} {_unit(method, summaries[0])}s",
             "reached": len(done), "seconds_to_target": reached,
             "seconds_to_target_mean": statistics.fmean(done) if len(done) == len(reached) else None,
             "accuracy_at_reference_time_mean": at_reference_time[0],

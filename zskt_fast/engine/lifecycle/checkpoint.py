@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ...common import atomic_write
-from ...models import Generator, build_classifier
+from ...models import Generator, LabelGenerator, build_classifier
 
 
 class CheckpointError(ValueError):
@@ -119,6 +119,8 @@ def load_generator(path: str | os.PathLike, generator: nn.Module | None = None) 
     state = extract_state_dict(obj, path, keys=("generator_state_dict", "state_dict"))
     if any(k.startswith(("layers.", "generator.layers.")) for k in state):
         state = authors_generator_state(state)
+    if generator is None and isinstance(obj, Mapping) and obj.get("kind") == "label":
+        generator = _label_generator(obj, state, path)
     if generator is None:
         project, last_conv = state.get("project.weight"), state.get("body.9.weight")
         if project is None or last_conv is None:
@@ -133,12 +135,23 @@ def load_generator(path: str | os.PathLike, generator: nn.Module | None = None) 
     return generator
 
 
-def save_generator(generator: Generator, path: str | os.PathLike) -> None:
+def _label_generator(obj: Mapping, state: dict, path: str) -> LabelGenerator:
+    """NAYER's generator of a generator.pt: its layout, the embedding among its weights."""
+    try:
+        return LabelGenerator(state["embedding"], obj["image_size"], obj["channels"],
+                              synthesis_batch=obj["synthesis_batch"], noisy_width=obj["noisy_width"], ngf=obj["ngf"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} holds a label generator whose layout cannot be read: {error}") from None
+
+
+def save_generator(generator: nn.Module, path: str | os.PathLike) -> None:
     """generator.pt: the weights and what builds the network again (load_generator reads it with no network given)."""
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
     check_finite(state, f"not writing {os.fspath(path)}")
-    atomic_save({"state_dict": state, "z_dim": generator.z_dim, "image_size": generator.image_size,
-                 "channels": generator.channels, "output": generator.output}, path)
+    layout = generator.layout() if isinstance(generator, LabelGenerator) else \
+        {"z_dim": generator.z_dim, "image_size": generator.image_size, "channels": generator.channels,
+         "output": generator.output}
+    atomic_save({"state_dict": state, **layout}, path)
 
 
 def _first(items, n: int = 5) -> str:

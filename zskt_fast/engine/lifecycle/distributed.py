@@ -158,6 +158,14 @@ class _GatherFromRanks(torch.autograd.Function):
         return grad[dist.get_rank()]
 
 
+def gather_batch(tensor: torch.Tensor, world: World | None) -> torch.Tensor:
+    """The global batch's rows from every rank's share, in rank order, with gradients to each rank's share (summed
+    over the ranks, each of which computes the same loss of the global batch). Alone: the tensor given."""
+    if world is None or world.size == 1:
+        return tensor
+    return _GatherFromRanks.apply(tensor).flatten(0, 1)
+
+
 def global_mean(tensor: torch.Tensor, world: World | None) -> torch.Tensor:
     """The mean over ranks of a tensor that each rank computed as a mean over its (equal) share of the batch: the
     global batch's mean, with gradients to every rank's. Alone: the tensor given."""

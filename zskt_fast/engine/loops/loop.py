@@ -22,6 +22,7 @@ class PoolRounds(Protocol):
     """What the synthesis-and-pool loop drives (engine/methods/pool_strategy.py: PoolMethod)."""
     pool: object            # add(images), sample()
     student_steps: object   # set_learning_rate(round, rounds), step(pool)
+    adversarial_lead: int   # rounds before the student's first that the adversarial term joins
 
     def synthesise(self, round_index: int, adversarial: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """One round's batch (this rank's share, pixels in [0, 1]) and its synthesis loss."""
@@ -52,11 +53,11 @@ def synthesis_and_pool(method: PoolRounds, *, rounds: int, warmup: int, n_studen
                        on_round_end: Callable[[int, dict[str, torch.Tensor | None]], None] | None = None) -> None:
     """Runs rounds [start, stop) of `rounds` (counted from 0); after each one calls on_round_end(round, outputs), where
     outputs hold the synthesis loss, the round's images, and (after the warm-up) the last student loss and both
-    networks' logits. As FastDFKD's published loop counts them, the adversarial term is on from round `warmup` counted
-    from 1, and the student's steps from round `warmup` counted from 0: one round later."""
+    networks' logits. The student's steps start at round `warmup` counted from 0, the adversarial term
+    `method.adversarial_lead` rounds before (FastDFKD's published loop: one round, NAYER's: none)."""
     for round_index in range(start, rounds if stop is None else stop):
         trains = round_index >= warmup                           # the warm-up rounds only fill the pool
-        adversarial = round_index + 1 >= warmup
+        adversarial = round_index + method.adversarial_lead >= warmup
         images, loss_synthesis = method.synthesise(round_index, adversarial=adversarial)  # n_G steps against T (& S)
         method.pool.add(images)                                  # the round's lowest-loss batch joins the pool
         loss_S = student_logits = teacher_logits = None

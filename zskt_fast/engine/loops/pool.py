@@ -45,6 +45,30 @@ def augment(images: torch.Tensor, augmentation: str, draws: torch.Generator, sha
     return out.contiguous()
 
 
+def resized_crop(images: torch.Tensor, draws: torch.Generator, share: slice | None = None, total: int | None = None,
+                 *, scale: tuple[float, float] = (0.25, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)
+                 ) -> torch.Tensor:
+    """A random crop of each image, resized back to the image's size (bilinear) and flipped with probability 1/2:
+    CMI's local view (kornia's RandomResizedCrop and RandomHorizontalFlip). Each crop covers a uniform fraction in
+    `scale` of the image at an aspect ratio log-uniform in `ratio` (clipped to the image), at a uniform position.
+    Differentiable in the images; draws as `augment`'s (a rank's `share` of a global batch of `total`)."""
+    b, _, h, w = images.shape
+    share = share if share is not None else slice(0, b)
+    total = total if total is not None else b
+    u = torch.rand(5, total, generator=draws, dtype=torch.float64)[:, share]
+    area = scale[0] + (scale[1] - scale[0]) * u[0]
+    aspect = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1])
+    width, height = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)
+    centre_x, centre_y = (2 * u[2] - 1) * (1 - width), (2 * u[3] - 1) * (1 - height)
+    sign = torch.where(u[4] < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, dtype=torch.float64)
+    theta[:, 0, 0], theta[:, 0, 2] = width * sign, centre_x
+    theta[:, 1, 1], theta[:, 1, 2] = height, centre_y
+    theta = theta.to(device=images.device, dtype=images.dtype)
+    grid = torch.nn.functional.affine_grid(theta, [b, images.shape[1], h, w], align_corners=False)
+    return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class ImagePool:
     """Up to `capacity` images of `image_shape`, as uint8 on `device`; batches of `batch_size` drawn without
     replacement from a shuffled order of the pool, a new order at each round (as a new data loader over the grown

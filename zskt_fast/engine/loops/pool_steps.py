@@ -16,6 +16,7 @@ from .pool import ImagePool, augment
 from .weight_average import WeightAverage
 
 KD_MOMENTUM, KD_MIN_LR = 0.9, 2e-4  # the pool methods' student: SGD momentum, cosine down to this learning rate
+KD_DECAY = 0.1  # the factor of each milestone of a step schedule
 
 
 class PoolStudentSteps:
@@ -43,10 +44,15 @@ class PoolStudentSteps:
 
     def set_learning_rate(self, round_index: int, rounds: int) -> float:
         """Cosine from kd_lr at the first round after the warm-up to 2e-4 at the end, one value per round (as the
-        published code steps its scheduler once per round)."""
+        published code steps its scheduler once per round); with kd_milestones, kd_lr divided by 10 at each
+        milestone (a fraction of the rounds after the warm-up) that the round has reached (CMI's MultiStepLR)."""
         warmup = self.rounds.warmup
-        progress = (round_index - warmup) / max(rounds - warmup, 1)
-        lr = KD_MIN_LR + (self.rounds.kd_lr - KD_MIN_LR) * (1 + math.cos(math.pi * progress)) / 2
+        if self.rounds.kd_milestones:
+            reached = sum(round_index - warmup >= round(m * (rounds - warmup)) for m in self.rounds.kd_milestones)
+            lr = self.rounds.kd_lr * KD_DECAY ** reached
+        else:
+            progress = (round_index - warmup) / max(rounds - warmup, 1)
+            lr = KD_MIN_LR + (self.rounds.kd_lr - KD_MIN_LR) * (1 + math.cos(math.pi * progress)) / 2
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr

@@ -80,9 +80,9 @@ class GeneratorObjectiveStrategy(Strategy):
     """A generator trained on a weighted objective, n_G steps per iteration of Algorithm 1."""
     momentum_generator = True
 
-    def make_generator(self, z_dim: int, image_shape) -> nn.Module:
+    def make_generator(self, config, image_shape, num_classes: int | None) -> nn.Module:
         """The paper's generator: images in the teacher's input space."""
-        return Generator(z_dim, image_shape[1], image_shape[0], output="batchnorm")
+        return Generator(config.steps.z_dim, image_shape[1], image_shape[0], output="batchnorm")
 
     def run(self, parts: Assembly) -> dict:
         config, run = parts.config, parts.run

@@ -46,7 +46,7 @@ def check_teacher_for(objectives, teacher: nn.Module, name: str = "the teacher")
                          f"--activation 0")
 
 
-class _Inputs:
+class LayerInputs:
     """Collects the inputs of some layers of a network between start() and stop()."""
 
     def __init__(self, layers: list[nn.Module]):
@@ -84,9 +84,9 @@ class GeneratorObjective:
         self.average_per_round, self._last_statistics = average_per_round, []
         self.needs_student = objectives.adversarial > 0
         self.norms = batch_norm_layers(teacher) if objectives.bn_prior > 0 else []
-        self.bn_inputs = _Inputs(self.norms) if self.norms else None
+        self.bn_inputs = LayerInputs(self.norms) if self.norms else None
         classifier = last_linear_layer(teacher) if objectives.activation > 0 else None
-        self.classifier_inputs = _Inputs([classifier]) if classifier is not None else None
+        self.classifier_inputs = LayerInputs([classifier]) if classifier is not None else None
         self.averages: list[torch.Tensor] = []  # per layer [2, C]: the moving averages of (mean, var)
         dtype = torch.get_default_dtype()  # float64 runs keep their averages in float64
         self.averaged = torch.zeros((), device=device, dtype=dtype)  # 1 once the averages hold a batch's statistics

@@ -1,10 +1,11 @@
 """The strategies that synthesise in rounds into a pool (engine/loops/loop.py: synthesis_and_pool): FastDFKD's
-meta-learned generator (MetaGenerator) and DeepInversion's optimised images (ImageInversion), their pieces built from
-the settings and run inside the same Run lifecycle and reporter as Algorithm 1.
+meta-learned generator (MetaGenerator) and DeepInversion's optimised images (ImageInversion) here, NAYER's and CMI's
+in nayer.py and contrastive.py; their pieces built from the settings and run inside the same Run lifecycle and
+reporter as Algorithm 1.
 
 Run folder, besides Algorithm 1's files: the pool inside checkpoint.pt (8-bit pixels), images/round_NNNNNN.png (the
 newest pool images at each evaluation), pool.png (images spread over the whole pool, at the end); generator.pt holds
-FastDFKD's meta generator (DeepInversion has none).
+FastDFKD's meta generator, NAYER's label generator or CMI's last round's generator (DeepInversion has none).
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ class PoolMethod:
         self.synthesis = synthesis_class(generator, teacher, student, self.objective, steps, rounds, **common)
         self.pool = ImagePool(rounds.pool_size // ranks, image_shape, steps.batch_size // ranks, device,
                               seed=_seed(seed, 2, rank))
+        self.adversarial_lead = synthesis_class.adversarial_lead
         self.student_steps = PoolStudentSteps(teacher, student, StudentLoss(objectives, steps), steps, rounds,
                                               normalisation=normalisation, augmentation=augmentation, device=device,
                                               world=world, seed=_seed(seed, 3, rank))
@@ -134,31 +136,36 @@ class PoolStrategy(Strategy):
     student_reads_features = False   # the student trains on pool batches
     evaluates_every_round = True     # few, long rounds, as the published code tests them
     compiled_unit = "student steps"
+    needs_classes = True             # random or balanced targets of the teacher's classes
 
     def __init__(self, synthesis_class, generator_output: str | None):
         self.synthesis_class, self.generator_output = synthesis_class, generator_output
 
-    def make_generator(self, z_dim: int, image_shape) -> nn.Module | None:
+    def make_generator(self, config, image_shape, num_classes: int | None) -> nn.Module | None:
         if self.generator_output is None:
             return None
-        return Generator(z_dim, image_shape[1], image_shape[0], output=self.generator_output)
+        return Generator(config.steps.z_dim, image_shape[1], image_shape[0], output=self.generator_output)
 
     def compiled_steps(self, loop) -> int:
         return loop.iterations * loop.n_student_steps  # the synthesis runs eagerly
 
     def check_world(self, config, world_size: int) -> None:
         check_global_batch(config.pool.pool_size, world_size, "pool_size")
+        check_global_batch(config.pool.synthesis_batch, world_size, "synthesis_batch")
 
     def describe(self, config) -> str:
         loop = config.loop
-        return (f"{loop.iterations} rounds of {loop.n_generator_steps} synthesis and {loop.n_student_steps} student "
-                f"steps ({config.pool.warmup} warm-up rounds), a pool of up to {config.pool.pool_size:,} images")
+        pool = config.pool
+        loops = "" if pool.loops == pool.warmup_loops == 1 else \
+            f" ({pool.warmup_loops} loops a warm-up round, {pool.loops} after)"
+        return (f"{loop.iterations} rounds of {loop.n_generator_steps} synthesis{loops} and {loop.n_student_steps} "
+                f"student steps ({pool.warmup} warm-up rounds), a pool of up to {pool.pool_size:,} images")
 
     def run(self, parts: Assembly) -> dict:
         config, run, image_shape = parts.config, parts.run, parts.image_shape
         augmentation = pool_augmentation(config.pool.augmentation, parts.names["dataset"], image_shape[1])
         method = PoolMethod(self.synthesis_class, parts.teacher, parts.student, parts.generator, config,
-                            image_shape=image_shape, num_classes=parts.num_classes or _classes(parts.teacher, parts),
+                            image_shape=image_shape, num_classes=parts.num_classes,
                             normalisation=parts.normalisation, augmentation=augmentation, device=run.device,
                             world=parts.world)
         try:
@@ -172,15 +179,11 @@ class PoolStrategy(Strategy):
                 synthesis_and_pool(method, rounds=config.loop.iterations, warmup=config.pool.warmup,
                                    n_student_steps=config.loop.n_student_steps, start=run.start,
                                    on_round_end=reporter.after)
+                parts.generator = method.generator
                 return reporter.finish({**parts.names, "seed": config.run.seed}, parts.pairs)
         finally:
             method.objective.remove_hooks()  # the teacher is the caller's network
-
-
-def _classes(teacher: nn.Module, parts: Assembly) -> int:
-    """The teacher's number of classes, from one blank image."""
-    with torch.no_grad(), eval_mode(teacher):
-        return int(teacher(torch.zeros(1, *parts.image_shape, device=parts.run.device))[0].shape[1])
+            method.synthesis.remove_hooks()
 
 
 META_GENERATOR = PoolStrategy(MetaGeneratorSynthesis, generator_output="sigmoid")

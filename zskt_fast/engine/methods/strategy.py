@@ -4,7 +4,8 @@ outside engine/methods/ asks for a method, or a kind of method, by name.
 
 Two loops exist (engine/loops/loop.py): Algorithm 1's (GeneratorObjective: n_G generator steps on a weighted
 objective, then n_S student steps on the same images) and the synthesis-and-pool rounds (MetaGenerator: FastDFKD's
-meta-learned generator; ImageInversion: DeepInversion's optimised images).
+meta-learned generator; ImageInversion: DeepInversion's optimised images; NoisyLabels: NAYER's label generator,
+nayer.py; Contrastive: CMI's re-initialised generator and contrastive term, contrastive.py).
 """
 from __future__ import annotations
 
@@ -41,9 +42,12 @@ class Strategy:
     evaluates_every_round = False    # the student is tested after every loop step by default
     compiled_unit = "iterations"     # what compiled_steps counts
     momentum_generator = False       # MAD's momentum generator (generator_ema) can join its student's batches
+    needs_classes = False            # it draws classes: distill finds the teacher's number when none is given
+    round_options: tuple[str, ...] = ()  # the method-specific round settings it reads (settings/rounds.py)
 
-    def make_generator(self, z_dim: int, image_shape) -> nn.Module | None:
-        """The generator the method trains, initialised from the global RNG; None when it has none."""
+    def make_generator(self, config, image_shape, num_classes: int | None) -> nn.Module | None:
+        """The generator the method trains (settings from `config`, resolved), initialised from the global RNG;
+        None when it has none."""
         raise NotImplementedError
 
     def compiled_steps(self, loop) -> int:

@@ -46,7 +46,9 @@ def _keep_lowest(best: tuple | None, loss: torch.Tensor, images: torch.Tensor) -
 
 
 class _Synthesis:
-    """What both syntheses share: the teacher's (and student's) outputs on a batch, the round's objective."""
+    """What every synthesis shares: the teacher's (and student's) outputs on a batch, the round's objective.
+    `adversarial_lead`: how many rounds before the student's first the adversarial term joins (FastDFKD's loop: 1)."""
+    adversarial_lead = 1
 
     def __init__(self, teacher: nn.Module, student: nn.Module, objective: GeneratorObjective, steps, rounds, *,
                  image_shape: tuple[int, int, int], num_classes: int, n_steps: int,
@@ -57,15 +59,15 @@ class _Synthesis:
         self.mean, self.std = normalisation
         self.augmentation, self.device, self.world = augmentation, torch.device(device), world
         self.draws = torch.Generator().manual_seed(seed)  # every random draw of the synthesis, checkpointed
-        self.share = _share(world, steps.batch_size)
+        self.batch = rounds.synthesis_batch or steps.batch_size  # the global batch a synthesis step makes
+        self.share = _share(world, self.batch)
 
     def draw(self, *shape) -> torch.Tensor:
         """N(0, 1) noise of the global batch; this rank's share, on the device."""
-        return torch.randn(self.steps.batch_size, *shape, generator=self.draws)[self.share].to(self.device)
+        return torch.randn(self.batch, *shape, generator=self.draws)[self.share].to(self.device)
 
     def targets(self) -> torch.Tensor:
-        return torch.randint(0, self.num_classes, (self.steps.batch_size,),
-                             generator=self.draws)[self.share].to(self.device)
+        return torch.randint(0, self.num_classes, (self.batch,), generator=self.draws)[self.share].to(self.device)
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor, images: torch.Tensor, adversarial: bool):
         """The generator objective on `inputs` (what the networks see); `images`: what the image priors read. fp16
@@ -78,6 +80,9 @@ class _Synthesis:
         """The loss of the global batch (each rank's holds the mean over its share): what picks the round's batch."""
         loss = loss.detach()
         return mean_over_ranks(loss.clone(), self.world) if self.world is not None else loss
+
+    def remove_hooks(self) -> None:
+        """Takes off the hooks the synthesis put on the teacher (the user's network)."""
 
     def local_gradient(self, tensor: torch.Tensor) -> None:
         """A rank's gradient of a leaf it alone holds (its share of z or of the images) is the world size times the
@@ -120,8 +125,8 @@ class MetaGeneratorSynthesis(_Synthesis):
         best = None
         for _ in range(self.n_steps):
             images = fast(z)
-            inputs = normalise(augment(images, self.augmentation, self.draws, self.share,
-                                       self.steps.batch_size), self.mean, self.std)
+            inputs = normalise(augment(images, self.augmentation, self.draws, self.share, self.batch),
+                               self.mean, self.std)
             loss = self.loss(inputs, targets, images, adversarial)
             best = _keep_lowest(best, self.global_loss(loss), images)
             optimizer.zero_grad(set_to_none=True)

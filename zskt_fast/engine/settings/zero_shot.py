@@ -71,8 +71,8 @@ class StepSettings:
         steps = copy_of(self)
         preset = METHODS[context.method]
         for name in ("batch_size", "z_dim", "temperature"):
-            if getattr(steps, name) is None:
-                setattr(steps, name, getattr(preset, name))
+            if getattr(steps, name) is None:  # a data set's rounds may have their own batch
+                setattr(steps, name, preset.default(name, context.defaults.dataset))
         for name in ("batch_size", "z_dim"):
             check_count(getattr(steps, name), name)
         for name in ("generator_lr", "student_lr", "temperature", "grad_clip"):
