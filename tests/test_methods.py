@@ -171,9 +171,11 @@ def test_the_help_names_each_method_and_its_paper(capsys):
         train_cli.main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     for title in ("ZSKT, Micaelli & Storkey 2019", "DFAD, Fang et al. 2019", "DAFL, Chen et al. 2019",
-                  "DFQ, Choi et al. 2020"):
+                  "DFQ, Choi et al. 2020", "NAYER, Tran et al. 2024", "CMI, Fang et al. 2021"):
         assert title in help_text
-    assert "--bn-prior" in help_text and "--method {zskt,dfad,dafl,dfq,fast,deepinversion}" in help_text
+    assert "--bn-prior" in help_text and "--method {zskt,dfad,dafl,dfq,fast,deepinversion,nayer,cmi}" in help_text
+    for option in ("--label-embedding", "--loops", "--generator-life", "--contrastive", "--kd-milestones"):
+        assert option in help_text
 
 
 # -- the generator objective on a real teacher --------------------------------------------------------------------

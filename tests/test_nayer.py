@@ -279,3 +279,29 @@ def test_distill_runs_nayer_on_any_networks(capsys):
     assert result.summary["pool_images"] == 18 and isinstance(result.generator, LabelGenerator)
     assert result.generator.embedding.shape == (3, 3) and math.isfinite(result.summary["student_acc"] or 0.0)
     assert all(not m._forward_pre_hooks for m in teacher.modules())
+
+
+class _Colour(torch.nn.Module):
+    """A three-channel classifier with one BatchNorm layer (CIFAR's shapes)."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4, classes)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["nayer", "cmi"])
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_the_new_methods_run_at_cifar_shapes_and_in_mixed_precision(method, amp):
+    torch.manual_seed(0)
+    teacher, student = _Colour().eval(), _Colour()
+    loops = {"warmup_loops": 1, "loops": 2, "synthesis_batch": 8} if method == "nayer" else {"negatives": 8}
+    result = zskt_fast.distill(teacher, student, image_shape=(3, 32, 32), method=method, iterations=2, warmup=1,
+                               n_generator_steps=1, n_student_steps=1, batch_size=8, amp=amp, progress=False,
+                               normalisation=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), **loops)
+    assert result.summary["amp"] == amp and result.summary["pool_images"] == (24 if method == "nayer" else 16)
+    images = result.generator(torch.arange(4)) if method == "nayer" else result.generator(torch.randn(4, 256))
+    assert images.shape == (4, 3, 32, 32) and torch.isfinite(images).all()

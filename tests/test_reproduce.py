@@ -102,7 +102,7 @@ def test_time_to_accuracy_of_synthetic_runs():
 
 @pytest.mark.parametrize("extra, message", [(["--shots", "0"], "shots must be an integer >= 1"),
                                             (["--seeds", "1", "1"], "take distinct values"),
-                                            (["--methods", "cmi"], "methods must be one of zskt, dfad, dafl, dfq")])
+                                            (["--methods", "mad"], "methods must be one of zskt, dfad, dafl, dfq")])
 def test_bad_options(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:
         reproduce.main([*TINY, *extra, "--out", str(tmp_path)])

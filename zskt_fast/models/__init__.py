@@ -9,7 +9,8 @@ from .registry import (ARCHITECTURE_HELP, TORCHVISION_PREFIX, architecture_key, 
 from .resnet import ResNet
 from .wrn import WideResNet
 
-__all__ = ["ARCHITECTURE_HELP", "FeatureNetwork", "FeatureNode", "Generator", "LabelGenerator", "ResNet", "TORCHVISION_PREFIX",
+__all__ = ["ARCHITECTURE_HELP", "FeatureNetwork", "FeatureNode", "Generator", "LabelGenerator", "ResNet",
+           "TORCHVISION_PREFIX",
            "WideResNet", "architecture_key", "automatic_pairs", "build_classifier", "classifier_logits",
            "describe_network_nodes", "feature_nodes", "pair_networks", "parse_pairs", "probe",
            "strided_convolutions_on_small_maps",

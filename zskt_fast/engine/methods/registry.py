@@ -141,7 +141,8 @@ METHODS = {method.name: method for method in (
                                     loops=2, warmup_loops=5, generator_life=10, noisy_width=1000)},
            source="NAYER scripts/nayer_100.sh (--lr_g 4e-3 --adv 1.33 --bn 10 --oh 0.5 --g_steps 30 --g_life 10 "
                   "--g_loops 2 --gwp_loops 10 --warmup 20 --epochs 120 --synthesis_batch_size 400 --batch_size 512 "
-                  "--lr 0.2 --T 20), bn_mmt 0.9 and kd_steps 400 of its datafree_kd.py, datafree/synthesis/nayer.py, datafree/models/generator.py "
+                  "--lr 0.2 --T 20), bn_mmt 0.9 and kd_steps 400 of its datafree_kd.py, datafree/synthesis/nayer.py, "
+                  "datafree/models/generator.py "
                   "NLGenerator (le_emb_size 1000) at 284ba09"),
     # CMI's scripts/cmi_cifar10.sh and datafree_kd.py (3f791f9): 200 epochs (its default) of one synthesis and 400
     # KD steps, MultiStepLR at 120, 150, 180; head_dim 256, bank 40,960, n_neg 4,096 as datafree_kd.py builds it.
