@@ -223,3 +223,12 @@ def pool_objective_by_hand(teacher, student, images, targets, *, bn, one_hot, ad
     p_t, p_s = t.softmax(1), s.softmax(1)
     kl = (p_t * (p_t.log() - p_s.log())).sum(1) * (s.argmax(1) == t.argmax(1)).to(t.dtype)
     return bn * prior + one_hot * F.cross_entropy(t, targets) + adversarial * -kl.mean()
+
+
+def warmed_teacher(net: torch.nn.Module, image_shape=(1, 4, 4)) -> torch.nn.Module:
+    """A tiny teacher whose BatchNorm running statistics are away from their defaults (three batches of uniform
+    images in [0, 2]), in eval mode without gradients, as a trained teacher is used."""
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.rand(16, *image_shape) * 2)
+    return net.eval().requires_grad_(False)

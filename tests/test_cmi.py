@@ -21,7 +21,7 @@ from zskt_fast.engine.trainer import train
 from zskt_fast.models import Generator
 from zskt_fast.ops.data_free_losses import contrastive_loss, instance_means
 
-from conftest import Killed, TinyNet, kill_after, metric_records, pool_objective_by_hand
+from conftest import Killed, TinyNet, kill_after, metric_records, warmed_teacher
 
 
 def _embeddings(rows, dim=5, seed=0):
@@ -109,11 +109,7 @@ class _Tiny(TinyNet):
 
 def _synthesis(batch=6, n_steps=2, seed=3, **rounds):
     torch.manual_seed(0)
-    teacher = _Tiny()
-    with torch.no_grad():
-        for _ in range(3):
-            teacher(torch.rand(16, 1, 8, 8) * 2)
-    teacher.eval().requires_grad_(False)
+    teacher = warmed_teacher(_Tiny(), (1, 8, 8))
     objectives = ObjectiveSettings(method="cmi").resolved()
     steps = StepSettings(batch_size=batch, amp="off", compile="off", backend="eager")
     settings = dict(synthesis_lr=1e-3, z_lr=1e-3, warmup=0, contrastive=0.8, contrastive_temperature=0.2,

@@ -23,7 +23,7 @@ from zskt_fast.engine.settings.zero_shot import ObjectiveSettings, StepSettings
 from zskt_fast.engine.trainer import train
 from zskt_fast.models import LabelGenerator
 
-from conftest import Killed, TinyNet, kill_after, metric_records, pool_objective_by_hand
+from conftest import Killed, TinyNet, kill_after, metric_records, pool_objective_by_hand, warmed_teacher
 
 
 class _Tiny(TinyNet):
@@ -98,11 +98,7 @@ def test_bad_label_generators_are_refused():
 
 def _synthesis(batch=7, n_steps=1, warmup=1, loops=2, warmup_loops=3, life=2, seed=3, **objective):
     torch.manual_seed(0)
-    teacher = _Tiny()
-    with torch.no_grad():
-        for _ in range(3):
-            teacher(torch.rand(16, 1, 4, 4) * 2)
-    teacher.eval().requires_grad_(False)
+    teacher = warmed_teacher(_Tiny())
     student = _Tiny()
     objectives = ObjectiveSettings(method="nayer", **objective).resolved()
     steps = StepSettings(batch_size=4, amp="off", compile="off", backend="eager")

@@ -132,14 +132,11 @@ class ContrastiveSynthesis(_Synthesis):
         params = list(self.generator.parameters())
         optimizer = torch.optim.Adam([{"params": params}, {"params": [z]}], lr=self.rounds.synthesis_lr,
                                      betas=FAST_BETAS)
-        best, best_features = None, None
+        best = None  # (loss, images, features) of the lowest-loss step
         for _ in range(self.n_steps):
             images = self.generator(z)
             loss, features = self.step(images, targets, adversarial)
-            total = self.global_loss(loss)
-            better = best is None or total < best[0]
-            best_features = features if best_features is None else torch.where(better, features, best_features)
-            best = _keep_lowest(best, total, images)
+            best = _keep_lowest(best, self.global_loss(loss), images, features)
             optimizer.zero_grad(set_to_none=True)
             self.head_optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -149,7 +146,7 @@ class ContrastiveSynthesis(_Synthesis):
             optimizer.step()
             self.head_optimizer.step()
         self.objective.end_round()
-        self.bank.add(best_features)
+        self.bank.add(best[2])
         return best[1], best[0]
 
     def remove_hooks(self) -> None:

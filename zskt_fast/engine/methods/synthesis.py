@@ -36,13 +36,13 @@ def _share(world: World | None, batch: int) -> slice:
     return world.share(batch) if world is not None else slice(0, batch)
 
 
-def _keep_lowest(best: tuple | None, loss: torch.Tensor, images: torch.Tensor) -> tuple:
-    """(loss, images) of the step with the lowest loss so far (the earlier one on ties), without a host sync."""
-    loss, images = loss.detach(), images.detach()
+def _keep_lowest(best: tuple | None, loss: torch.Tensor, *kept: torch.Tensor) -> tuple:
+    """(loss, *kept) of the step with the lowest loss so far (the earlier one on ties), without a host sync."""
+    now = tuple(t.detach() for t in (loss, *kept))
     if best is None:
-        return loss, images
-    better = loss < best[0]
-    return torch.where(better, loss, best[0]), torch.where(better, images, best[1])
+        return now
+    better = now[0] < best[0]
+    return tuple(torch.where(better, new, old) for new, old in zip(now, best))
 
 
 class _Synthesis:
