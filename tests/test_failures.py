@@ -409,9 +409,12 @@ def test_a_dead_rank_ends_rank_zero_in_one_line_with_the_resume_command(tmp_path
     script.write_text(DYING_RANK)
     out = tmp_path / "run"
     argv = TINY_TRAIN + ["--checkpoint-every", "1", "--dist-timeout-minutes", "1", "--out", str(out)]
+    # torchrun's agent looks at its workers every --monitor-interval seconds (0.1 by default) and sends SIGTERM to the
+    # survivors of a dead one: rank 0 then says "interrupted". Five seconds let rank 0 meet the closed connection in
+    # its next collective first, which is what this test is about (both endings give the resume command).
     process = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                              str(script), *argv], capture_output=True, text=True, timeout=240,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+                              "--monitor-interval", "5", str(script), *argv], capture_output=True, text=True,
+                             timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert process.returncode != 0
     ours = [line for line in process.stderr.splitlines() if line.startswith("python -m zskt_fast.train")]
     assert len(ours) == 1 and "lost contact with another process of the job" in ours[0], process.stderr[-3000:]
